@@ -1,0 +1,149 @@
+//! Typed errors shared by the layers. Each names the address or peer it concerns.
+
+use std::io;
+use std::time::Duration;
+
+use multiaddr::Multiaddr;
+
+use crate::identity::PeerId;
+
+/// A multiaddr that cannot be used, or a name that cannot be resolved.
+#[derive(Debug, thiserror::Error)]
+pub enum AddrError {
+    /// The multiaddr is well formed but not of a shape this code handles.
+    #[error("unsupported multiaddr {addr}: {reason}")]
+    Unsupported {
+        /// The address in question.
+        addr: Multiaddr,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// The address already names another peer in its `/p2p` suffix.
+    #[error("multiaddr {addr} names peer {existing}, not {wanted}")]
+    PeerIdConflict {
+        /// The address in question.
+        addr: Multiaddr,
+        /// The peer it names.
+        existing: PeerId,
+        /// The peer the caller wanted to append.
+        wanted: PeerId,
+    },
+    /// DNS resolution of a `/dns*` multiaddr failed.
+    #[error("resolving {addr} failed: {source}")]
+    Resolve {
+        /// The address in question.
+        addr: Multiaddr,
+        /// What the resolver said.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// A transport could not dial, listen or accept.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    /// The address is not one this transport handles.
+    #[error(transparent)]
+    Addr(#[from] AddrError),
+    /// Connecting to the address failed.
+    #[error("dial to {addr} failed: {source}")]
+    Dial {
+        /// The address dialed.
+        addr: Multiaddr,
+        /// The socket error.
+        #[source]
+        source: io::Error,
+    },
+    /// Connecting took longer than the transport's connect timeout.
+    #[error("dial to {addr} timed out after {timeout:?}")]
+    DialTimeout {
+        /// The address dialed.
+        addr: Multiaddr,
+        /// The timeout that expired.
+        timeout: Duration,
+    },
+    /// The address to listen on is taken (and port reuse is off or not possible).
+    #[error("cannot listen on {addr}: address already in use")]
+    AddrInUse {
+        /// The address asked for.
+        addr: Multiaddr,
+    },
+    /// Setting up a listener failed for another reason.
+    #[error("listen on {addr} failed: {source}")]
+    Listen {
+        /// The address asked for.
+        addr: Multiaddr,
+        /// The socket error.
+        #[source]
+        source: io::Error,
+    },
+    /// Accepting failed with an error that ends the listener.
+    #[error("accept on {addr} failed: {source}")]
+    Accept {
+        /// The listener's address.
+        addr: Multiaddr,
+        /// The socket error.
+        #[source]
+        source: io::Error,
+    },
+    /// The listener has been closed (by its owner, or after a fatal accept error).
+    #[error("listener on {addr} is closed")]
+    ListenerClosed {
+        /// The listener's address.
+        addr: Multiaddr,
+    },
+    /// The transport itself has been closed.
+    #[error("the transport is closed")]
+    TransportClosed,
+}
+
+/// Why a capable connection ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CloseReason {
+    /// This side closed it.
+    Local,
+    /// The remote side closed it cleanly.
+    Remote,
+    /// No traffic for longer than the idle timeout.
+    IdleTimeout,
+    /// An I/O or protocol error ended it; the text says which.
+    Error(String),
+}
+
+impl std::fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CloseReason::Local => f.write_str("closed locally"),
+            CloseReason::Remote => f.write_str("closed by the remote peer"),
+            CloseReason::IdleTimeout => f.write_str("idle timeout"),
+            CloseReason::Error(e) => write!(f, "error: {e}"),
+        }
+    }
+}
+
+/// Opening or accepting a stream on a capable connection failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ConnError {
+    /// The connection has ended; no stream can be opened or accepted on it.
+    #[error("connection to {peer} is closed ({reason})")]
+    Closed {
+        /// The remote peer.
+        peer: PeerId,
+        /// Why the connection ended.
+        reason: CloseReason,
+    },
+    /// The muxer refused to open another stream (the stream limit is reached).
+    #[error("connection to {peer} has reached its stream limit")]
+    StreamLimit {
+        /// The remote peer.
+        peer: PeerId,
+    },
+    /// The muxer failed.
+    #[error("muxer error on the connection to {peer}: {message}")]
+    Muxer {
+        /// The remote peer.
+        peer: PeerId,
+        /// What the muxer said.
+        message: String,
+    },
+}

@@ -1,0 +1,21 @@
+//! # strata-core: what every layer of Strata shares
+//!
+//! The bottom of the stack. It holds peer identity (keys and peer IDs from
+//! `libp2p-identity`), multiaddr helpers, the typed errors, and the traits the layers meet
+//! on: a transport makes [`RawConnection`]s; the upgrader turns them into
+//! [`CapableConn`]s (authenticated and multiplexed, as QUIC connections are born); the
+//! swarm and the host above only ever see [`Transport`], [`Listener`], [`CapableConn`]
+//! and [`Stream`].
+
+pub mod addr;
+pub mod conn;
+pub mod error;
+pub mod identity;
+
+pub use conn::{
+    BoxCapableConn, BoxListener, BoxRawConn, BoxRawListener, CapableConn, ConnState, Direction,
+    Listener, RawConnection, RawListener, RawTransport, Stream, StreamIo, Transport,
+};
+pub use error::{AddrError, CloseReason, ConnError, TransportError};
+pub use identity::{Keypair, PeerId, PublicKey};
+pub use multiaddr::{self, Multiaddr, Protocol};

@@ -1,0 +1,7 @@
+//! # strata-upgrader: from a raw connection to a capable one
+//!
+//! Takes the raw byte streams that transports make and upgrades them: multistream-select
+//! picks a security protocol, the handshake authenticates the remote peer, then a stream
+//! muxer is negotiated. It hands the swarm [`strata_core::CapableConn`]s.
+//!
+//! Not built yet: this crate exports nothing so far.
