@@ -1,0 +1,16 @@
+//! # strata-transport: raw connections from multiaddrs
+//!
+//! The first layer above the socket. A transport dials and listens on multiaddrs and hands
+//! the upgrader raw byte streams ([`strata_core::RawConnection`]) that know their local
+//! and remote multiaddrs.
+//!
+//! * [`tcp`]: TCP on socket2 and tokio, with SO_REUSEPORT listeners and dials that leave
+//!   from the listen port, TCP_NODELAY, keepalive, SO_LINGER 0, and an accept loop that
+//!   rides out descriptor exhaustion.
+//! * [`memory`]: in-process `/memory/N` connections for tests.
+
+pub mod memory;
+pub mod tcp;
+
+pub use memory::{MemoryListener, MemoryTransport};
+pub use tcp::{TcpConfig, TcpListener, TcpTransport};
