@@ -1,0 +1,16 @@
+//! # Strata
+//!
+//! A go-libp2p-style, libp2p-compatible peer-to-peer networking framework for Rust on
+//! tokio. This facade re-exports the layers:
+//!
+//! * [`core`]: identity, multiaddr helpers, the traits the layers meet on, errors;
+//! * [`transport`]: TCP (with SO_REUSEPORT) and in-memory transports;
+//! * [`upgrader`], [`swarm`], [`host`]: the layers above.
+
+pub use strata_core as core;
+pub use strata_host as host;
+pub use strata_swarm as swarm;
+pub use strata_transport as transport;
+pub use strata_upgrader as upgrader;
+
+pub use strata_core::{identity, Multiaddr, PeerId};
