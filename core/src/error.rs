@@ -147,3 +147,28 @@ pub enum ConnError {
         message: String,
     },
 }
+
+/// A security handshake failed (TLS, Noise, plaintext, or QUIC's TLS).
+#[derive(Debug, thiserror::Error)]
+pub enum SecurityError {
+    /// The remote authenticated as another peer than the one we dialed.
+    #[error("peer ID mismatch: expected {expected}, the remote proved {actual}")]
+    PeerIdMismatch {
+        /// The peer we meant to reach.
+        expected: PeerId,
+        /// The peer the remote proved to be.
+        actual: PeerId,
+    },
+    /// The remote's certificate breaks the libp2p TLS rules (or cannot be parsed).
+    #[error("invalid certificate: {0}")]
+    InvalidCertificate(String),
+    /// The remote's handshake payload is malformed or its signature does not verify.
+    #[error("invalid handshake payload: {0}")]
+    InvalidPayload(String),
+    /// The handshake protocol itself failed (TLS alert, Noise decryption, bad framing).
+    #[error("handshake failed: {0}")]
+    Handshake(String),
+    /// The connection failed during the handshake.
+    #[error("I/O during the handshake: {0}")]
+    Io(#[from] io::Error),
+}

@@ -16,6 +16,6 @@ pub use conn::{
     BoxCapableConn, BoxListener, BoxRawConn, BoxRawListener, CapableConn, ConnState, Direction,
     Listener, RawConnection, RawListener, RawTransport, Stream, StreamIo, Transport,
 };
-pub use error::{AddrError, CloseReason, ConnError, TransportError};
+pub use error::{AddrError, CloseReason, ConnError, SecurityError, TransportError};
 pub use identity::{Keypair, PeerId, PublicKey};
 pub use multiaddr::{self, Multiaddr, Protocol};

@@ -3,5 +3,7 @@
 //! Takes the raw byte streams that transports make and upgrades them: multistream-select
 //! picks a security protocol, the handshake authenticates the remote peer, then a stream
 //! muxer is negotiated. It hands the swarm [`strata_core::CapableConn`]s.
-//!
-//! Not built yet: this crate exports nothing so far.
+
+pub mod security;
+
+pub use security::{SecureStream, SecureTransport, Secured};
