@@ -4,6 +4,7 @@
 //! picks a security protocol, the handshake authenticates the remote peer, then a stream
 //! muxer is negotiated. It hands the swarm [`strata_core::CapableConn`]s.
 
+pub mod multistream;
 pub mod security;
 
 pub use security::{SecureStream, SecureTransport, Secured};
