@@ -6,4 +6,4 @@
 
 pub mod security;
 
-pub use security::{SecureStream, SecureTransport, Secured};
+pub use security::{SecureStream, SecureTransport, Secured, TlsTransport, TLS_PROTOCOL_ID};

@@ -12,7 +12,10 @@ mod verifier;
 use std::sync::Arc;
 
 use libp2p_identity::{Keypair, PeerId, PublicKey};
+use rustls::client::ResolvesClientCert;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
 
 use crate::error::SecurityError;
 
@@ -44,6 +47,68 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// Our libp2p certificate with its signing key loaded, ready to go into rustls configs.
+///
+/// Generate it once per identity and share it (it is an `Arc` inside): every config built
+/// from it presents the same certificate, and no key is parsed again per connection.
+#[derive(Debug, Clone)]
+pub struct Libp2pCertificate {
+    certified: Arc<CertifiedKey>,
+}
+
+impl Libp2pCertificate {
+    /// Generates a fresh certificate for `identity` (see [`generate_certificate`]).
+    pub fn generate(identity: &Keypair) -> Result<Self, TlsSetupError> {
+        let (cert, key) = generate_certificate(identity)?;
+        Self::from_der(cert, key)
+    }
+
+    /// Wraps an existing certificate and its key (normally from [`generate_certificate`]).
+    pub fn from_der(
+        cert: CertificateDer<'static>,
+        key: PrivateKeyDer<'static>,
+    ) -> Result<Self, TlsSetupError> {
+        let signing_key = provider().key_provider.load_private_key(key)?;
+        // rustls' own `with_single_cert` would check that key and certificate match by
+        // parsing the certificate with webpki, which refuses the critical libp2p
+        // extension; building the CertifiedKey directly skips that check.
+        Ok(Libp2pCertificate {
+            certified: Arc::new(CertifiedKey::new(vec![cert], signing_key)),
+        })
+    }
+
+    /// The certificate, as sent to peers.
+    pub fn certificate(&self) -> &CertificateDer<'static> {
+        // `from_der` always stores exactly one certificate.
+        &self.certified.cert[0]
+    }
+}
+
+/// Hands rustls our one certificate, whatever the peer asks for: libp2p has no CAs or
+/// names to choose by.
+#[derive(Debug)]
+struct AlwaysOurCertificate(Arc<CertifiedKey>);
+
+impl ResolvesClientCert for AlwaysOurCertificate {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+impl ResolvesServerCert for AlwaysOurCertificate {
+    fn resolve(&self, _client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
+}
+
 /// A client config for libp2p TLS with a fresh certificate for `identity`, accepting any
 /// server that proves its peer ID. `alpn` is the ALPN list to offer, in preference order
 /// (normally muxer IDs, then [`LIBP2P_ALPN`]).
@@ -51,8 +116,7 @@ pub fn client_config(
     identity: &Keypair,
     alpn: Vec<Vec<u8>>,
 ) -> Result<rustls::ClientConfig, TlsSetupError> {
-    let (cert, key) = generate_certificate(identity)?;
-    client_config_with_cert(cert, key, None, alpn)
+    client_config_with_cert(&Libp2pCertificate::generate(identity)?, None, alpn)
 }
 
 /// A server config for libp2p TLS with a fresh certificate for `identity`. The server
@@ -61,16 +125,13 @@ pub fn server_config(
     identity: &Keypair,
     alpn: Vec<Vec<u8>>,
 ) -> Result<rustls::ServerConfig, TlsSetupError> {
-    let (cert, key) = generate_certificate(identity)?;
-    server_config_with_cert(cert, key, alpn)
+    server_config_with_cert(&Libp2pCertificate::generate(identity)?, alpn)
 }
 
-/// A client config presenting an existing certificate (from [`generate_certificate`]), so
-/// that callers can generate it once and build configs per connection. With `expected`,
-/// the handshake fails when the server proves another peer ID.
+/// A client config presenting `cert`. With `expected`, the handshake fails when the
+/// server proves another peer ID (see [`Libp2pServerCertVerifier`]).
 pub fn client_config_with_cert(
-    cert: CertificateDer<'static>,
-    key: PrivateKeyDer<'static>,
+    cert: &Libp2pCertificate,
     expected: Option<PeerId>,
     alpn: Vec<Vec<u8>>,
 ) -> Result<rustls::ClientConfig, TlsSetupError> {
@@ -78,7 +139,7 @@ pub fn client_config_with_cert(
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(Libp2pServerCertVerifier::new(expected)))
-        .with_client_auth_cert(vec![cert], key)?;
+        .with_client_cert_resolver(Arc::new(AlwaysOurCertificate(cert.certified.clone())));
     config.alpn_protocols = alpn;
     // The spec reserves SNI for future versions: clients must send none.
     config.enable_sni = false;
@@ -88,16 +149,15 @@ pub fn client_config_with_cert(
     Ok(config)
 }
 
-/// A server config presenting an existing certificate (from [`generate_certificate`]).
+/// A server config presenting `cert` and requiring a libp2p client certificate.
 pub fn server_config_with_cert(
-    cert: CertificateDer<'static>,
-    key: PrivateKeyDer<'static>,
+    cert: &Libp2pCertificate,
     alpn: Vec<Vec<u8>>,
 ) -> Result<rustls::ServerConfig, TlsSetupError> {
     let mut config = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(Arc::new(Libp2pClientCertVerifier::new()))
-        .with_single_cert(vec![cert], key)?;
+        .with_cert_resolver(Arc::new(AlwaysOurCertificate(cert.certified.clone())));
     config.alpn_protocols = alpn;
     // No resumption (see the client config): no session cache, no tickets.
     config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
