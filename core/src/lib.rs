@@ -1,16 +1,17 @@
 //! # strata-core: what every layer of Strata shares
 //!
 //! The bottom of the stack. It holds peer identity (keys and peer IDs from
-//! `libp2p-identity`), multiaddr helpers, the typed errors, and the traits the layers meet
-//! on: a transport makes [`RawConnection`]s; the upgrader turns them into
-//! [`CapableConn`]s (authenticated and multiplexed, as QUIC connections are born); the
-//! swarm and the host above only ever see [`Transport`], [`Listener`], [`CapableConn`]
-//! and [`Stream`].
+//! `libp2p-identity`), multiaddr helpers, the typed errors, the libp2p TLS certificate
+//! and its rustls verifiers (shared by TLS and QUIC), and the traits the layers meet on:
+//! a transport makes [`RawConnection`]s; the upgrader turns them into [`CapableConn`]s
+//! (authenticated and multiplexed, as QUIC connections are born); the swarm and the host
+//! above only ever see [`Transport`], [`Listener`], [`CapableConn`] and [`Stream`].
 
 pub mod addr;
 pub mod conn;
 pub mod error;
 pub mod identity;
+pub mod tls;
 
 pub use conn::{
     BoxCapableConn, BoxListener, BoxRawConn, BoxRawListener, CapableConn, ConnState, Direction,

@@ -7,4 +7,4 @@
 pub mod multistream;
 pub mod security;
 
-pub use security::{SecureStream, SecureTransport, Secured};
+pub use security::{SecureStream, SecureTransport, Secured, TlsTransport, TLS_PROTOCOL_ID};

@@ -1,5 +1,9 @@
 //! Security protocols: each authenticates the remote peer and encrypts the connection.
 
+pub mod tls;
+
+pub use tls::{TlsTransport, TLS_PROTOCOL_ID};
+
 use async_trait::async_trait;
 use strata_core::{BoxRawConn, PeerId, PublicKey, SecurityError};
 use tokio::io::{AsyncRead, AsyncWrite};
