@@ -6,4 +6,4 @@
 
 pub mod security;
 
-pub use security::{SecureStream, SecureTransport, Secured};
+pub use security::{NoiseTransport, PlaintextTransport, SecureStream, SecureTransport, Secured};

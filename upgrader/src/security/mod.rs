@@ -1,5 +1,11 @@
 //! Security protocols: each authenticates the remote peer and encrypts the connection.
 
+pub mod noise;
+pub mod plaintext;
+
+pub use noise::NoiseTransport;
+pub use plaintext::PlaintextTransport;
+
 use async_trait::async_trait;
 use strata_core::{BoxRawConn, PeerId, PublicKey, SecurityError};
 use tokio::io::{AsyncRead, AsyncWrite};
