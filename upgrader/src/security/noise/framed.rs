@@ -218,8 +218,12 @@ impl<T: AsyncRead + Unpin> AsyncRead for NoiseStream<T> {
                     let body = &this.read_buf[body_start..body_start + body_len];
                     let plain_len = body_len - TAG_LEN;
                     if buf.remaining() >= plain_len {
-                        // Open straight into the caller's buffer: one copy fewer.
-                        match this.state.read_message(body, buf.initialize_unfilled()) {
+                        // Open straight into the caller's buffer: one copy fewer. Only
+                        // the bytes needed are initialised, not the whole spare room.
+                        match this
+                            .state
+                            .read_message(body, buf.initialize_unfilled_to(plain_len))
+                        {
                             Ok(n) => buf.advance(n),
                             Err(e) => {
                                 return this.fail_read(invalid_data(format!(
@@ -258,20 +262,26 @@ impl<T: AsyncRead + Unpin> AsyncRead for NoiseStream<T> {
                     if this.read_start == this.read_end {
                         this.read_start = 0;
                         this.read_end = 0;
-                    } else {
-                        // Move a partial frame to the front when the rest of it would not
-                        // fit behind it. The buffer holds one whole frame, so it then does.
-                        let needed = match pending.first_chunk::<LEN_PREFIX>() {
-                            Some(prefix) => LEN_PREFIX + usize::from(u16::from_be_bytes(*prefix)),
-                            None => LEN_PREFIX,
-                        };
-                        if this.read_start + needed > this.read_buf.len() {
-                            this.read_buf.copy_within(this.read_start..this.read_end, 0);
-                            this.read_end -= this.read_start;
-                            this.read_start = 0;
-                        }
                     }
-                    let mut raw = ReadBuf::new(&mut this.read_buf[this.read_end..]);
+                    let pending = &this.read_buf[this.read_start..this.read_end];
+                    let frame_len = pending
+                        .first_chunk::<LEN_PREFIX>()
+                        .map(|prefix| LEN_PREFIX + usize::from(u16::from_be_bytes(*prefix)));
+                    // Move a partial frame to the front when the rest of it would not fit
+                    // behind it. The buffer holds one whole frame, so it then does.
+                    if this.read_start + frame_len.unwrap_or(LEN_PREFIX) > this.read_buf.len() {
+                        this.read_buf.copy_within(this.read_start..this.read_end, 0);
+                        this.read_end -= this.read_start;
+                        this.read_start = 0;
+                    }
+                    // Once a frame's length is known, read no further than its end: the
+                    // buffer then empties with it and the next frame starts at offset 0,
+                    // so bulk transfers of full frames never need the move above.
+                    let limit = match frame_len {
+                        Some(len) => this.read_start + len,
+                        None => this.read_buf.len(),
+                    };
+                    let mut raw = ReadBuf::new(&mut this.read_buf[this.read_end..limit]);
                     ready!(Pin::new(&mut this.inner).poll_read(cx, &mut raw))?;
                     let n = raw.filled().len();
                     if n == 0 {
@@ -387,6 +397,91 @@ mod tests {
     fn transport_frame_refuses_bodies_shorter_than_a_tag() {
         assert_eq!(transport_frame(&[0, 0]), Err(FrameError::TooShort(0)));
         assert_eq!(transport_frame(&[0, 15, 1]), Err(FrameError::TooShort(15)));
+    }
+
+    /// Two transport states from an in-memory XX handshake.
+    fn transport_pair() -> (snow::TransportState, snow::TransportState) {
+        let params: snow::params::NoiseParams = "Noise_XX_25519_ChaChaPoly_SHA256".parse().unwrap();
+        let key = |_| {
+            snow::Builder::new(params.clone())
+                .generate_keypair()
+                .unwrap()
+        };
+        let (ki, kr) = (key(0), key(1));
+        let mut i = snow::Builder::new(params.clone())
+            .local_private_key(&ki.private)
+            .unwrap()
+            .build_initiator()
+            .unwrap();
+        let mut r = snow::Builder::new(params.clone())
+            .local_private_key(&kr.private)
+            .unwrap()
+            .build_responder()
+            .unwrap();
+        let (mut msg, mut out) = (vec![0u8; MAX_FRAME_LEN], vec![0u8; MAX_FRAME_LEN]);
+        let n = i.write_message(&[], &mut msg).unwrap();
+        r.read_message(&msg[..n], &mut out).unwrap();
+        let n = r.write_message(&[], &mut msg).unwrap();
+        i.read_message(&msg[..n], &mut out).unwrap();
+        let n = i.write_message(&[], &mut msg).unwrap();
+        r.read_message(&msg[..n], &mut out).unwrap();
+        (
+            i.into_transport_mode().unwrap(),
+            r.into_transport_mode().unwrap(),
+        )
+    }
+
+    #[tokio::test]
+    async fn mixed_frame_sizes_survive_any_read_size() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (si, sr) = transport_pair();
+        // A small pipe, so the reader sees frames cut at arbitrary points.
+        let (a, b) = tokio::io::duplex(7000);
+        let mut writer = NoiseStream::new(a, si);
+        let mut reader = NoiseStream::new(b, sr);
+        let mut expected = Vec::new();
+        let mut pieces = Vec::new();
+        for i in 0..300usize {
+            pieces.push(vec![i as u8; i % 97 + 1]);
+        }
+        pieces.push((0..200_000u32).map(|i| (i % 251) as u8).collect());
+        pieces.push(vec![7u8; 3]);
+        for p in &pieces {
+            expected.extend_from_slice(p);
+        }
+        let send = tokio::spawn(async move {
+            for p in pieces {
+                writer.write_all(&p).await.unwrap();
+                // Flushing each piece makes one frame per piece, of every size.
+                writer.flush().await.unwrap();
+            }
+            writer.shutdown().await.unwrap();
+        });
+        let mut got = Vec::new();
+        let sizes = [1usize, 5, 100, 70_000, 3, 65_519, 4096];
+        let mut buf = vec![0u8; 70_000];
+        for k in 0.. {
+            let want = sizes[k % sizes.len()];
+            let n = reader.read(&mut buf[..want]).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        send.await.unwrap();
+        assert!(got == expected, "data differs");
+    }
+
+    #[tokio::test]
+    async fn stream_ending_inside_a_frame_is_unexpected_eof() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (_si, sr) = transport_pair();
+        let (mut a, b) = tokio::io::duplex(1024);
+        let mut reader = NoiseStream::new(b, sr);
+        a.write_all(&[0, 40, 1, 2, 3]).await.unwrap();
+        drop(a);
+        let err = reader.read(&mut [0u8; 16]).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
     }
 
     #[test]
