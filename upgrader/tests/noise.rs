@@ -93,6 +93,7 @@ async fn exchange_both_ways(out: Secured, inb: Secured, write_chunk: usize, read
                 w.write_all(chunk).await.unwrap();
             }
             w.shutdown().await.unwrap();
+            w
         })
     };
     let recv = |mut r: tokio::io::ReadHalf<Box<dyn strata_upgrader::SecureStream>>| {
@@ -102,7 +103,7 @@ async fn exchange_both_ways(out: Secured, inb: Secured, write_chunk: usize, read
             loop {
                 let n = r.read(&mut buf).await.unwrap();
                 if n == 0 {
-                    break got;
+                    break (got, r);
                 }
                 got.extend_from_slice(&buf[..n]);
             }
@@ -113,9 +114,14 @@ async fn exchange_both_ways(out: Secured, inb: Secured, write_chunk: usize, read
         let s2 = send(in_w, down.clone());
         let r1 = recv(in_r);
         let r2 = recv(out_r);
-        s1.await.unwrap();
-        s2.await.unwrap();
-        (r1.await.unwrap(), r2.await.unwrap())
+        // Every half stays alive until both directions are done: TCP connections close
+        // with linger 0, so dropping one side early would reset data still in flight.
+        let w1 = s1.await.unwrap();
+        let w2 = s2.await.unwrap();
+        let (got_up, r1) = r1.await.unwrap();
+        let (got_down, r2) = r2.await.unwrap();
+        drop((w1, w2, r1, r2));
+        (got_up, got_down)
     };
     let (got_up, got_down) = tokio::time::timeout(Duration::from_secs(60), tasks)
         .await
