@@ -7,4 +7,7 @@
 pub mod multistream;
 pub mod security;
 
-pub use security::{SecureStream, SecureTransport, Secured, TlsTransport, TLS_PROTOCOL_ID};
+pub use security::{
+    NoiseTransport, PlaintextTransport, SecureStream, SecureTransport, Secured, TlsTransport,
+    TLS_PROTOCOL_ID,
+};

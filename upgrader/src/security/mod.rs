@@ -1,7 +1,11 @@
 //! Security protocols: each authenticates the remote peer and encrypts the connection.
 
+pub mod noise;
+pub mod plaintext;
 pub mod tls;
 
+pub use noise::NoiseTransport;
+pub use plaintext::PlaintextTransport;
 pub use tls::{TlsTransport, TLS_PROTOCOL_ID};
 
 use async_trait::async_trait;
