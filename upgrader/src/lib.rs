@@ -5,6 +5,7 @@
 //! muxer is negotiated. It hands the swarm [`strata_core::CapableConn`]s.
 
 pub mod multistream;
+pub mod muxer;
 pub mod security;
 
 pub use security::{
