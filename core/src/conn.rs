@@ -51,6 +51,8 @@ pub type BoxRawListener = Box<dyn RawListener>;
 /// Makes raw connections: dials and listens on multiaddrs it understands.
 #[async_trait]
 pub trait RawTransport: Send + Sync + 'static {
+    /// The multiaddr protocol names this transport serves, for example `["tcp"]`.
+    fn protocols(&self) -> &[&'static str];
     /// True when `dial` could handle the address.
     fn can_dial(&self, addr: &Multiaddr) -> bool;
     /// True when `listen` could handle the address.

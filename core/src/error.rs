@@ -92,9 +92,54 @@ pub enum TransportError {
         /// The listener's address.
         addr: Multiaddr,
     },
+    /// The raw connection was made but upgrading it (security, muxer) failed.
+    #[error("upgrading the connection with {addr} failed: {source}")]
+    Upgrade {
+        /// The remote address.
+        addr: Multiaddr,
+        /// What failed.
+        #[source]
+        source: UpgradeError,
+    },
     /// The transport itself has been closed.
     #[error("the transport is closed")]
     TransportClosed,
+}
+
+impl TransportError {
+    /// The security error behind this one, if the failure was in the security handshake
+    /// (for example [`SecurityError::PeerIdMismatch`]).
+    pub fn security_error(&self) -> Option<&SecurityError> {
+        match self {
+            TransportError::Upgrade {
+                source: UpgradeError::Security(e),
+                ..
+            } => Some(e),
+            _ => None,
+        }
+    }
+}
+
+/// Turning a raw connection into a capable one failed.
+#[derive(Debug, thiserror::Error)]
+pub enum UpgradeError {
+    /// multistream-select could not agree on a protocol for this step.
+    #[error("negotiating the {step} protocol failed: {message}")]
+    Negotiation {
+        /// "security" or "muxer".
+        step: &'static str,
+        /// What went wrong.
+        message: String,
+    },
+    /// The security handshake failed.
+    #[error(transparent)]
+    Security(#[from] SecurityError),
+    /// The connection gater refused the connection.
+    #[error("the connection gater refused the connection at the {0} stage")]
+    Gated(crate::gater::GateStage),
+    /// The whole upgrade took longer than its deadline.
+    #[error("the upgrade did not finish within {0:?}")]
+    Timeout(Duration),
 }
 
 /// Why a capable connection ended.

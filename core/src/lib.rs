@@ -10,6 +10,7 @@
 pub mod addr;
 pub mod conn;
 pub mod error;
+pub mod gater;
 pub mod identity;
 pub mod tls;
 
@@ -17,6 +18,9 @@ pub use conn::{
     BoxCapableConn, BoxListener, BoxRawConn, BoxRawListener, CapableConn, ConnState, Direction,
     Listener, RawConnection, RawListener, RawTransport, Stream, StreamIo, Transport,
 };
-pub use error::{AddrError, CloseReason, ConnError, SecurityError, TransportError};
+pub use error::{
+    AddrError, CloseReason, ConnError, SecurityError, TransportError, UpgradeError,
+};
+pub use gater::{AllowAll, ConnectionGater, GateStage};
 pub use identity::{Keypair, PeerId, PublicKey};
 pub use multiaddr::{self, Multiaddr, Protocol};

@@ -218,6 +218,10 @@ fn is_memory(addr: &Multiaddr) -> bool {
 
 #[async_trait]
 impl RawTransport for MemoryTransport {
+    fn protocols(&self) -> &[&'static str] {
+        &["memory"]
+    }
+
     fn can_dial(&self, addr: &Multiaddr) -> bool {
         is_memory(addr)
     }

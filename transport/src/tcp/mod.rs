@@ -306,6 +306,10 @@ fn is_tcp(addr: &Multiaddr) -> bool {
 
 #[async_trait]
 impl RawTransport for TcpTransport {
+    fn protocols(&self) -> &[&'static str] {
+        &["tcp"]
+    }
+
     fn can_dial(&self, addr: &Multiaddr) -> bool {
         is_tcp(addr)
     }

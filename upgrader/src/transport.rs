@@ -1,0 +1,85 @@
+//! `Upgraded<T>`: any raw transport composed with an upgrader is a capable transport.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use strata_core::addr::peer_id_of;
+use strata_core::{
+    BoxCapableConn, BoxListener, Multiaddr, PeerId, RawTransport, Transport, TransportError,
+};
+
+use crate::listener::UpgradedListener;
+use crate::upgrader::Upgrader;
+
+/// A raw transport whose connections are upgraded: TCP or memory, made capable.
+pub struct Upgraded<T> {
+    raw: T,
+    upgrader: Arc<Upgrader>,
+}
+
+impl<T: RawTransport> Upgraded<T> {
+    /// Composes `raw` with `upgrader`.
+    pub fn new(raw: T, upgrader: Arc<Upgrader>) -> Self {
+        Upgraded { raw, upgrader }
+    }
+
+    /// The raw transport.
+    pub fn raw(&self) -> &T {
+        &self.raw
+    }
+
+    /// The upgrader.
+    pub fn upgrader(&self) -> &Arc<Upgrader> {
+        &self.upgrader
+    }
+
+    fn name(&self) -> &'static str {
+        self.raw.protocols().first().copied().unwrap_or("unknown")
+    }
+}
+
+#[async_trait]
+impl<T: RawTransport> Transport for Upgraded<T> {
+    fn protocols(&self) -> &[&'static str] {
+        self.raw.protocols()
+    }
+
+    fn can_dial(&self, addr: &Multiaddr) -> bool {
+        self.raw.can_dial(addr)
+    }
+
+    fn can_listen(&self, addr: &Multiaddr) -> bool {
+        self.raw.can_listen(addr)
+    }
+
+    async fn dial(
+        &self,
+        addr: &Multiaddr,
+        expected_peer: Option<PeerId>,
+    ) -> Result<BoxCapableConn, TransportError> {
+        let expected = match (expected_peer, peer_id_of(addr)) {
+            (Some(wanted), Some(in_addr)) if wanted != in_addr => {
+                return Err(strata_core::AddrError::PeerIdConflict {
+                    addr: addr.clone(),
+                    existing: in_addr,
+                    wanted,
+                }
+                .into())
+            }
+            (wanted, in_addr) => wanted.or(in_addr),
+        };
+        let raw = self.raw.dial(addr).await?;
+        self.upgrader
+            .upgrade_outbound(raw, expected, self.name())
+            .await
+            .map_err(|source| TransportError::Upgrade {
+                addr: addr.clone(),
+                source,
+            })
+    }
+
+    async fn listen(&self, addr: &Multiaddr) -> Result<BoxListener, TransportError> {
+        let raw = self.raw.listen(addr).await?;
+        Ok(Box::new(UpgradedListener::new(raw, self.upgrader.clone(), self.name())))
+    }
+}
