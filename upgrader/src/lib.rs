@@ -8,6 +8,7 @@ pub mod multistream;
 pub mod muxer;
 pub mod security;
 
+pub use muxer::{MuxedConn, StreamMuxer, Yamux, YamuxConfig, YamuxConfigError, YAMUX_PROTOCOL_ID};
 pub use security::{
     NoiseTransport, PlaintextTransport, SecureStream, SecureTransport, Secured, TlsTransport,
     TLS_PROTOCOL_ID,
