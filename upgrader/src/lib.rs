@@ -18,7 +18,7 @@ pub mod upgrader;
 
 pub use config::{UpgraderConfig, UpgraderConfigError};
 pub use listener::UpgradedListener;
-pub use muxer::{MuxedConn, StreamMuxer};
+pub use muxer::{MuxedConn, StreamMuxer, Yamux, YamuxConfig, YamuxConfigError, YAMUX_PROTOCOL_ID};
 pub use security::{
     NoiseTransport, PlaintextTransport, SecureStream, SecureTransport, Secured, TlsTransport,
     TLS_PROTOCOL_ID,

@@ -1,5 +1,9 @@
 //! Stream muxers: many streams over one secured connection.
 
+pub mod yamux;
+
+pub use self::yamux::{Yamux, YamuxConfig, YamuxConfigError, YAMUX_PROTOCOL_ID};
+
 use std::sync::Arc;
 
 use async_trait::async_trait;
