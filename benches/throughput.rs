@@ -8,17 +8,22 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use strata::core::identity::generate_ed25519;
-use strata::core::{Keypair, Multiaddr, RawListener, RawTransport, Transport};
+use strata::core::{Keypair, Multiaddr, RawListener, Transport};
 use strata::transport::{TcpConfig, TcpTransport};
 use strata::upgrader::muxer::yamux::Yamux;
-use strata::upgrader::{NoiseTransport, SecureTransport, StreamMuxer, TlsTransport, Upgraded, Upgrader, UpgraderConfig};
+use strata::upgrader::{
+    NoiseTransport, SecureTransport, StreamMuxer, TlsTransport, Upgraded, Upgrader, UpgraderConfig,
+};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 const CHUNK: usize = 256 * 1024;
 const ROUNDS: usize = 3;
 
 fn mib() -> usize {
-    std::env::var("STRATA_BENCH_MIB").ok().and_then(|v| v.parse().ok()).unwrap_or(512)
+    std::env::var("STRATA_BENCH_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(512)
 }
 
 fn loopback() -> Multiaddr {
@@ -85,8 +90,17 @@ fn strata_transport(key: &Keypair, noise: bool) -> Upgraded<TcpTransport> {
         Arc::new(TlsTransport::new(key.clone()).unwrap())
     };
     let muxer: Arc<dyn StreamMuxer> = Arc::new(Yamux::default());
-    let up = Upgrader::new(key.public().to_peer_id(), vec![security], vec![muxer], UpgraderConfig::default()).unwrap();
-    Upgraded::new(TcpTransport::new(TcpConfig::default().reuseport(false)), Arc::new(up))
+    let up = Upgrader::new(
+        key.public().to_peer_id(),
+        vec![security],
+        vec![muxer],
+        UpgraderConfig::default(),
+    )
+    .unwrap();
+    Upgraded::new(
+        TcpTransport::new(TcpConfig::default().reuseport(false)),
+        Arc::new(up),
+    )
 }
 
 async fn strata_stream(noise: bool, total: usize) -> f64 {
@@ -144,7 +158,10 @@ fn main() {
     // should stay quick.
     let bench = std::env::args().any(|a| a == "--bench");
     let total = if bench { mib() << 20 } else { 8 << 20 };
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let (mut raw, mut tls, mut noise) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..if bench { ROUNDS } else { 1 } {
@@ -153,10 +170,20 @@ fn main() {
             noise.push(strata_stream(true, total).await);
         }
         let (raw, tls, noise) = (best(raw), best(tls), best(noise));
-        println!("throughput, one stream, {} MiB per run, best of {}:", total >> 20, if bench { ROUNDS } else { 1 });
+        println!(
+            "throughput, one stream, {} MiB per run, best of {}:",
+            total >> 20,
+            if bench { ROUNDS } else { 1 }
+        );
         println!("  raw TLS 1.3 over TCP (tokio-rustls)   {raw:9.1} MiB/s");
-        println!("  strata TCP+TLS+yamux                  {tls:9.1} MiB/s  {:5.1}% of raw TLS", 100.0 * tls / raw);
-        println!("  strata TCP+Noise+yamux                {noise:9.1} MiB/s  {:5.1}% of raw TLS", 100.0 * noise / raw);
+        println!(
+            "  strata TCP+TLS+yamux                  {tls:9.1} MiB/s  {:5.1}% of raw TLS",
+            100.0 * tls / raw
+        );
+        println!(
+            "  strata TCP+Noise+yamux                {noise:9.1} MiB/s  {:5.1}% of raw TLS",
+            100.0 * noise / raw
+        );
         let count = if bench { 300 } else { 20 };
         let tls_hs = handshakes_per_sec(false, count).await;
         let noise_hs = handshakes_per_sec(true, count).await;

@@ -18,9 +18,7 @@ pub use conn::{
     BoxCapableConn, BoxListener, BoxRawConn, BoxRawListener, CapableConn, ConnState, Direction,
     Listener, RawConnection, RawListener, RawTransport, Stream, StreamIo, Transport,
 };
-pub use error::{
-    AddrError, CloseReason, ConnError, SecurityError, TransportError, UpgradeError,
-};
+pub use error::{AddrError, CloseReason, ConnError, SecurityError, TransportError, UpgradeError};
 pub use gater::{AllowAll, ConnectionGater, GateStage};
 pub use identity::{Keypair, PeerId, PublicKey};
 pub use multiaddr::{self, Multiaddr, Protocol};

@@ -2,7 +2,8 @@
 //! queue that stops taking sockets from the kernel while it is full.
 //!
 //! One task takes raw connections: it first waits for a handshake slot and for room in the
-//! queue, so a full queue leaves new connections in the kernel's backlog (backpressure).
+//! queue, so a full queue leaves new connections in the kernel's backlog (backpressure);
+//! a socket taken just as the queue filled does not start its handshake until there is room.
 //! Each handshake runs in its own task under the upgrade deadline; a finished connection
 //! waits for room in the queue until that same deadline, then is closed. Closing the
 //! listener ends every task and closes every connection not yet accepted.
@@ -13,7 +14,7 @@ use async_trait::async_trait;
 use strata_core::{
     BoxCapableConn, BoxRawListener, Listener, Multiaddr, TransportError, UpgradeError,
 };
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -32,6 +33,7 @@ pub struct UpgradedListener {
     cancel: CancellationToken,
     tasks: TaskTracker,
     fatal: Arc<std::sync::Mutex<Option<TransportError>>>,
+    queued: Arc<watch::Sender<usize>>,
 }
 
 impl UpgradedListener {
@@ -42,11 +44,15 @@ impl UpgradedListener {
         let cancel = CancellationToken::new();
         let tasks = TaskTracker::new();
         let fatal = Arc::new(std::sync::Mutex::new(None));
+        let queued = Arc::new(watch::channel(0).0);
         tasks.spawn(accept_loop(
             raw,
             upgrader,
             transport,
-            tx,
+            Queue {
+                tx,
+                queued: queued.clone(),
+            },
             cancel.clone(),
             tasks.clone(),
             fatal.clone(),
@@ -57,7 +63,13 @@ impl UpgradedListener {
             cancel,
             tasks,
             fatal,
+            queued,
         }
+    }
+
+    /// The number of upgraded connections waiting for `accept`, as it changes.
+    pub fn queued(&self) -> watch::Receiver<usize> {
+        self.queued.subscribe()
     }
 
     /// Handshakes running or waiting for room in the queue, plus the accept loop itself.
@@ -73,11 +85,18 @@ impl Drop for UpgradedListener {
     }
 }
 
+/// The sending side of the accept queue, with its published length.
+#[derive(Clone)]
+struct Queue {
+    tx: mpsc::Sender<Queued>,
+    queued: Arc<watch::Sender<usize>>,
+}
+
 async fn accept_loop(
     mut raw: BoxRawListener,
     upgrader: Arc<Upgrader>,
     transport: &'static str,
-    tx: mpsc::Sender<Queued>,
+    queue: Queue,
     cancel: CancellationToken,
     tasks: TaskTracker,
     fatal: Arc<std::sync::Mutex<Option<TransportError>>>,
@@ -94,7 +113,7 @@ async fn accept_loop(
         // Backpressure: while the queue is full, leave new connections in the kernel.
         tokio::select! {
             _ = cancel.cancelled() => return,
-            room = tx.reserve() => if room.is_err() { return },
+            room = queue.tx.reserve() => if room.is_err() { return },
         }
         let conn = tokio::select! {
             _ = cancel.cancelled() => return,
@@ -108,8 +127,15 @@ async fn accept_loop(
                 return;
             }
         };
+        // The queue may have filled while we waited in accept: then this socket's
+        // handshake waits too (as go-libp2p's threshold does), and no further socket is
+        // taken until the consumer makes room.
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            room = queue.tx.reserve() => if room.is_err() { return },
+        }
         let upgrader = upgrader.clone();
-        let tx = tx.clone();
+        let queue = queue.clone();
         let cancel = cancel.clone();
         tasks.spawn(async move {
             let deadline = Instant::now() + upgrader.config().handshake_timeout;
@@ -132,8 +158,11 @@ async fn accept_loop(
                     tracing::debug!(%remote, "accept queue stayed full past the deadline; closing");
                     conn.close().await;
                 }
-                room = tx.reserve() => match room {
-                    Ok(room) => room.send(Queued { conn, deadline }),
+                room = queue.tx.reserve() => match room {
+                    Ok(room) => {
+                        room.send(Queued { conn, deadline });
+                        queue.queued.send_modify(|n| *n += 1);
+                    }
                     Err(_) => conn.close().await,
                 },
             }
@@ -156,7 +185,11 @@ impl Listener for UpgradedListener {
 
     async fn accept(&mut self) -> Result<BoxCapableConn, TransportError> {
         loop {
-            let Some(Queued { conn, deadline }) = self.queue.recv().await else {
+            let next = self.queue.recv().await;
+            if next.is_some() {
+                self.queued.send_modify(|n| *n = n.saturating_sub(1));
+            }
+            let Some(Queued { conn, deadline }) = next else {
                 let fatal = self.fatal.lock().unwrap_or_else(|p| p.into_inner()).take();
                 return Err(fatal.unwrap_or_else(|| TransportError::ListenerClosed {
                     addr: self.addr.clone(),
@@ -180,6 +213,7 @@ impl Listener for UpgradedListener {
         while let Some(Queued { conn, .. }) = self.queue.recv().await {
             conn.close().await;
         }
+        self.queued.send_replace(0);
         self.tasks.close();
         self.tasks.wait().await;
     }

@@ -80,6 +80,10 @@ impl<T: RawTransport> Transport for Upgraded<T> {
 
     async fn listen(&self, addr: &Multiaddr) -> Result<BoxListener, TransportError> {
         let raw = self.raw.listen(addr).await?;
-        Ok(Box::new(UpgradedListener::new(raw, self.upgrader.clone(), self.name())))
+        Ok(Box::new(UpgradedListener::new(
+            raw,
+            self.upgrader.clone(),
+            self.name(),
+        )))
     }
 }

@@ -30,7 +30,11 @@ impl std::fmt::Debug for Upgrader {
             .field("local_peer", &self.local_peer)
             .field(
                 "security",
-                &self.security.iter().map(|s| s.protocol_id()).collect::<Vec<_>>(),
+                &self
+                    .security
+                    .iter()
+                    .map(|s| s.protocol_id())
+                    .collect::<Vec<_>>(),
             )
             .field("muxers", &self.muxer_ids)
             .field("config", &self.config)
@@ -106,9 +110,12 @@ impl Upgrader {
         transport: &'static str,
     ) -> Result<BoxCapableConn, UpgradeError> {
         let deadline = self.config.handshake_timeout;
-        tokio::time::timeout(deadline, self.upgrade(raw, Direction::Outbound, expected, transport))
-            .await
-            .map_err(|_| UpgradeError::Timeout(deadline))?
+        tokio::time::timeout(
+            deadline,
+            self.upgrade(raw, Direction::Outbound, expected, transport),
+        )
+        .await
+        .map_err(|_| UpgradeError::Timeout(deadline))?
     }
 
     /// Upgrades a connection we accepted. The gater's accept hook runs first.
@@ -123,9 +130,12 @@ impl Upgrader {
             }
         }
         let deadline = self.config.handshake_timeout;
-        tokio::time::timeout(deadline, self.upgrade(raw, Direction::Inbound, None, transport))
-            .await
-            .map_err(|_| UpgradeError::Timeout(deadline))?
+        tokio::time::timeout(
+            deadline,
+            self.upgrade(raw, Direction::Inbound, None, transport),
+        )
+        .await
+        .map_err(|_| UpgradeError::Timeout(deadline))?
     }
 
     async fn upgrade(
@@ -137,9 +147,11 @@ impl Upgrader {
     ) -> Result<BoxCapableConn, UpgradeError> {
         let local_addr = raw.local_multiaddr().clone();
         let remote_addr = raw.remote_multiaddr().clone();
-        let negotiation = |step| move |e: crate::multistream::NegotiationError| UpgradeError::Negotiation {
-            step,
-            message: e.to_string(),
+        let negotiation = |step| {
+            move |e: crate::multistream::NegotiationError| UpgradeError::Negotiation {
+                step,
+                message: e.to_string(),
+            }
         };
 
         let security_ids: Vec<&str> = self.security.iter().map(|s| s.protocol_id()).collect();
@@ -165,7 +177,11 @@ impl Upgrader {
             remote_public_key,
             early_muxer,
         } = match direction {
-            Direction::Outbound => security.secure_outbound(raw, expected, &self.muxer_ids).await?,
+            Direction::Outbound => {
+                security
+                    .secure_outbound(raw, expected, &self.muxer_ids)
+                    .await?
+            }
             Direction::Inbound => security.secure_inbound(raw, &self.muxer_ids).await?,
         };
         if let Some(expected) = expected {

@@ -1,0 +1,271 @@
+//! Strata's upgrader against a real rust-libp2p node in this process: TCP with TLS or
+//! Noise, yamux, multistream-select on streams; both directions.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{AsyncReadExt as _, AsyncWriteExt as _, StreamExt};
+use libp2p::swarm::SwarmEvent;
+use libp2p::{noise, tcp, tls, yamux, StreamProtocol, Swarm, SwarmBuilder};
+use strata_core::{BoxCapableConn, Keypair, Multiaddr, PeerId, SecurityError, Transport};
+use strata_transport::{TcpConfig, TcpTransport};
+use strata_upgrader::multistream::{dialer_select, listener_select};
+use strata_upgrader::muxer::yamux::Yamux;
+use strata_upgrader::{
+    NoiseTransport, SecureTransport, StreamMuxer, TlsTransport, Upgraded, Upgrader, UpgraderConfig,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio::time::timeout;
+
+const ECHO: &str = "/echo/1.0.0";
+const ONE_MIB: usize = 1 << 20;
+const LIMIT: Duration = Duration::from_secs(30);
+
+#[derive(Clone, Copy, Debug)]
+enum Sec {
+    Tls,
+    Noise,
+}
+
+/// What the rust-libp2p node reports.
+#[derive(Debug)]
+enum Event {
+    Listening(Multiaddr),
+    Connected(PeerId),
+}
+
+struct Libp2pNode {
+    peer: PeerId,
+    control: libp2p_stream::Control,
+    events: mpsc::UnboundedReceiver<Event>,
+}
+
+fn libp2p_swarm(sec: Sec) -> Swarm<libp2p_stream::Behaviour> {
+    let builder = SwarmBuilder::with_new_identity().with_tokio();
+    let idle = |c: libp2p::swarm::Config| c.with_idle_connection_timeout(Duration::from_secs(60));
+    match sec {
+        Sec::Tls => builder
+            .with_tcp(
+                tcp::Config::default(),
+                tls::Config::new,
+                yamux::Config::default,
+            )
+            .unwrap()
+            .with_behaviour(|_| libp2p_stream::Behaviour::new())
+            .unwrap()
+            .with_swarm_config(idle)
+            .build(),
+        Sec::Noise => builder
+            .with_tcp(
+                tcp::Config::default(),
+                noise::Config::new,
+                yamux::Config::default,
+            )
+            .unwrap()
+            .with_behaviour(|_| libp2p_stream::Behaviour::new())
+            .unwrap()
+            .with_swarm_config(idle)
+            .build(),
+    }
+}
+
+/// Starts a rust-libp2p node that echoes every stream of ECHO; `setup` may listen or dial
+/// before the swarm starts running.
+fn start_libp2p(sec: Sec, setup: impl FnOnce(&mut Swarm<libp2p_stream::Behaviour>)) -> Libp2pNode {
+    let mut swarm = libp2p_swarm(sec);
+    setup(&mut swarm);
+    let peer = *swarm.local_peer_id();
+    let mut control = swarm.behaviour().new_control();
+    let mut incoming = control.accept(StreamProtocol::new(ECHO)).unwrap();
+    tokio::spawn(async move {
+        while let Some((_, mut stream)) = incoming.next().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                stream.read_to_end(&mut buf).await.unwrap();
+                stream.write_all(&buf).await.unwrap();
+                stream.close().await.unwrap();
+            });
+        }
+    });
+    let (tx, events) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let event = match swarm.select_next_some().await {
+                SwarmEvent::NewListenAddr { address, .. } => Event::Listening(address),
+                SwarmEvent::ConnectionEstablished { peer_id, .. } => Event::Connected(peer_id),
+                _ => continue,
+            };
+            if tx.send(event).is_err() {
+                return;
+            }
+        }
+    });
+    Libp2pNode {
+        peer,
+        control,
+        events,
+    }
+}
+
+impl Libp2pNode {
+    async fn listening(&mut self) -> Multiaddr {
+        loop {
+            if let Event::Listening(a) = timeout(LIMIT, self.events.recv()).await.unwrap().unwrap()
+            {
+                return a;
+            }
+        }
+    }
+    async fn connected(&mut self) -> PeerId {
+        loop {
+            if let Event::Connected(p) = timeout(LIMIT, self.events.recv()).await.unwrap().unwrap()
+            {
+                return p;
+            }
+        }
+    }
+}
+
+fn strata(sec: Sec) -> (Keypair, Upgraded<TcpTransport>) {
+    let key = strata_core::identity::generate_ed25519();
+    let security: Arc<dyn SecureTransport> = match sec {
+        Sec::Tls => Arc::new(TlsTransport::new(key.clone()).unwrap()),
+        Sec::Noise => Arc::new(NoiseTransport::new(key.clone())),
+    };
+    let muxer: Arc<dyn StreamMuxer> = Arc::new(Yamux::default());
+    let up = Upgrader::new(
+        key.public().to_peer_id(),
+        vec![security],
+        vec![muxer],
+        UpgraderConfig::default(),
+    )
+    .unwrap();
+    (
+        key,
+        Upgraded::new(TcpTransport::new(TcpConfig::default()), Arc::new(up)),
+    )
+}
+
+fn payload() -> Vec<u8> {
+    (0..ONE_MIB).map(|i| (i % 251) as u8).collect()
+}
+
+async fn strata_echo_client(conn: &BoxCapableConn) {
+    let mut stream = conn.open_stream().await.unwrap();
+    let picked = dialer_select(&mut stream, &[ECHO]).await.unwrap();
+    assert_eq!(picked, ECHO);
+    let data = payload();
+    stream.write_all(&data).await.unwrap();
+    stream.close_write().await.unwrap();
+    let mut back = Vec::new();
+    timeout(LIMIT, stream.read_to_end(&mut back))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(back.len(), data.len());
+    assert!(back == data, "the echo must be intact");
+}
+
+#[tokio::test]
+async fn strata_dials_rust_libp2p() {
+    for sec in [Sec::Tls, Sec::Noise] {
+        let mut node = start_libp2p(sec, |s| {
+            s.listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
+                .unwrap();
+        });
+        let addr = node.listening().await;
+        let (key, t) = strata(sec);
+        let conn = timeout(LIMIT, t.dial(&addr, Some(node.peer)))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(conn.remote_peer(), node.peer, "{sec:?}");
+        assert_eq!(node.connected().await, key.public().to_peer_id(), "{sec:?}");
+        // rust-libp2p 0.57 offers no muxer in TLS ALPN or the Noise extensions, so this
+        // exercises the fallback: a multistream-select round for the muxer.
+        assert!(!conn.state().used_early_muxer_negotiation, "{sec:?}");
+        assert_eq!(conn.state().muxer, "/yamux/1.0.0");
+        strata_echo_client(&conn).await;
+        conn.close().await;
+    }
+}
+
+#[tokio::test]
+async fn rust_libp2p_dials_strata() {
+    for sec in [Sec::Tls, Sec::Noise] {
+        let (key, t) = strata(sec);
+        let mut listener = t
+            .listen(&"/ip4/127.0.0.1/tcp/0".parse().unwrap())
+            .await
+            .unwrap();
+        let target = listener
+            .multiaddr()
+            .clone()
+            .with(strata_core::Protocol::P2p(key.public().to_peer_id()));
+        let mut node = start_libp2p(sec, |s| s.dial(target).unwrap());
+        let conn = timeout(LIMIT, listener.accept()).await.unwrap().unwrap();
+        assert_eq!(conn.remote_peer(), node.peer, "{sec:?}");
+        assert_eq!(node.connected().await, key.public().to_peer_id(), "{sec:?}");
+
+        // Strata serves the echo protocol; rust-libp2p opens the stream.
+        let server = tokio::spawn(async move {
+            let mut stream = conn.accept_stream().await.unwrap();
+            let proto = listener_select(&mut stream, |p| p == ECHO, || vec![ECHO.to_string()])
+                .await
+                .unwrap();
+            assert_eq!(proto, ECHO);
+            let mut buf = Vec::new();
+            stream.read_to_end(&mut buf).await.unwrap();
+            stream.write_all(&buf).await.unwrap();
+            stream.close_write().await.unwrap();
+            // Keep the connection until the client has read everything.
+            let _ = conn.closed().await;
+        });
+        let mut stream = timeout(
+            LIMIT,
+            node.control
+                .open_stream(key.public().to_peer_id(), StreamProtocol::new(ECHO)),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        let data = payload();
+        stream.write_all(&data).await.unwrap();
+        stream.close().await.unwrap();
+        let mut back = Vec::new();
+        timeout(LIMIT, stream.read_to_end(&mut back))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(back == data, "{sec:?}: the echo must be intact");
+        server.abort();
+    }
+}
+
+#[tokio::test]
+async fn wrong_expected_peer_against_rust_libp2p_is_a_mismatch() {
+    for sec in [Sec::Tls, Sec::Noise] {
+        let mut node = start_libp2p(sec, |s| {
+            s.listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
+                .unwrap();
+        });
+        let addr = node.listening().await;
+        let (_, t) = strata(sec);
+        let wrong = strata_core::identity::generate_ed25519()
+            .public()
+            .to_peer_id();
+        let err = t
+            .dial(&addr, Some(wrong))
+            .await
+            .err()
+            .expect("the dial must fail");
+        match err.security_error() {
+            Some(SecurityError::PeerIdMismatch { expected, actual }) => {
+                assert_eq!(*expected, wrong);
+                assert_eq!(*actual, node.peer);
+            }
+            _ => panic!("{sec:?}: expected PeerIdMismatch, got {err:?}"),
+        }
+    }
+}
