@@ -571,16 +571,21 @@ async fn raw_tcp_throughput(total: usize) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a measurement, run in release by hand"]
 async fn throughput() {
-    const TOTAL: usize = 256 << 20;
-    for round in 0..2 {
+    // 256 MiB unless STRATA_TP_MIB says otherwise (more gives steadier figures).
+    let total = std::env::var("STRATA_TP_MIB")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(256)
+        << 20;
+    for round in 0..3 {
         println!("round {round}");
-        println!("  raw tcp: {:.0} MiB/s", raw_tcp_throughput(TOTAL).await);
-        for split in [16 << 10, 64 << 10, 256 << 10] {
+        println!("  raw tcp: {:.0} MiB/s", raw_tcp_throughput(total).await);
+        for split in [16 << 10, 64 << 10, 128 << 10, 256 << 10, 1 << 20] {
             let config = YamuxConfig {
                 split_send_size: split,
                 ..YamuxConfig::default()
             };
-            let mibs = tcp_throughput(config, TOTAL).await;
+            let mibs = tcp_throughput(config, total).await;
             println!(
                 "  yamux split_send_size {:>3} KiB: {mibs:.0} MiB/s",
                 split >> 10
