@@ -3,7 +3,7 @@
 use std::process::Command;
 
 #[test]
-fn demo_listens_dials_from_the_listen_port_and_echoes() {
+fn demo_upgrades_both_ways_dials_from_the_listen_port_and_echoes() {
     let out = Command::new(env!("CARGO_BIN_EXE_strata"))
         .arg("demo")
         .output()
@@ -14,20 +14,39 @@ fn demo_listens_dials_from_the_listen_port_and_echoes() {
         "demo failed: {stdout} {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let field = |name: &str| {
-        stdout
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .unwrap_or_else(|| panic!("no {name:?} line in {stdout}"))
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .to_string()
-    };
-    let client_listens = field("client listens");
-    assert_ne!(field("server listens"), client_listens);
-    // Port reuse: the client's dial leaves from its listen port, and the server sees it.
-    assert_eq!(field("client dialed  from"), client_listens);
-    assert_eq!(field("server saw"), client_listens);
-    assert!(stdout.contains("1048576 bytes, verified"), "{stdout}");
+    let sections: Vec<&str> = stdout.split("== ").skip(1).collect();
+    assert_eq!(sections.len(), 2, "{stdout}");
+    for (section, security) in sections.iter().zip(["/tls/1.0.0", "/noise"]) {
+        let field = |name: &str| {
+            section
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .unwrap_or_else(|| panic!("no {name:?} line in {section}"))
+                .split_whitespace()
+                .collect::<Vec<_>>()
+        };
+        let server = field("server listens");
+        let client = field("client listens");
+        let dialed = field("client dialed  from");
+        let seen = field("server saw");
+        // Port reuse: the dial leaves from the client's listen port, and the server sees it.
+        assert_eq!(dialed[0], client[0], "{section}");
+        assert_eq!(seen[0], client[0], "{section}");
+        // Each side authenticated the other.
+        assert_eq!(seen[2], client[2], "{section}");
+        assert_ne!(server[2], client[2]);
+        assert!(
+            section.contains(&format!("{security} + /yamux/1.0.0,")),
+            "{section}"
+        );
+        assert!(
+            section.contains("muxer picked in the handshake: yes"),
+            "{section}"
+        );
+        assert!(
+            section.contains("1048576 bytes over /echo/1.0.0"),
+            "{section}"
+        );
+        assert!(section.contains("verified"), "{section}");
+    }
 }
