@@ -272,3 +272,59 @@ async fn peer_hanging_up_mid_handshake_is_an_error() {
     drop(a);
     assert!(server.secure_inbound(b, &[]).await.is_err());
 }
+
+/// Serves one fixed certificate chain, whatever the client asks: lets a test present a
+/// certificate whose private key it does not hold.
+#[derive(Debug)]
+struct FixedCert(Arc<rustls::sign::CertifiedKey>);
+
+impl rustls::server::ResolvesServerCert for FixedCert {
+    fn resolve(
+        &self,
+        _: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.0.clone())
+    }
+}
+
+/// The spec's INVALID test vector, presented by a TLS peer: our client refuses it while
+/// checking the certificate, before any signature by its key would matter.
+#[tokio::test]
+async fn server_presenting_the_invalid_spec_vector_is_refused() {
+    let vectors = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../core/tests/data/tls-certificates.txt"
+    ))
+    .unwrap();
+    let invalid_hex = vectors
+        .lines()
+        .find_map(|l| l.strip_prefix("INVALID "))
+        .unwrap()
+        .trim();
+    let der: Vec<u8> = (0..invalid_hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&invalid_hex[i..i + 2], 16).unwrap())
+        .collect();
+    let (_, unrelated_key) = plain_cert();
+    let signer = rustls::crypto::ring::sign::any_ecdsa_type(&unrelated_key).unwrap();
+    let certified = rustls::sign::CertifiedKey::new(
+        vec![rustls::pki_types::CertificateDer::from(der)],
+        signer,
+    );
+    let mut config = rustls::ServerConfig::builder_with_provider(ring())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(FixedCert(Arc::new(certified))));
+    config.alpn_protocols = vec![b"libp2p".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+
+    let client = TlsTransport::new(Keypair::generate_ed25519()).unwrap();
+    let (a, b) = raw_pair().await;
+    let (out, inb) = tokio::join!(client.secure_outbound(a, None, &[]), acceptor.accept(b));
+    match out {
+        Err(SecurityError::InvalidCertificate(msg)) => assert!(!msg.is_empty()),
+        other => panic!("expected InvalidCertificate, got {other:?}"),
+    }
+    assert!(inb.is_err(), "the server sees the handshake fail too");
+}
