@@ -18,7 +18,7 @@ use quinn::{IdleTimeout, TransportConfig, VarInt};
 /// | `send_window` | 15 MiB | bytes in flight we buffer per connection, matched to the receive window |
 /// | `accept_queue_len` | 16 | connections accepted but not yet taken by [`strata_core::Listener::accept`] |
 /// | `max_inflight_handshakes` | 256 | inbound handshakes running at once per listener |
-/// | `close_timeout` | 3 s | how long closing the transport waits for its endpoints to drain before it drops them |
+/// | `close_timeout` | 1 s | how long closing the transport waits for its connections to drain (RFC 9000's 3×PTO) before it stops them |
 ///
 /// Windows are bytes; [`QuicConfig::validate`] checks that each fits a QUIC variable-length
 /// integer (below 2^62), so building the transport never panics inside quinn.
@@ -59,7 +59,7 @@ impl Default for QuicConfig {
             send_window: 15 * 1024 * 1024,
             accept_queue_len: 16,
             max_inflight_handshakes: 256,
-            close_timeout: Duration::from_secs(3),
+            close_timeout: Duration::from_secs(1),
         }
     }
 }
@@ -189,7 +189,10 @@ mod tests {
             })
         );
         let c = QuicConfig::default().max_concurrent_bidi_streams(u64::MAX);
-        assert!(matches!(c.validate(), Err(QuicConfigError::TooLarge { .. })));
+        assert!(matches!(
+            c.validate(),
+            Err(QuicConfigError::TooLarge { .. })
+        ));
         let c = QuicConfig::default().max_idle_timeout(Duration::from_secs(u64::MAX / 2));
         assert!(matches!(c.validate(), Err(QuicConfigError::IdleTimeout(_))));
         let c = QuicConfig::default().accept_queue_len(0);

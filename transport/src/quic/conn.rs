@@ -109,8 +109,11 @@ pub(crate) fn close_reason(err: &ConnectionError) -> CloseReason {
         ConnectionError::LocallyClosed => CloseReason::Local,
         ConnectionError::TimedOut => CloseReason::IdleTimeout,
         ConnectionError::ApplicationClosed(_) => CloseReason::Remote,
+        // APPLICATION_ERROR is how an application close travels while the handshake is
+        // not yet confirmed (RFC 9000, 10.2.3): still the remote closing on purpose.
         ConnectionError::ConnectionClosed(c)
-            if c.error_code == quinn::TransportErrorCode::NO_ERROR =>
+            if c.error_code == quinn::TransportErrorCode::NO_ERROR
+                || c.error_code == quinn::TransportErrorCode::APPLICATION_ERROR =>
         {
             CloseReason::Remote
         }

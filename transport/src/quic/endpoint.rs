@@ -34,7 +34,9 @@ impl TrackedRuntime {
         }
     }
 
-    /// Waits for every quinn task to end; stops the rest after `timeout`.
+    /// Waits for every quinn task to end (the endpoint drivers end once their endpoint is
+    /// closed, has no handle left and every connection has drained); stops the rest after
+    /// `timeout`. Nothing is lost by stopping a draining connection: it sends nothing more.
     pub(crate) async fn shutdown(&self, timeout: std::time::Duration) {
         self.tracker.close();
         if tokio::time::timeout(timeout, self.tracker.wait())

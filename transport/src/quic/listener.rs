@@ -77,7 +77,13 @@ impl QuicListener {
             bound,
             listen_addr: addr.clone(),
         });
-        tasks.spawn(accept_loop(endpoint, ctx, tx, cancel.clone(), tasks.clone()));
+        tasks.spawn(accept_loop(
+            endpoint,
+            ctx,
+            tx,
+            cancel.clone(),
+            tasks.clone(),
+        ));
         QuicListener {
             addr,
             id,
@@ -258,8 +264,8 @@ impl Listener for QuicListener {
             endpoint.close(CLOSE_NORMAL, b"");
             // Bounded: a closed endpoint with no connections is idle at once; the bound
             // guards against a connection that slipped in meanwhile and drains slowly.
-            let _ = tokio::time::timeout(self.shared.config.close_timeout, endpoint.wait_idle())
-                .await;
+            let _ =
+                tokio::time::timeout(self.shared.config.close_timeout, endpoint.wait_idle()).await;
         }
     }
 }
