@@ -1,0 +1,246 @@
+//! Strata's QUIC transport against a real rust-libp2p node (libp2p-quic) in this process:
+//! both directions, peer IDs checked, multistream-select on a QUIC stream, 1 MiB echoed.
+
+use std::time::Duration;
+
+use futures::{AsyncReadExt as _, AsyncWriteExt as _, StreamExt};
+use libp2p::swarm::SwarmEvent;
+use libp2p::{StreamProtocol, Swarm, SwarmBuilder};
+use strata_core::{BoxCapableConn, Multiaddr, PeerId, SecurityError, Transport};
+use strata_transport::{QuicConfig, QuicTransport};
+use strata_upgrader::multistream::{dialer_select, listener_select};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio::time::timeout;
+
+const ECHO: &str = "/echo/1.0.0";
+const ONE_MIB: usize = 1 << 20;
+const LIMIT: Duration = Duration::from_secs(30);
+
+/// What the rust-libp2p node reports.
+#[derive(Debug)]
+enum Event {
+    Listening(Multiaddr),
+    Connected(PeerId),
+}
+
+struct Libp2pNode {
+    peer: PeerId,
+    control: libp2p_stream::Control,
+    events: mpsc::UnboundedReceiver<Event>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Libp2pNode {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn libp2p_swarm() -> Swarm<libp2p_stream::Behaviour> {
+    SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_quic()
+        .with_behaviour(|_| libp2p_stream::Behaviour::new())
+        .unwrap()
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+        .build()
+}
+
+/// Starts a rust-libp2p node that echoes every ECHO stream; `setup` may listen or dial
+/// before the swarm runs.
+fn start_libp2p(setup: impl FnOnce(&mut Swarm<libp2p_stream::Behaviour>)) -> Libp2pNode {
+    let mut swarm = libp2p_swarm();
+    setup(&mut swarm);
+    let peer = *swarm.local_peer_id();
+    let mut control = swarm.behaviour().new_control();
+    let mut incoming = control.accept(StreamProtocol::new(ECHO)).unwrap();
+    let (tx, events) = mpsc::unbounded_channel();
+    let task = tokio::spawn(async move {
+        let echo = async move {
+            while let Some((_, mut stream)) = incoming.next().await {
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    stream.read_to_end(&mut buf).await.unwrap();
+                    stream.write_all(&buf).await.unwrap();
+                    stream.close().await.unwrap();
+                });
+            }
+        };
+        let drive = async move {
+            loop {
+                let event = match swarm.select_next_some().await {
+                    SwarmEvent::NewListenAddr { address, .. } => Event::Listening(address),
+                    SwarmEvent::ConnectionEstablished { peer_id, .. } => Event::Connected(peer_id),
+                    _ => continue,
+                };
+                // The test may stop listening for events; the swarm must keep running.
+                let _ = tx.send(event);
+            }
+        };
+        tokio::join!(echo, drive);
+    });
+    Libp2pNode {
+        peer,
+        control,
+        events,
+        task,
+    }
+}
+
+impl Libp2pNode {
+    async fn listening(&mut self) -> Multiaddr {
+        loop {
+            if let Event::Listening(a) = timeout(LIMIT, self.events.recv()).await.unwrap().unwrap()
+            {
+                return a;
+            }
+        }
+    }
+
+    async fn connected(&mut self) -> PeerId {
+        loop {
+            if let Event::Connected(p) = timeout(LIMIT, self.events.recv()).await.unwrap().unwrap()
+            {
+                return p;
+            }
+        }
+    }
+}
+
+fn strata() -> QuicTransport {
+    QuicTransport::new(
+        strata_core::identity::generate_ed25519(),
+        QuicConfig::default(),
+    )
+    .unwrap()
+}
+
+fn payload() -> Vec<u8> {
+    (0..ONE_MIB).map(|i| (i % 251) as u8).collect()
+}
+
+async fn strata_echo_client(conn: &BoxCapableConn) {
+    let mut stream = conn.open_stream().await.unwrap();
+    let picked = timeout(LIMIT, dialer_select(&mut stream, &[ECHO]))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(picked, ECHO);
+    let data = payload();
+    stream.write_all(&data).await.unwrap();
+    stream.close_write().await.unwrap();
+    let mut back = Vec::new();
+    timeout(LIMIT, stream.read_to_end(&mut back))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(back.len(), data.len());
+    assert!(back == data, "the echo must be intact");
+}
+
+/// Strata dials a rust-libp2p QUIC listener with its expected peer ID and echoes 1 MiB
+/// through rust-libp2p's echo handler.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strata_dials_rust_libp2p_over_quic() {
+    let mut node = start_libp2p(|s| {
+        s.listen_on("/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap())
+            .unwrap();
+    });
+    let addr = node.listening().await;
+    let t = strata();
+    let conn = timeout(LIMIT, t.dial(&addr, Some(node.peer)))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(conn.remote_peer(), node.peer);
+    assert_eq!(node.connected().await, t.local_peer());
+    assert_eq!(conn.state().transport, "quic-v1");
+    strata_echo_client(&conn).await;
+    conn.close().await;
+    t.close().await;
+}
+
+/// rust-libp2p dials a Strata QUIC listener (with the /p2p suffix, checked on its side)
+/// and opens a stream; Strata answers multistream-select and echoes 1 MiB. Then Strata
+/// opens a stream the other way on the same connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rust_libp2p_dials_strata_over_quic() {
+    let t = strata();
+    let mut listener = t
+        .listen(&"/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap())
+        .await
+        .unwrap();
+    let target = listener
+        .multiaddr()
+        .clone()
+        .with(strata_core::Protocol::P2p(t.local_peer()));
+    let mut node = start_libp2p(|s| s.dial(target).unwrap());
+    let conn = timeout(LIMIT, listener.accept()).await.unwrap().unwrap();
+    assert_eq!(conn.remote_peer(), node.peer);
+    assert_eq!(node.connected().await, t.local_peer());
+
+    let server_conn = conn.clone();
+    let server = tokio::spawn(async move {
+        let mut stream = server_conn.accept_stream().await.unwrap();
+        let proto = listener_select(&mut stream, |p| p == ECHO, || vec![ECHO.to_string()])
+            .await
+            .unwrap();
+        assert_eq!(proto, ECHO);
+        let mut buf = Vec::new();
+        stream.read_to_end(&mut buf).await.unwrap();
+        stream.write_all(&buf).await.unwrap();
+        stream.close_write().await.unwrap();
+        // Keep the stream until the client has read everything.
+        let _ = server_conn.closed().await;
+    });
+    let mut stream = timeout(
+        LIMIT,
+        node.control
+            .open_stream(t.local_peer(), StreamProtocol::new(ECHO)),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let data = payload();
+    stream.write_all(&data).await.unwrap();
+    stream.close().await.unwrap();
+    let mut back = Vec::new();
+    timeout(LIMIT, stream.read_to_end(&mut back))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(back == data, "the echo must be intact");
+
+    strata_echo_client(&conn).await;
+    server.abort();
+    listener.close().await;
+    t.close().await;
+}
+
+/// Dialing rust-libp2p with another expected peer is a typed PeerIdMismatch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_expected_peer_against_rust_libp2p_quic() {
+    let mut node = start_libp2p(|s| {
+        s.listen_on("/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap())
+            .unwrap();
+    });
+    let addr = node.listening().await;
+    let t = strata();
+    let wrong = strata_core::identity::generate_ed25519()
+        .public()
+        .to_peer_id();
+    let err = timeout(LIMIT, t.dial(&addr, Some(wrong)))
+        .await
+        .unwrap()
+        .err()
+        .expect("the dial must fail");
+    match err.security_error() {
+        Some(SecurityError::PeerIdMismatch { expected, actual }) => {
+            assert_eq!(*expected, wrong);
+            assert_eq!(*actual, node.peer);
+        }
+        _ => panic!("expected PeerIdMismatch, got {err:?}"),
+    }
+    t.close().await;
+}

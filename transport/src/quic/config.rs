@@ -1,0 +1,201 @@
+//! QUIC transport settings, their defaults, and their translation into quinn's configs.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::{IdleTimeout, TransportConfig, VarInt};
+
+/// Settings of a [`crate::QuicTransport`].
+///
+/// | field | default | why |
+/// |---|---|---|
+/// | `handshake_timeout` | 15 s | the deadline of every handshake, inbound and outbound, as the upgrader's |
+/// | `max_idle_timeout` | 30 s | a connection with no traffic for this long ends with [`strata_core::CloseReason::IdleTimeout`] |
+/// | `keep_alive_interval` | `Some(15 s)` | half the idle timeout, so an idle but live connection survives one lost ping |
+/// | `max_concurrent_bidi_streams` | 256 | streams the remote may have open at once (as rust-libp2p) |
+/// | `stream_receive_window` | 10 MiB | per-stream flow-control window: one stream can fill a fast path |
+/// | `receive_window` | 15 MiB | per-connection window, larger than one stream's so one stream cannot starve the others |
+/// | `send_window` | 15 MiB | bytes in flight we buffer per connection, matched to the receive window |
+/// | `accept_queue_len` | 16 | connections accepted but not yet taken by [`strata_core::Listener::accept`] |
+/// | `max_inflight_handshakes` | 256 | inbound handshakes running at once per listener |
+/// | `close_timeout` | 1 s | how long closing the transport waits for its connections to drain (RFC 9000's 3×PTO) before it stops them |
+///
+/// Windows are bytes; [`QuicConfig::validate`] checks that each fits a QUIC variable-length
+/// integer (below 2^62), so building the transport never panics inside quinn.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuicConfig {
+    /// Deadline of each handshake (dial or accept), including the gater's checks.
+    pub handshake_timeout: Duration,
+    /// A connection without any traffic for this long is closed.
+    pub max_idle_timeout: Duration,
+    /// Send a PING after this much silence so the idle timeout does not fire; `None` off.
+    pub keep_alive_interval: Option<Duration>,
+    /// Bidirectional streams the remote may have open at once.
+    pub max_concurrent_bidi_streams: u64,
+    /// Bytes one stream may receive ahead of the reader.
+    pub stream_receive_window: u64,
+    /// Bytes all streams of one connection may receive ahead of their readers.
+    pub receive_window: u64,
+    /// Bytes one connection buffers for sending ahead of acknowledgements.
+    pub send_window: u64,
+    /// Finished inbound connections a listener holds until they are accepted; past it, the
+    /// listener stops taking new connections from its endpoint.
+    pub accept_queue_len: usize,
+    /// Inbound handshakes a listener runs at once.
+    pub max_inflight_handshakes: usize,
+    /// How long [`crate::QuicTransport::close`] waits for endpoints to drain.
+    pub close_timeout: Duration,
+}
+
+impl Default for QuicConfig {
+    fn default() -> Self {
+        QuicConfig {
+            handshake_timeout: Duration::from_secs(15),
+            max_idle_timeout: Duration::from_secs(30),
+            keep_alive_interval: Some(Duration::from_secs(15)),
+            max_concurrent_bidi_streams: 256,
+            stream_receive_window: 10 * 1024 * 1024,
+            receive_window: 15 * 1024 * 1024,
+            send_window: 15 * 1024 * 1024,
+            accept_queue_len: 16,
+            max_inflight_handshakes: 256,
+            close_timeout: Duration::from_secs(1),
+        }
+    }
+}
+
+/// A [`QuicConfig`] value that quinn cannot take.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum QuicConfigError {
+    /// A value does not fit a QUIC variable-length integer (2^62 - 1 at most).
+    #[error("QUIC setting {field} = {value} is too large (at most 2^62 - 1)")]
+    TooLarge {
+        /// The setting.
+        field: &'static str,
+        /// The value given.
+        value: u64,
+    },
+    /// The idle timeout is too long for QUIC's millisecond varint.
+    #[error("QUIC max_idle_timeout {0:?} is too long")]
+    IdleTimeout(Duration),
+    /// A setting that must be positive is zero.
+    #[error("QUIC setting {0} must not be zero")]
+    Zero(&'static str),
+}
+
+impl QuicConfig {
+    /// The defaults (see the table above).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets the handshake deadline.
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.handshake_timeout = timeout;
+        self
+    }
+
+    /// Sets the idle timeout.
+    pub fn max_idle_timeout(mut self, timeout: Duration) -> Self {
+        self.max_idle_timeout = timeout;
+        self
+    }
+
+    /// Sets the keep-alive interval; `None` turns keep-alive off.
+    pub fn keep_alive_interval(mut self, interval: Option<Duration>) -> Self {
+        self.keep_alive_interval = interval;
+        self
+    }
+
+    /// Sets how many bidirectional streams the remote may have open at once.
+    pub fn max_concurrent_bidi_streams(mut self, streams: u64) -> Self {
+        self.max_concurrent_bidi_streams = streams;
+        self
+    }
+
+    /// Sets the per-stream and per-connection receive windows.
+    pub fn receive_windows(mut self, stream: u64, connection: u64) -> Self {
+        self.stream_receive_window = stream;
+        self.receive_window = connection;
+        self
+    }
+
+    /// Sets the accept queue length.
+    pub fn accept_queue_len(mut self, len: usize) -> Self {
+        self.accept_queue_len = len;
+        self
+    }
+
+    /// Sets the bound on inbound handshakes in flight.
+    pub fn max_inflight_handshakes(mut self, max: usize) -> Self {
+        self.max_inflight_handshakes = max;
+        self
+    }
+
+    /// Checks every value quinn would otherwise reject with a panic.
+    pub fn validate(&self) -> Result<(), QuicConfigError> {
+        self.transport_config().map(|_| ())
+    }
+
+    /// quinn's transport parameters for these settings (shared by client and server).
+    pub(crate) fn transport_config(&self) -> Result<Arc<TransportConfig>, QuicConfigError> {
+        if self.accept_queue_len == 0 {
+            return Err(QuicConfigError::Zero("accept_queue_len"));
+        }
+        if self.max_inflight_handshakes == 0 {
+            return Err(QuicConfigError::Zero("max_inflight_handshakes"));
+        }
+        let varint = |field: &'static str, value: u64| {
+            VarInt::from_u64(value).map_err(|_| QuicConfigError::TooLarge { field, value })
+        };
+        let idle = IdleTimeout::try_from(self.max_idle_timeout)
+            .map_err(|_| QuicConfigError::IdleTimeout(self.max_idle_timeout))?;
+        let mut t = TransportConfig::default();
+        t.max_idle_timeout(Some(idle));
+        t.keep_alive_interval(self.keep_alive_interval);
+        t.max_concurrent_bidi_streams(varint(
+            "max_concurrent_bidi_streams",
+            self.max_concurrent_bidi_streams,
+        )?);
+        // libp2p uses bidirectional streams only, and no datagrams.
+        t.max_concurrent_uni_streams(VarInt::from_u32(0));
+        t.datagram_receive_buffer_size(None);
+        t.stream_receive_window(varint("stream_receive_window", self.stream_receive_window)?);
+        t.receive_window(varint("receive_window", self.receive_window)?);
+        t.send_window(self.send_window);
+        t.allow_spin(false);
+        Ok(Arc::new(t))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate() {
+        assert_eq!(QuicConfig::default().validate(), Ok(()));
+    }
+
+    #[test]
+    fn out_of_range_values_are_typed_errors() {
+        let too_big = 1u64 << 62;
+        let c = QuicConfig::default().receive_windows(too_big, 1);
+        assert_eq!(
+            c.validate(),
+            Err(QuicConfigError::TooLarge {
+                field: "stream_receive_window",
+                value: too_big
+            })
+        );
+        let c = QuicConfig::default().max_concurrent_bidi_streams(u64::MAX);
+        assert!(matches!(
+            c.validate(),
+            Err(QuicConfigError::TooLarge { .. })
+        ));
+        let c = QuicConfig::default().max_idle_timeout(Duration::from_secs(u64::MAX / 2));
+        assert!(matches!(c.validate(), Err(QuicConfigError::IdleTimeout(_))));
+        let c = QuicConfig::default().accept_queue_len(0);
+        assert_eq!(c.validate(), Err(QuicConfigError::Zero("accept_queue_len")));
+    }
+}

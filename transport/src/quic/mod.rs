@@ -1,0 +1,420 @@
+//! QUIC (`/udp/PORT/quic-v1`) on quinn: connections born capable.
+//!
+//! QUIC's TLS 1.3 handshake authenticates the peer with the libp2p certificate (ALPN
+//! "libp2p", client authentication required), and QUIC's bidirectional streams are the
+//! libp2p streams, so no upgrader runs: dialing and accepting hand out
+//! [`CapableConn`]s directly, under the same accept discipline (handshake bound, deadline,
+//! accept queue, gater) as an upgraded TCP listener.
+//!
+//! * [`config`]: settings and their defaults.
+//! * `endpoint`: one UDP endpoint per listen address; dials reuse one (port reuse).
+//! * [`QuicListener`]: the accept discipline.
+//! * [`QuicConn`] and [`QuicStream`]: the connection and its streams.
+
+pub mod config;
+mod conn;
+mod endpoint;
+mod listener;
+mod stream;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use quinn::ConnectionError;
+use strata_core::addr::{self, quic_multiaddr, quic_socket_addr};
+use strata_core::tls::{
+    client_config_with_cert, server_config_with_cert, Libp2pCertificate, TlsSetupError, LIBP2P_ALPN,
+};
+use strata_core::{
+    AddrError, BoxCapableConn, BoxListener, ConnectionGater, Direction, GateStage, Keypair,
+    Multiaddr, PeerId, SecurityError, Transport, TransportError, UpgradeError,
+};
+use tokio_util::sync::CancellationToken;
+
+pub use config::{QuicConfig, QuicConfigError};
+pub use conn::QuicConn;
+pub use listener::QuicListener;
+pub use stream::QuicStream;
+
+use conn::{remote_public_key, CLOSE_NORMAL};
+use endpoint::{EndpointError, Endpoints, TrackedRuntime};
+
+/// The server name given to quinn when dialing. libp2p sends no SNI (the TLS config turns
+/// it off) and checks no names, but quinn wants a syntactically valid one.
+const SERVER_NAME: &str = "l";
+
+/// Building a [`QuicTransport`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum QuicError {
+    /// The configuration has a value quinn cannot take.
+    #[error(transparent)]
+    Config(#[from] QuicConfigError),
+    /// The certificate or the TLS configuration could not be made.
+    #[error(transparent)]
+    Tls(#[from] TlsSetupError),
+    /// quinn refused the TLS configuration (for example no TLS 1.3 suite).
+    #[error("quinn refused the TLS configuration: {0}")]
+    Crypto(String),
+}
+
+/// What the transport, its listeners and their tasks share.
+pub(crate) struct Shared {
+    pub(crate) local_peer: PeerId,
+    pub(crate) config: QuicConfig,
+    client_config: quinn::ClientConfig,
+    server_config: quinn::ServerConfig,
+    pub(crate) endpoints: Endpoints,
+    runtime: Arc<TrackedRuntime>,
+    /// Cancelled when the transport closes; every listener's token is its child.
+    pub(crate) cancel: CancellationToken,
+    /// Serialises `close` so that every caller returns only once closing is done.
+    close_lock: tokio::sync::Mutex<()>,
+}
+
+/// The QUIC transport. Cheap to clone; clones share the endpoints.
+///
+/// Dials check the remote's certificate and, when an expected peer is given (as an
+/// argument or as the address's `/p2p` suffix), its peer ID. Listeners run the accept
+/// discipline described in [`QuicListener`]. [`QuicTransport::close`] closes every
+/// endpoint, with every connection on it, and waits for quinn's tasks to end.
+#[derive(Clone)]
+pub struct QuicTransport {
+    shared: Arc<Shared>,
+    gater: Arc<dyn ConnectionGater>,
+}
+
+impl std::fmt::Debug for QuicTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QuicTransport")
+            .field("local_peer", &self.shared.local_peer)
+            .field("config", &self.shared.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl QuicTransport {
+    /// A transport for `identity` with the given settings. Generates the libp2p
+    /// certificate once; every endpoint presents it.
+    pub fn new(identity: Keypair, config: QuicConfig) -> Result<Self, QuicError> {
+        let transport = config.transport_config()?;
+        let cert = Libp2pCertificate::generate(&identity)?;
+        let alpn = vec![LIBP2P_ALPN.to_vec()];
+        // The expected peer is checked after the handshake (see `dial`), so that a
+        // mismatch can name the peer the remote proved; one client config serves all dials.
+        let client_tls = client_config_with_cert(&cert, None, alpn.clone())?;
+        let server_tls = server_config_with_cert(&cert, alpn)?;
+        let client_crypto = quinn::crypto::rustls::QuicClientConfig::try_from(client_tls)
+            .map_err(|e| QuicError::Crypto(e.to_string()))?;
+        let server_crypto = quinn::crypto::rustls::QuicServerConfig::try_from(server_tls)
+            .map_err(|e| QuicError::Crypto(e.to_string()))?;
+        let mut client_config = quinn::ClientConfig::new(Arc::new(client_crypto));
+        client_config.transport_config(transport.clone());
+        let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
+        server_config.transport_config(transport);
+        // A Strata connection does not follow its peer to a new address (its multiaddrs
+        // are fixed), so migration stays off, as in rust-libp2p.
+        server_config.migration(false);
+        // Connection attempts quinn holds while the listener takes none (backpressure);
+        // past this it refuses them.
+        server_config.max_incoming(config.max_inflight_handshakes);
+        let runtime = Arc::new(TrackedRuntime::new());
+        Ok(QuicTransport {
+            shared: Arc::new(Shared {
+                local_peer: identity.public().to_peer_id(),
+                config,
+                client_config,
+                server_config,
+                endpoints: Endpoints::new(runtime.clone()),
+                runtime,
+                cancel: CancellationToken::new(),
+                close_lock: tokio::sync::Mutex::new(()),
+            }),
+            gater: Arc::new(strata_core::AllowAll),
+        })
+    }
+
+    /// Consults `gater` on inbound connections (accept, then secured) and on dials
+    /// (secured). Applies to listeners made afterwards.
+    pub fn with_gater(mut self, gater: Arc<dyn ConnectionGater>) -> Self {
+        self.gater = gater;
+        self
+    }
+
+    /// Our peer ID.
+    pub fn local_peer(&self) -> PeerId {
+        self.shared.local_peer
+    }
+
+    /// The transport's settings.
+    pub fn config(&self) -> &QuicConfig {
+        &self.shared.config
+    }
+
+    /// Listens on a QUIC multiaddr and returns the concrete listener; port 0 picks a port
+    /// and the listener's multiaddr names it.
+    pub async fn listen_quic(&self, addr: &Multiaddr) -> Result<QuicListener, TransportError> {
+        let target = quic_socket_addr(&addr::without_peer_id(addr))?;
+        let (id, endpoint, bound) = self
+            .shared
+            .endpoints
+            .listen(target, self.shared.server_config.clone())
+            .map_err(|e| match e {
+                EndpointError::Closed => TransportError::TransportClosed,
+                EndpointError::Io(source) if source.kind() == std::io::ErrorKind::AddrInUse => {
+                    TransportError::AddrInUse { addr: addr.clone() }
+                }
+                EndpointError::Io(source) => TransportError::Listen {
+                    addr: addr.clone(),
+                    source,
+                },
+            })?;
+        tracing::debug!(addr = %quic_multiaddr(bound), "listening");
+        Ok(QuicListener::new(
+            self.shared.clone(),
+            self.gater.clone(),
+            id,
+            endpoint,
+            bound,
+        ))
+    }
+
+    /// Dials a QUIC multiaddr and returns the concrete connection.
+    pub async fn dial_quic(
+        &self,
+        addr: &Multiaddr,
+        expected_peer: Option<PeerId>,
+    ) -> Result<QuicConn, TransportError> {
+        let expected = match (expected_peer, addr::peer_id_of(addr)) {
+            (Some(wanted), Some(existing)) if wanted != existing => {
+                return Err(AddrError::PeerIdConflict {
+                    addr: addr.clone(),
+                    existing,
+                    wanted,
+                }
+                .into())
+            }
+            (Some(p), _) | (None, Some(p)) => Some(p),
+            (None, None) => None,
+        };
+        let remote = quic_socket_addr(addr)?;
+        let endpoint = self
+            .shared
+            .endpoints
+            .for_dial(remote)
+            .map_err(|e| match e {
+                EndpointError::Closed => TransportError::TransportClosed,
+                EndpointError::Io(source) => TransportError::Dial {
+                    addr: addr.clone(),
+                    source,
+                },
+            })?;
+        let connecting = endpoint
+            .connect_with(self.shared.client_config.clone(), remote, SERVER_NAME)
+            .map_err(|e| match e {
+                quinn::ConnectError::EndpointStopping => TransportError::TransportClosed,
+                e => TransportError::Dial {
+                    addr: addr.clone(),
+                    source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
+                },
+            })?;
+        let upgrade_err = |source: UpgradeError| TransportError::Upgrade {
+            addr: addr.clone(),
+            source,
+        };
+        let timeout = self.shared.config.handshake_timeout;
+        let conn = match tokio::time::timeout(timeout, connecting).await {
+            Err(_) => return Err(upgrade_err(UpgradeError::Timeout(timeout))),
+            Ok(Err(ConnectionError::LocallyClosed)) => return Err(TransportError::TransportClosed),
+            Ok(Err(e)) => return Err(dial_error(addr, e)),
+            Ok(Ok(conn)) => conn,
+        };
+        let key = match remote_public_key(&conn) {
+            Ok(key) => key,
+            Err(e) => {
+                conn.close(CLOSE_NORMAL, b"bad certificate");
+                return Err(upgrade_err(UpgradeError::Security(e)));
+            }
+        };
+        let actual = key.to_peer_id();
+        if let Some(expected) = expected {
+            if expected != actual {
+                conn.close(CLOSE_NORMAL, b"peer id mismatch");
+                return Err(upgrade_err(UpgradeError::Security(
+                    SecurityError::PeerIdMismatch { expected, actual },
+                )));
+            }
+        }
+        let bound = endpoint
+            .local_addr()
+            .map_err(|source| TransportError::Dial {
+                addr: addr.clone(),
+                source,
+            })?;
+        let local = match conn.local_ip() {
+            Some(ip) => local_multiaddr(bound, Some(ip)),
+            // quinn knows the local IP of server-side connections only; ask the routing
+            // table which source address a packet to the remote would leave from.
+            None => local_multiaddr(bound, route_source(bound, remote)),
+        };
+        let remote_addr = quic_multiaddr(conn.remote_address());
+        if !self
+            .gater
+            .intercept_secured(Direction::Outbound, &actual, &local, &remote_addr)
+        {
+            conn.close(CLOSE_NORMAL, b"gated");
+            return Err(upgrade_err(UpgradeError::Gated(GateStage::Secured)));
+        }
+        Ok(QuicConn::new(
+            conn,
+            self.shared.local_peer,
+            key,
+            local,
+            remote_addr,
+            Direction::Outbound,
+        ))
+    }
+
+    /// Closes every endpoint (and so every connection and listener of this transport) and
+    /// waits, at most `close_timeout`, for them to drain; then stops what is left. QUIC
+    /// drains a closed connection for three probe timeouts; one that never measured its
+    /// RTT (a refused dial) drains for about 3 s, which is why the wait is bounded.
+    /// Idempotent; later dials and listens fail with [`TransportError::TransportClosed`].
+    pub async fn close(&self) {
+        let _serial = self.shared.close_lock.lock().await;
+        self.shared.cancel.cancel();
+        let endpoints = self.shared.endpoints.close_all();
+        for endpoint in &endpoints {
+            endpoint.close(CLOSE_NORMAL, b"");
+        }
+        // The endpoints' drivers send the CONNECTION_CLOSE frames, then end once every
+        // connection has drained and no handle is left; drop ours so they can.
+        drop(endpoints);
+        self.shared
+            .runtime
+            .shutdown(self.shared.config.close_timeout)
+            .await;
+    }
+}
+
+/// The local multiaddr of a connection on an endpoint bound to `bound`: the packet's
+/// destination IP when the endpoint is bound to the unspecified address and knows it.
+pub(crate) fn local_multiaddr(bound: SocketAddr, local_ip: Option<IpAddr>) -> Multiaddr {
+    match local_ip {
+        Some(ip) if bound.ip().is_unspecified() => {
+            quic_multiaddr(SocketAddr::new(ip, bound.port()))
+        }
+        _ => quic_multiaddr(bound),
+    }
+}
+
+/// The source IP the kernel picks for packets to `remote`, when `bound` is a wildcard
+/// (connecting a UDP socket sends nothing; it only consults the routing table).
+fn route_source(bound: SocketAddr, remote: SocketAddr) -> Option<IpAddr> {
+    if !bound.ip().is_unspecified() {
+        return None;
+    }
+    let any = SocketAddr::new(bound.ip(), 0);
+    let probe = std::net::UdpSocket::bind(any).ok()?;
+    probe.connect(remote).ok()?;
+    probe.local_addr().ok().map(|a| a.ip())
+}
+
+/// TLS alert codes that mean the certificate itself was refused (bad_certificate,
+/// unsupported_certificate, certificate_revoked, certificate_expired,
+/// certificate_unknown, certificate_required).
+const CERT_ALERTS: [u8; 6] = [42, 43, 44, 45, 46, 116];
+
+/// A handshake failure as a security error: a crypto (TLS alert) error, raised by us or
+/// by the remote, is a security failure; anything else is an I/O failure of the handshake.
+pub(crate) fn handshake_error(e: ConnectionError) -> UpgradeError {
+    let crypto = |code: quinn::TransportErrorCode, text: String| {
+        let code = u64::from(code);
+        if !(0x100..0x200).contains(&code) {
+            return None;
+        }
+        let alert = (code - 0x100) as u8;
+        Some(if CERT_ALERTS.contains(&alert) {
+            SecurityError::InvalidCertificate(text)
+        } else {
+            SecurityError::Handshake(text)
+        })
+    };
+    let security = match &e {
+        ConnectionError::TransportError(te) => crypto(te.code, te.to_string()),
+        ConnectionError::ConnectionClosed(c) => crypto(
+            c.error_code,
+            format!("the remote refused the handshake: {c}"),
+        ),
+        _ => None,
+    };
+    UpgradeError::Security(security.unwrap_or_else(|| {
+        let kind = match e {
+            ConnectionError::TimedOut => std::io::ErrorKind::TimedOut,
+            ConnectionError::ConnectionClosed(_) | ConnectionError::ApplicationClosed(_) => {
+                std::io::ErrorKind::ConnectionAborted
+            }
+            ConnectionError::Reset => std::io::ErrorKind::ConnectionReset,
+            _ => std::io::ErrorKind::Other,
+        };
+        SecurityError::Io(std::io::Error::new(kind, e))
+    }))
+}
+
+/// A failed dial: a remote that refused the connection or never answered is a dial
+/// failure; a handshake failure is an upgrade failure, as on TCP.
+fn dial_error(addr: &Multiaddr, e: ConnectionError) -> TransportError {
+    let refused = match &e {
+        ConnectionError::ConnectionClosed(c) => {
+            c.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED
+        }
+        _ => false,
+    };
+    if refused
+        || matches!(
+            e,
+            ConnectionError::TimedOut | ConnectionError::VersionMismatch
+        )
+    {
+        let kind = if refused {
+            std::io::ErrorKind::ConnectionRefused
+        } else {
+            std::io::ErrorKind::TimedOut
+        };
+        return TransportError::Dial {
+            addr: addr.clone(),
+            source: std::io::Error::new(kind, e),
+        };
+    }
+    TransportError::Upgrade {
+        addr: addr.clone(),
+        source: handshake_error(e),
+    }
+}
+
+#[async_trait]
+impl Transport for QuicTransport {
+    fn protocols(&self) -> &[&'static str] {
+        &["quic-v1"]
+    }
+
+    fn can_dial(&self, addr: &Multiaddr) -> bool {
+        quic_socket_addr(addr).is_ok()
+    }
+
+    fn can_listen(&self, addr: &Multiaddr) -> bool {
+        quic_socket_addr(&addr::without_peer_id(addr)).is_ok()
+    }
+
+    async fn dial(
+        &self,
+        addr: &Multiaddr,
+        expected_peer: Option<PeerId>,
+    ) -> Result<BoxCapableConn, TransportError> {
+        Ok(Arc::new(self.dial_quic(addr, expected_peer).await?))
+    }
+
+    async fn listen(&self, addr: &Multiaddr) -> Result<BoxListener, TransportError> {
+        Ok(Box::new(self.listen_quic(addr).await?))
+    }
+}
