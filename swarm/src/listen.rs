@@ -1,0 +1,251 @@
+//! Listening: one tracked accept task per listener, closing one listener, listeners that
+//! die on their own, and the listen addresses with unspecified IPs expanded.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use strata_core::{BoxListener, Multiaddr, Protocol};
+use tokio_util::sync::CancellationToken;
+
+use crate::error::SwarmError;
+use crate::events::SwarmEvent;
+use crate::swarm::Swarm;
+
+struct Entry {
+    requested: Multiaddr,
+    addr: Multiaddr,
+    stop: CancellationToken,
+    ended: CancellationToken,
+}
+
+/// The swarm's listeners, by an internal ID.
+pub(crate) struct Listeners {
+    next: AtomicU64,
+    // Short map edits only; never held across an await or a callback.
+    map: Mutex<HashMap<u64, Entry>>,
+}
+
+impl Listeners {
+    pub(crate) fn new() -> Self {
+        Listeners {
+            next: AtomicU64::new(1),
+            map: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Entry>> {
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// True for an address with port 0 (or `/memory/0`): each listen gets a new port, so
+/// asking twice is not a duplicate.
+fn picks_a_port(addr: &Multiaddr) -> bool {
+    addr.iter()
+        .any(|p| matches!(p, Protocol::Tcp(0) | Protocol::Udp(0) | Protocol::Memory(0)))
+}
+
+impl Swarm {
+    /// Listens on each address. One result per address, in order: the real address
+    /// listened on (port 0 resolved), or why not. One failure does not stop the others.
+    pub async fn listen(
+        &self,
+        addrs: impl IntoIterator<Item = Multiaddr>,
+    ) -> Vec<Result<Multiaddr, SwarmError>> {
+        let mut out = Vec::new();
+        for addr in addrs {
+            out.push(self.listen_one(addr).await);
+        }
+        out
+    }
+
+    async fn listen_one(&self, addr: Multiaddr) -> Result<Multiaddr, SwarmError> {
+        self.check_open()?;
+        {
+            let map = self.0.listeners.lock();
+            if map
+                .values()
+                .any(|e| e.addr == addr || (e.requested == addr && !picks_a_port(&addr)))
+            {
+                return Err(SwarmError::AlreadyListening(addr));
+            }
+        }
+        let transport = self
+            .transport_for_listen(&addr)
+            .ok_or_else(|| SwarmError::NoTransport(addr.clone()))?;
+        let mut listener = transport
+            .listen(&addr)
+            .await
+            .map_err(|e| SwarmError::Listen {
+                addr: addr.clone(),
+                error: Arc::new(e),
+            })?;
+        let real = listener.multiaddr().clone();
+        let id = self.0.listeners.next.fetch_add(1, Ordering::Relaxed);
+        let stop = self.0.listeners_stop.child_token();
+        let ended = CancellationToken::new();
+        {
+            let mut map = self.0.listeners.lock();
+            // Checked again: the swarm may have closed while the transport was listening.
+            if self.is_closed() {
+                drop(map);
+                listener.close().await;
+                return Err(SwarmError::Closed);
+            }
+            map.insert(
+                id,
+                Entry {
+                    requested: addr,
+                    addr: real.clone(),
+                    stop: stop.clone(),
+                    ended: ended.clone(),
+                },
+            );
+        }
+        self.emit(SwarmEvent::ListenAddr(real.clone()));
+        let told = self.notifier().listen(&real);
+        let real_out = real.clone();
+        let swarm = self.clone();
+        self.0.tracker.spawn(async move {
+            let _ended = ended.drop_guard();
+            let error = swarm.accept_loop(&mut listener, &stop).await;
+            listener.close().await;
+            let removed = swarm.0.listeners.lock().remove(&id);
+            drop(removed);
+            if let Some(e) = &error {
+                tracing::warn!(addr = %real, error = %e, "listener failed");
+            }
+            swarm.emit(SwarmEvent::ListenClosed {
+                addr: real.clone(),
+                error: error.map(|e| e.to_string()),
+            });
+            swarm.notifier().listen_close(&real, &told);
+        });
+        Ok(real_out)
+    }
+
+    async fn accept_loop(
+        &self,
+        listener: &mut BoxListener,
+        stop: &CancellationToken,
+    ) -> Option<strata_core::TransportError> {
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return None,
+                accepted = listener.accept() => match accepted {
+                    // A refused connection is closed and logged inside add_conn.
+                    Ok(conn) => drop(self.add_conn(conn)),
+                    Err(e) => return Some(e),
+                },
+            }
+        }
+    }
+
+    /// Stops listening on `addr` (the real address, or the one asked for) and returns
+    /// once the listener is closed and `listen_close` is queued.
+    pub async fn listen_close(&self, addr: &Multiaddr) -> Result<(), SwarmError> {
+        self.check_open()?;
+        let found = {
+            let map = self.0.listeners.lock();
+            map.values()
+                .find(|e| &e.addr == addr || &e.requested == addr)
+                .map(|e| (e.stop.clone(), e.ended.clone()))
+        };
+        let (stop, ended) = found.ok_or_else(|| SwarmError::NotListening(addr.clone()))?;
+        stop.cancel();
+        ended.cancelled().await;
+        Ok(())
+    }
+
+    /// The addresses listened on, as the transports report them (`0.0.0.0` stays as is).
+    pub fn listen_addresses(&self) -> Vec<Multiaddr> {
+        let map = self.0.listeners.lock();
+        let mut v: Vec<_> = map.iter().map(|(id, e)| (*id, e.addr.clone())).collect();
+        v.sort_by_key(|(id, _)| *id);
+        v.into_iter().map(|(_, a)| a).collect()
+    }
+
+    /// The listen addresses with `/ip4/0.0.0.0` and `/ip6/::` expanded to the address of
+    /// every interface up on this host (from `getifaddrs`), as go-libp2p's
+    /// `InterfaceListenAddresses`.
+    pub fn interface_listen_addresses(&self) -> Vec<Multiaddr> {
+        let ifaddrs = interface_ips();
+        let mut out = Vec::new();
+        for addr in self.listen_addresses() {
+            let mut iter = addr.iter();
+            let unspecified_v4 =
+                matches!(iter.next(), Some(Protocol::Ip4(ip)) if ip.is_unspecified());
+            let unspecified_v6 =
+                matches!(addr.iter().next(), Some(Protocol::Ip6(ip)) if ip.is_unspecified());
+            if !unspecified_v4 && !unspecified_v6 {
+                out.push(addr);
+                continue;
+            }
+            let rest: Vec<Protocol<'_>> = addr.iter().skip(1).collect();
+            for ip in &ifaddrs {
+                let head = match ip {
+                    IpAddr::V4(v4) if unspecified_v4 => Protocol::Ip4(*v4),
+                    IpAddr::V6(v6) if unspecified_v6 => Protocol::Ip6(*v6),
+                    _ => continue,
+                };
+                let mut m = Multiaddr::empty().with(head);
+                for p in &rest {
+                    m = m.with(p.clone());
+                }
+                if !out.contains(&m) {
+                    out.push(m);
+                }
+            }
+        }
+        out
+    }
+}
+
+/// The IP addresses of this host's interfaces that are up. Falls back to the loopback
+/// addresses if `getifaddrs` fails.
+pub(crate) fn interface_ips() -> Vec<IpAddr> {
+    let mut out = Vec::new();
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs writes a pointer to a linked list it allocated into `head`, or
+    // returns -1 and leaves it unset. We only read the list, and free it once with
+    // freeifaddrs below.
+    let rc = unsafe { libc::getifaddrs(&mut head) };
+    if rc != 0 {
+        return vec![
+            IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+            IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+        ];
+    }
+    let mut cur = head;
+    while !cur.is_null() {
+        // SAFETY: `cur` is a non-null node of the list getifaddrs returned, not yet freed.
+        let ifa = unsafe { &*cur };
+        let up = ifa.ifa_flags & (libc::IFF_UP as libc::c_uint) != 0;
+        if up && !ifa.ifa_addr.is_null() {
+            // SAFETY: ifa_addr is non-null and points to a sockaddr whose sa_family says
+            // which concrete sockaddr type it is; we read it as that type only.
+            unsafe {
+                match (*ifa.ifa_addr).sa_family as libc::c_int {
+                    libc::AF_INET => {
+                        let sa = &*(ifa.ifa_addr as *const libc::sockaddr_in);
+                        out.push(IpAddr::V4(std::net::Ipv4Addr::from(u32::from_be(
+                            sa.sin_addr.s_addr,
+                        ))));
+                    }
+                    libc::AF_INET6 => {
+                        let sa = &*(ifa.ifa_addr as *const libc::sockaddr_in6);
+                        out.push(IpAddr::V6(std::net::Ipv6Addr::from(sa.sin6_addr.s6_addr)));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        cur = ifa.ifa_next;
+    }
+    // SAFETY: `head` came from a successful getifaddrs and is freed exactly once.
+    unsafe { libc::freeifaddrs(head) };
+    out.dedup();
+    out
+}

@@ -1,0 +1,445 @@
+//! The `Swarm`: shared state, transports, connections by peer, the stream handler, and
+//! `close()` / `shutdown()`.
+
+use std::panic::AssertUnwindSafe;
+use std::pin::pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use dashmap::DashMap;
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use strata_core::addr::without_peer_id;
+use strata_core::{BoxCapableConn, ConnectionGater, Multiaddr, PeerId, Stream, Transport};
+use tokio::sync::{broadcast, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::backoff::Backoff;
+use crate::config::SwarmConfig;
+use crate::conn::{best, wrap, Conn, ConnId, StreamTotal};
+use crate::dial_sync::DialSync;
+use crate::error::SwarmError;
+use crate::events::{Connectedness, Events, SwarmEvent};
+use crate::limiter::{ConnLimiter, DialLimiter};
+use crate::listen::Listeners;
+use crate::notify::{Ack, DisconnectReason, Notifiee, Notifier, NotifyHandle};
+
+/// Handles one inbound stream. Each call runs in its own tracked task; a panic resets
+/// the stream and nothing else.
+pub type StreamHandler = Arc<dyn Fn(Stream, Conn) -> BoxFuture<'static, ()> + Send + Sync>;
+
+pub(crate) struct Inner {
+    pub(crate) local_peer: PeerId,
+    pub(crate) config: SwarmConfig,
+    transports: RwLock<Vec<Arc<dyn Transport>>>,
+    pub(crate) gater: Option<Arc<dyn ConnectionGater>>,
+    conns: DashMap<PeerId, Vec<Conn>>,
+    pub(crate) peer_addrs: DashMap<PeerId, Vec<Multiaddr>>,
+    conn_limiter: ConnLimiter,
+    pub(crate) dial_limiter: DialLimiter,
+    pub(crate) backoff: Backoff,
+    pub(crate) dial_sync: DialSync,
+    pub(crate) listeners: Listeners,
+    handler: RwLock<Option<StreamHandler>>,
+    notifier: Notifier,
+    events: Events,
+    next_conn: AtomicU64,
+    streams: StreamTotal,
+    /// Connections, listeners, dials, stream handlers.
+    pub(crate) tracker: TaskTracker,
+    /// The event task, stopped after every connection task has reported.
+    aux: TaskTracker,
+    /// Set when close or shutdown starts: refuse every new operation.
+    stopping: AtomicBool,
+    /// Cancels every task in `tracker`.
+    pub(crate) cancel: CancellationToken,
+    /// Stops every listener (before `cancel`, for a graceful shutdown).
+    pub(crate) listeners_stop: CancellationToken,
+    events_stop: CancellationToken,
+    close_started: Mutex<bool>,
+    close_done: CancellationToken,
+}
+
+/// The swarm. Cheap to clone: every clone is the same swarm. Call [`Swarm::close`] (or
+/// [`Swarm::shutdown`]) to stop it: tasks it started hold it alive until then.
+#[derive(Clone)]
+pub struct Swarm(pub(crate) Arc<Inner>);
+
+impl std::fmt::Debug for Swarm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Swarm")
+            .field("local_peer", &self.0.local_peer)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Swarm {
+    /// A swarm for `local_peer`, with no transports yet. Must be called inside a tokio
+    /// runtime (it starts the event task).
+    pub fn new(local_peer: PeerId, config: SwarmConfig) -> Self {
+        Self::build(local_peer, config, None)
+    }
+
+    /// A swarm whose dials are vetted by `gater` (`intercept_peer_dial`,
+    /// `intercept_addr_dial`). Give the same gater to the upgrader for the other stages.
+    pub fn with_gater(
+        local_peer: PeerId,
+        config: SwarmConfig,
+        gater: Arc<dyn ConnectionGater>,
+    ) -> Self {
+        Self::build(local_peer, config, Some(gater))
+    }
+
+    fn build(
+        local_peer: PeerId,
+        config: SwarmConfig,
+        gater: Option<Arc<dyn ConnectionGater>>,
+    ) -> Self {
+        let aux = TaskTracker::new();
+        let events_stop = CancellationToken::new();
+        let events = Events::start(config.events_capacity, &aux, events_stop.clone());
+        let cancel = CancellationToken::new();
+        Swarm(Arc::new(Inner {
+            local_peer,
+            transports: RwLock::new(Vec::new()),
+            gater,
+            conns: DashMap::new(),
+            peer_addrs: DashMap::new(),
+            conn_limiter: ConnLimiter::new(&config),
+            dial_limiter: DialLimiter::new(&config),
+            backoff: Backoff::new(config.backoff_base, config.backoff_max),
+            dial_sync: DialSync::new(),
+            listeners: Listeners::new(),
+            handler: RwLock::new(None),
+            notifier: Notifier::new(),
+            events,
+            next_conn: AtomicU64::new(1),
+            streams: Arc::new(watch::channel(0).0),
+            tracker: TaskTracker::new(),
+            aux,
+            stopping: AtomicBool::new(false),
+            listeners_stop: cancel.child_token(),
+            cancel,
+            events_stop,
+            close_started: Mutex::new(false),
+            close_done: CancellationToken::new(),
+            config,
+        }))
+    }
+
+    /// Our peer ID.
+    pub fn local_peer(&self) -> PeerId {
+        self.0.local_peer
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &SwarmConfig {
+        &self.0.config
+    }
+
+    /// True once `close()` or `shutdown()` has started.
+    pub fn is_closed(&self) -> bool {
+        self.0.stopping.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn check_open(&self) -> Result<(), SwarmError> {
+        if self.is_closed() {
+            Err(SwarmError::Closed)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Adds a transport. Refused when another transport already serves one of its
+    /// protocols (`Transport::protocols`).
+    pub fn add_transport(&self, transport: Arc<dyn Transport>) -> Result<(), SwarmError> {
+        self.check_open()?;
+        let mut list = self.0.transports.write().unwrap_or_else(|p| p.into_inner());
+        for have in list.iter() {
+            if let Some(p) = transport
+                .protocols()
+                .iter()
+                .find(|p| have.protocols().contains(p))
+            {
+                return Err(SwarmError::DuplicateTransport(p));
+            }
+        }
+        list.push(transport);
+        Ok(())
+    }
+
+    pub(crate) fn transport_for_dial(&self, addr: &Multiaddr) -> Option<Arc<dyn Transport>> {
+        let list = self.0.transports.read().unwrap_or_else(|p| p.into_inner());
+        list.iter().find(|t| t.can_dial(addr)).cloned()
+    }
+
+    pub(crate) fn transport_for_listen(&self, addr: &Multiaddr) -> Option<Arc<dyn Transport>> {
+        let list = self.0.transports.read().unwrap_or_else(|p| p.into_inner());
+        list.iter().find(|t| t.can_listen(addr)).cloned()
+    }
+
+    /// Sets the handler for inbound streams (replacing any earlier one). Without one,
+    /// inbound streams are reset.
+    pub fn set_stream_handler(&self, handler: StreamHandler) {
+        *self.0.handler.write().unwrap_or_else(|p| p.into_inner()) = Some(handler);
+    }
+
+    /// Registers a notifiee. It stays registered while the returned handle lives.
+    pub fn notify(&self, notifiee: Arc<dyn Notifiee>) -> NotifyHandle {
+        self.0.notifier.register(self.clone(), notifiee)
+    }
+
+    /// Subscribes to the event stream.
+    pub fn events(&self) -> broadcast::Receiver<SwarmEvent> {
+        self.0.events.subscribe()
+    }
+
+    pub(crate) fn notifier(&self) -> &Notifier {
+        &self.0.notifier
+    }
+
+    pub(crate) fn emit(&self, e: SwarmEvent) {
+        self.0.events.emit(e)
+    }
+
+    /// Adds addresses the swarm may dial `peer` on (a `/p2p` suffix is dropped).
+    pub fn add_addrs(&self, peer: PeerId, addrs: impl IntoIterator<Item = Multiaddr>) {
+        let mut entry = self.0.peer_addrs.entry(peer).or_default();
+        for a in addrs {
+            let a = without_peer_id(&a);
+            if !entry.contains(&a) {
+                entry.push(a);
+            }
+        }
+    }
+
+    /// The addresses known for `peer`.
+    pub fn addrs_of(&self, peer: &PeerId) -> Vec<Multiaddr> {
+        self.0
+            .peer_addrs
+            .get(peer)
+            .map(|a| a.clone())
+            .unwrap_or_default()
+    }
+
+    /// Forgets every dial back-off of `peer`.
+    pub fn clear_backoff(&self, peer: &PeerId) {
+        self.0.backoff.clear(peer)
+    }
+
+    /// Forgets every dial back-off.
+    pub fn clear_all_backoffs(&self) {
+        self.0.backoff.clear_all()
+    }
+
+    /// The open connections to `peer`.
+    pub fn conns_to_peer(&self, peer: &PeerId) -> Vec<Conn> {
+        self.0
+            .conns
+            .get(peer)
+            .map(|c| c.iter().filter(|c| !c.is_closed()).cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Every open connection.
+    pub fn conns(&self) -> Vec<Conn> {
+        self.0
+            .conns
+            .iter()
+            .flat_map(|e| e.value().clone())
+            .filter(|c| !c.is_closed())
+            .collect()
+    }
+
+    /// Peers with at least one open connection.
+    pub fn peers(&self) -> Vec<PeerId> {
+        self.0.conns.iter().map(|e| *e.key()).collect()
+    }
+
+    /// Whether we are connected to `peer`.
+    pub fn connectedness(&self, peer: &PeerId) -> Connectedness {
+        if self.best_conn(peer).is_some() {
+            Connectedness::Connected
+        } else {
+            Connectedness::NotConnected
+        }
+    }
+
+    /// The connection new streams to `peer` go on (see the rule on [`crate::conn`]'s
+    /// `best`: fewest streams, then outbound, then newest).
+    pub fn best_conn(&self, peer: &PeerId) -> Option<Conn> {
+        let conns = self.0.conns.get(peer).map(|c| c.clone())?;
+        best(&conns)
+    }
+
+    /// Closes every connection to `peer` (reason [`DisconnectReason::Local`]).
+    pub async fn close_peer(&self, peer: &PeerId) {
+        let conns = self.conns_to_peer(peer);
+        futures::future::join_all(conns.iter().map(|c| c.close())).await;
+    }
+
+    /// Takes in a new capable connection: checks it, counts it against the limits,
+    /// announces it and starts its task. A refused connection is closed (the remote sees
+    /// a closed connection) and never announced.
+    pub(crate) fn add_conn(&self, capable: BoxCapableConn) -> Result<Conn, SwarmError> {
+        let refuse = |capable: BoxCapableConn, e: SwarmError| {
+            tracing::debug!(peer = %capable.remote_peer(), error = %e, "refusing a connection");
+            self.0.tracker.spawn(async move { capable.close().await });
+            Err(e)
+        };
+        if self.is_closed() {
+            return refuse(capable, SwarmError::Closed);
+        }
+        let peer = capable.remote_peer();
+        if peer == self.0.local_peer {
+            return refuse(capable, SwarmError::DialSelf);
+        }
+        let direction = capable.direction();
+        if let Err(what) = self.0.conn_limiter.reserve(peer, direction) {
+            return refuse(capable, SwarmError::LimitExceeded { what, peer });
+        }
+        let id = ConnId(self.0.next_conn.fetch_add(1, Ordering::Relaxed));
+        let conn = Conn::new(
+            id,
+            capable,
+            self.0.config.max_streams_per_connection,
+            self.0.streams.clone(),
+        );
+        self.0.conns.entry(peer).or_default().push(conn.clone());
+        self.emit(SwarmEvent::ConnectionOpened {
+            peer,
+            conn: id,
+            direction,
+        });
+        let (told, ack) = self.0.notifier.connected(&conn);
+        *conn.0.told.lock().unwrap_or_else(|p| p.into_inner()) = told;
+        self.0
+            .tracker
+            .spawn(self.clone().run_conn(conn.clone(), ack));
+        Ok(conn)
+    }
+
+    /// A connection's task: once every notifiee has returned from `connected`, accepts
+    /// inbound streams; when the connection ends, removes it and reports why.
+    async fn run_conn(self, conn: Conn, ack: Ack) {
+        let accept = async {
+            ack.wait().await;
+            while let Ok(stream) = conn.capable().accept_stream().await {
+                self.handle_inbound(&conn, stream);
+            }
+        };
+        tokio::select! {
+            _ = self.0.cancel.cancelled() => conn.close_with(DisconnectReason::Shutdown).await,
+            _ = accept => {}
+            _ = conn.capable().closed() => {}
+        }
+        let reason = conn.final_reason().await;
+        let peer = conn.remote_peer();
+        let removed = self.0.conns.remove_if_mut(&peer, |_, list| {
+            list.retain(|c| c.id() != conn.id());
+            list.is_empty()
+        });
+        drop(removed);
+        self.0.conn_limiter.release(peer, conn.direction());
+        self.emit(SwarmEvent::ConnectionClosed {
+            peer,
+            conn: conn.id(),
+            reason: reason.clone(),
+        });
+        let told = std::mem::take(&mut *conn.0.told.lock().unwrap_or_else(|p| p.into_inner()));
+        self.0.notifier.disconnected(&conn, &reason, &told);
+    }
+
+    fn handle_inbound(&self, conn: &Conn, mut stream: Stream) {
+        // During a shutdown no new work is taken; over the limit the remote sees a reset.
+        let guard = match conn.reserve_stream() {
+            Some(g) if !self.is_closed() => g,
+            _ => {
+                stream.reset();
+                return;
+            }
+        };
+        let handler = self
+            .0
+            .handler
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let Some(handler) = handler else {
+            stream.reset();
+            return;
+        };
+        let reset = Arc::new(AtomicBool::new(false));
+        let stream = wrap(stream, guard, Some(reset.clone()));
+        let conn = conn.clone();
+        let cancel = self.0.cancel.clone();
+        self.0.tracker.spawn(async move {
+            let peer = conn.remote_peer();
+            // Kept in a local so that it (and the stream inside it) is dropped only after
+            // the reset flag is set.
+            let mut call = pin!(AssertUnwindSafe(handler(stream, conn)).catch_unwind());
+            tokio::select! {
+                result = &mut call => if result.is_err() {
+                    tracing::error!(%peer, "a stream handler panicked; resetting its stream");
+                    reset.store(true, Ordering::Release);
+                },
+                _ = cancel.cancelled() => reset.store(true, Ordering::Release),
+            }
+        });
+    }
+
+    /// Closes the swarm: stops the listeners, closes every connection (reason
+    /// [`DisconnectReason::Shutdown`]), ends every task it started, and returns when they
+    /// have all ended. Idempotent; concurrent calls all wait for the one close. Notifiees
+    /// get at most `notifiee_close_grace` to drain; event consumers are never waited on.
+    pub async fn close(&self) {
+        let first = {
+            let mut started = self
+                .0
+                .close_started
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            !std::mem::replace(&mut *started, true)
+        };
+        if !first {
+            self.0.close_done.cancelled().await;
+            return;
+        }
+        self.0.stopping.store(true, Ordering::Release);
+        self.0.listeners_stop.cancel();
+        self.0.cancel.cancel();
+        self.0.tracker.close();
+        self.0.tracker.wait().await;
+        // Every connection and listener task has reported; publish and deliver that.
+        self.0.events_stop.cancel();
+        self.0.aux.close();
+        self.0.aux.wait().await;
+        self.0
+            .notifier
+            .close(self.0.config.notifiee_close_grace)
+            .await;
+        self.0.close_done.cancel();
+    }
+
+    /// Graceful shutdown: stops listening and refuses new connections, dials and streams,
+    /// lets open streams finish until `deadline` has passed, then closes everything as
+    /// [`Swarm::close`] does.
+    pub async fn shutdown(&self, deadline: Duration) {
+        self.0.stopping.store(true, Ordering::Release);
+        self.0.listeners_stop.cancel();
+        let mut streams = self.0.streams.subscribe();
+        let _ = tokio::time::timeout(deadline, streams.wait_for(|n| *n == 0)).await;
+        self.close().await;
+    }
+
+    /// Streams open across the swarm right now.
+    pub fn stream_count(&self) -> usize {
+        *self.0.streams.borrow()
+    }
+
+    pub(crate) fn gater(&self) -> Option<&Arc<dyn ConnectionGater>> {
+        self.0.gater.as_ref()
+    }
+}
