@@ -1,6 +1,35 @@
 //! # strata-host: the API applications hold
 //!
-//! Composes a swarm with a protocol mux, a peerstore and the standard services (identify,
-//! ping) behind a small API.
+//! The top layer. A host composes a swarm (connections, streams) with a protocol mux, a
+//! peerstore and the standard services, and gives the application go-libp2p's plain
+//! API: its peer ID and addresses, a [`Peerstore`] of what it knows about other peers,
+//! handlers by protocol ID, `new_stream(peer, protocols)`, and identify, ping and perf.
 //!
-//! Not built yet: this crate exports nothing so far.
+//! This crate so far holds the parts that need no swarm, each usable on any
+//! [`strata_core::Stream`]:
+//!
+//! * [`peerstore`]: addresses with TTLs, keys, protocols, agent versions, latency;
+//!   bounded per peer and safe to share among tasks.
+//! * [`identify`]: `/ipfs/id/1.0.0` and `/ipfs/id/push/1.0.0`, a pure codec plus
+//!   send / receive (with the key checked against the connection's peer) and
+//!   [`identify::apply_to_peerstore`].
+//! * [`ping`]: `/ipfs/ping/1.0.0`, client and echo service.
+//! * [`perf`]: `/perf/1.0.0`, client and service, streamed through a fixed buffer.
+//!
+//! Every read of remote input has a size limit and a deadline; errors are typed.
+
+pub mod identify;
+pub mod peerstore;
+pub mod perf;
+pub mod ping;
+
+pub use identify::{
+    apply_to_peerstore, recv_identify, send_identify, IdentifyError, IdentifyInfo,
+    IDENTIFY_PROTOCOL, IDENTIFY_PUSH_PROTOCOL, MAX_IDENTIFY_MSG_LEN,
+};
+pub use peerstore::{
+    Peerstore, PeerstoreError, ADDRESS_TTL, CONNECTED_ADDR_TTL, PERMANENT_ADDR_TTL,
+    RECENTLY_CONNECTED_ADDR_TTL, TEMP_ADDR_TTL,
+};
+pub use perf::{perf_client, perf_service, PerfError, PerfResult, PerfServed, PERF_PROTOCOL};
+pub use ping::{ping_once, ping_service, PingError, PING_PROTOCOL};

@@ -1,0 +1,105 @@
+//! Two real upgraded connections (memory transport, Noise or TLS, yamux) and negotiated
+//! streams between them, for the host service tests.
+
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use strata_core::identity::keypair_from_seed;
+use strata_core::{BoxCapableConn, Keypair, Multiaddr, Stream, Transport};
+use strata_transport::MemoryTransport;
+use strata_upgrader::multistream::{dialer_select, listener_select};
+use strata_upgrader::muxer::yamux::Yamux;
+use strata_upgrader::{
+    NoiseTransport, SecureTransport, StreamMuxer, TlsTransport, Upgraded, Upgrader,
+    UpgraderConfig,
+};
+use tokio::time::timeout;
+
+/// Bound on any await that a bug could make hang.
+pub const LIMIT: Duration = Duration::from_secs(20);
+
+/// The security protocol of a pair.
+#[derive(Clone, Copy, Debug)]
+pub enum Sec {
+    Tls,
+    Noise,
+}
+
+fn node(key: &Keypair, sec: Sec) -> Upgraded<MemoryTransport> {
+    let security: Arc<dyn SecureTransport> = match sec {
+        Sec::Tls => Arc::new(TlsTransport::new(key.clone()).unwrap()),
+        Sec::Noise => Arc::new(NoiseTransport::new(key.clone())),
+    };
+    let muxer: Arc<dyn StreamMuxer> = Arc::new(Yamux::default());
+    let up = Upgrader::new(
+        key.public().to_peer_id(),
+        vec![security],
+        vec![muxer],
+        UpgraderConfig::default(),
+    )
+    .unwrap();
+    Upgraded::new(MemoryTransport::new(), Arc::new(up))
+}
+
+/// A connected pair: (a = dialer, b = listener) with their keys.
+pub struct Pair {
+    pub ka: Keypair,
+    pub kb: Keypair,
+    pub a: BoxCapableConn,
+    pub b: BoxCapableConn,
+}
+
+/// Connects node `seed_a` to node `seed_b` with `sec` and yamux.
+pub async fn pair(seed_a: u64, seed_b: u64, sec: Sec) -> Pair {
+    let ka = keypair_from_seed(seed_a);
+    let kb = keypair_from_seed(seed_b);
+    let ta = node(&ka, sec);
+    let tb = node(&kb, sec);
+    let addr: Multiaddr = "/memory/0".parse().unwrap();
+    let mut lb = tb.listen(&addr).await.unwrap();
+    let laddr = lb.multiaddr().clone();
+    let (a, b) = timeout(LIMIT, async {
+        tokio::join!(
+            ta.dial(&laddr, Some(kb.public().to_peer_id())),
+            lb.accept()
+        )
+    })
+    .await
+    .expect("connect timed out");
+    Pair {
+        ka,
+        kb,
+        a: a.unwrap(),
+        b: b.unwrap(),
+    }
+}
+
+/// Opens a stream from `from`, accepts it on `to`, and negotiates `protocol` on it with
+/// multistream-select, as the host will. Returns (opened, accepted).
+pub async fn streams(
+    from: &BoxCapableConn,
+    to: &BoxCapableConn,
+    protocol: &str,
+) -> (Stream, Stream) {
+    timeout(LIMIT, async {
+        let open = async {
+            let mut s = from.open_stream().await.unwrap();
+            let p = dialer_select(&mut s, &[protocol]).await.unwrap();
+            s.set_protocol(p);
+            s
+        };
+        let accept = async {
+            let mut s = to.accept_stream().await.unwrap();
+            let p = listener_select(&mut s, |p| p == protocol, || vec![protocol.to_string()])
+                .await
+                .unwrap();
+            s.set_protocol(p);
+            s
+        };
+        tokio::join!(open, accept)
+    })
+    .await
+    .expect("stream negotiation timed out")
+}
