@@ -1,12 +1,13 @@
 //! # strata-host: the API applications hold
 //!
-//! The top layer. A host composes a swarm (connections, streams) with a protocol mux, a
-//! peerstore and the standard services, and gives the application go-libp2p's plain
+//! The top layer. A [`Host`] composes a swarm (connections, streams) with a protocol mux,
+//! a peerstore and the standard services, and gives the application go-libp2p's plain
 //! API: its peer ID and addresses, a [`Peerstore`] of what it knows about other peers,
-//! handlers by protocol ID, `new_stream(peer, protocols)`, and identify, ping and perf.
+//! handlers by protocol ID, `new_stream(peer, protocols)`, `connect`, `ping`, events, and
+//! identify, ping and perf served for it. [`HostBuilder`] composes a host from the parts
+//! you choose.
 //!
-//! This crate so far holds the parts that need no swarm, each usable on any
-//! [`strata_core::Stream`]:
+//! The services also work on any [`strata_core::Stream`] on their own:
 //!
 //! * [`peerstore`]: addresses with TTLs, keys, protocols, agent versions, latency;
 //!   bounded per peer and safe to share among tasks.
@@ -18,11 +19,23 @@
 //!
 //! Every read of remote input has a size limit and a deadline; errors are typed.
 
+pub mod builder;
+pub mod connmgr;
+pub mod error;
+pub mod events;
+pub mod host;
 pub mod identify;
+mod mux;
 pub mod peerstore;
 pub mod perf;
 pub mod ping;
 
+pub use builder::{BuildError, HostBuilder, ListenOutcome, Security, DEFAULT_AGENT_VERSION};
+pub use connmgr::{ConnManager, ConnManagerConfig};
+pub use error::HostError;
+pub use events::HostEvent;
+pub use host::Host;
+pub use mux::{ProtocolMatch, NEGOTIATION_TIMEOUT};
 pub use identify::{
     apply_to_peerstore, recv_identify, send_identify, IdentifyError, IdentifyInfo,
     IDENTIFY_PROTOCOL, IDENTIFY_PUSH_PROTOCOL, MAX_IDENTIFY_MSG_LEN,

@@ -57,6 +57,8 @@ pub enum DisconnectReason {
     Idle,
     /// The swarm was closed or shut down.
     Shutdown,
+    /// A connection manager trimmed it (over its high watermark).
+    ConnManager,
 }
 
 impl fmt::Display for DisconnectReason {
@@ -69,6 +71,7 @@ impl fmt::Display for DisconnectReason {
             DisconnectReason::LimitExceeded => f.write_str("limit exceeded"),
             DisconnectReason::Idle => f.write_str("idle"),
             DisconnectReason::Shutdown => f.write_str("swarm shut down"),
+            DisconnectReason::ConnManager => f.write_str("trimmed by the connection manager"),
         }
     }
 }

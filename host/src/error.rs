@@ -1,0 +1,29 @@
+//! Host errors.
+
+use strata_core::PeerId;
+use strata_swarm::SwarmError;
+
+/// What a host operation can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    /// The swarm refused or failed (dial, limits, closed...).
+    #[error(transparent)]
+    Swarm(SwarmError),
+    /// `new_stream` was given no protocol.
+    #[error("new_stream needs at least one protocol")]
+    NoProtocols,
+    /// The remote accepted none of the protocols, or negotiation failed.
+    #[error("negotiating a protocol with {peer} failed: {message}")]
+    Negotiation {
+        /// The remote peer.
+        peer: PeerId,
+        /// What went wrong.
+        message: String,
+    },
+    /// A ping failed.
+    #[error(transparent)]
+    Ping(#[from] crate::ping::PingError),
+    /// A perf run failed.
+    #[error(transparent)]
+    Perf(#[from] crate::perf::PerfError),
+}

@@ -1,0 +1,538 @@
+//! The host: what applications hold.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use strata_core::addr::with_peer_id;
+use strata_core::{Direction, Keypair, Multiaddr, PeerId, Stream, StreamIo};
+use strata_swarm::{
+    Conn, Connectedness, DisconnectReason, Notifiee, NotifyHandle, StreamOptions, Swarm,
+    SwarmError,
+};
+use strata_upgrader::multistream::{dialer_select, dialer_select_lazy, LazyNegotiated};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::error::HostError;
+use crate::events::HostEvent;
+use crate::identify::{
+    apply_to_peerstore, recv_identify, send_identify, IdentifyInfo, IDENTIFY_PROTOCOL,
+    IDENTIFY_PUSH_PROTOCOL,
+};
+use crate::mux::{ConnHandler, ProtocolMatch, ProtocolMux};
+use crate::peerstore::{Peerstore, CONNECTED_ADDR_TTL, RECENTLY_CONNECTED_ADDR_TTL, TEMP_ADDR_TTL};
+use crate::perf::{perf_service, PERF_PROTOCOL};
+use crate::ping::{ping_once, ping_service, PING_PROTOCOL};
+
+/// How long opening a stream may spend negotiating its protocol.
+pub const STREAM_NEGOTIATION_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long identify may take on a new connection.
+pub const IDENTIFY_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Host settings that are not parts (see [`crate::HostBuilder`] for the table).
+#[derive(Debug, Clone)]
+pub(crate) struct HostSettings {
+    pub agent_version: String,
+    pub protocol_version: String,
+    pub enable_perf: bool,
+    pub ping_interval: Option<Duration>,
+}
+
+pub(crate) struct HostInner {
+    pub(crate) key: Keypair,
+    pub(crate) swarm: Swarm,
+    pub(crate) peerstore: Peerstore,
+    mux: Arc<ProtocolMux>,
+    settings: HostSettings,
+    events: broadcast::Sender<HostEvent>,
+    pub(crate) tasks: TaskTracker,
+    cancel: CancellationToken,
+    own_notifiee: Mutex<Option<NotifyHandle>>,
+    pub(crate) connmgr: Option<Arc<crate::connmgr::ConnManager>>,
+    quic: Option<Arc<strata_transport::QuicTransport>>,
+}
+
+/// A libp2p host: a swarm, a protocol mux, a peerstore, identify, ping (and perf).
+/// Cheap to clone; clones share everything.
+#[derive(Clone)]
+pub struct Host(pub(crate) Arc<HostInner>);
+
+impl std::fmt::Debug for Host {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Host").field("id", &self.id()).finish_non_exhaustive()
+    }
+}
+
+/// Keeps the peerstore and identify in step with the swarm's connections.
+struct HostNotifiee(Weak<HostInner>);
+
+#[async_trait]
+impl Notifiee for HostNotifiee {
+    async fn connected(&self, _swarm: &Swarm, conn: &Conn) {
+        let Some(inner) = self.0.upgrade() else { return };
+        let host = Host(inner);
+        host.0.peerstore.add_addrs(
+            conn.remote_peer(),
+            std::slice::from_ref(conn.remote_multiaddr()),
+            CONNECTED_ADDR_TTL,
+        );
+        if let Some(cm) = &host.0.connmgr {
+            cm.on_connected(&host, conn);
+        }
+        let conn = conn.clone();
+        let h = host.clone();
+        host.0.tasks.spawn(async move {
+            tokio::select! {
+                _ = h.0.cancel.cancelled() => {}
+                _ = h.identify_conn(conn) => {}
+            }
+        });
+    }
+
+    async fn disconnected(&self, swarm: &Swarm, conn: &Conn, _reason: &DisconnectReason) {
+        let Some(inner) = self.0.upgrade() else { return };
+        let peer = conn.remote_peer();
+        if swarm.connectedness(&peer) == Connectedness::NotConnected {
+            inner
+                .peerstore
+                .update_addrs(peer, CONNECTED_ADDR_TTL, RECENTLY_CONNECTED_ADDR_TTL);
+        }
+    }
+}
+
+impl Host {
+    pub(crate) fn assemble(
+        key: Keypair,
+        swarm: Swarm,
+        settings: HostSettings,
+        connmgr: Option<Arc<crate::connmgr::ConnManager>>,
+        events_capacity: usize,
+        quic: Option<Arc<strata_transport::QuicTransport>>,
+    ) -> Host {
+        let inner = Arc::new(HostInner {
+            key,
+            swarm,
+            peerstore: Peerstore::new(),
+            mux: Arc::new(ProtocolMux::default()),
+            settings,
+            events: broadcast::channel(events_capacity.max(1)).0,
+            tasks: TaskTracker::new(),
+            cancel: CancellationToken::new(),
+            own_notifiee: Mutex::new(None),
+            connmgr,
+            quic,
+        });
+        let host = Host(inner);
+        let mux = host.0.mux.clone();
+        host.0.swarm.set_stream_handler(Arc::new(move |stream, conn| {
+            let mux = mux.clone();
+            Box::pin(async move { mux.handle(stream, conn).await })
+        }));
+        let handle = host
+            .0
+            .swarm
+            .notify(Arc::new(HostNotifiee(Arc::downgrade(&host.0))));
+        *host.0.own_notifiee.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle);
+        host.install_services();
+        host.spawn_event_forwarder();
+        host
+    }
+
+    fn install_services(&self) {
+        let weak = Arc::downgrade(&self.0);
+        self.set_conn_handler(IDENTIFY_PROTOCOL, None, {
+            let weak = weak.clone();
+            Arc::new(move |mut stream, conn| {
+                let weak = weak.clone();
+                Box::pin(async move {
+                    let Some(inner) = weak.upgrade() else { return };
+                    let info = Host(inner).identify_info(Some(conn.remote_multiaddr().clone()));
+                    if let Err(e) = send_identify(&mut stream, &info).await {
+                        tracing::debug!(peer = %conn.remote_peer(), "identify answer failed: {e}");
+                    }
+                })
+            })
+        });
+        self.set_conn_handler(IDENTIFY_PUSH_PROTOCOL, None, {
+            let weak = weak.clone();
+            Arc::new(move |mut stream, conn| {
+                let weak = weak.clone();
+                Box::pin(async move {
+                    let Some(inner) = weak.upgrade() else { return };
+                    let host = Host(inner);
+                    let peer = conn.remote_peer();
+                    match recv_identify(&mut stream, peer).await {
+                        Ok(info) => host.record_identify(peer, info, true),
+                        Err(e) => tracing::debug!(%peer, "identify push refused: {e}"),
+                    }
+                })
+            })
+        });
+        self.set_conn_handler(
+            PING_PROTOCOL,
+            None,
+            Arc::new(|stream, _| {
+                Box::pin(async move {
+                    let _ = ping_service(stream).await;
+                })
+            }),
+        );
+        if self.0.settings.enable_perf {
+            self.set_conn_handler(
+                PERF_PROTOCOL,
+                None,
+                Arc::new(|stream, _| {
+                    Box::pin(async move {
+                        let _ = perf_service(stream).await;
+                    })
+                }),
+            );
+        }
+        if let Some(interval) = self.0.settings.ping_interval {
+            let host = self.clone();
+            self.0.tasks.spawn(async move {
+                let mut tick = tokio::time::interval(interval);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        _ = host.0.cancel.cancelled() => return,
+                        _ = tick.tick() => {}
+                    }
+                    for peer in host.0.swarm.peers() {
+                        let h = host.clone();
+                        host.0.tasks.spawn(async move {
+                            if let Err(e) = h.ping(peer).await {
+                                tracing::debug!(%peer, "keep-alive ping failed: {e}");
+                            }
+                        });
+                    }
+                }
+            });
+        }
+    }
+
+    fn spawn_event_forwarder(&self) {
+        let mut swarm_events = self.0.swarm.events();
+        let events = self.0.events.clone();
+        let cancel = self.0.cancel.clone();
+        self.0.tasks.spawn(async move {
+            loop {
+                let event = tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    e = swarm_events.recv() => e,
+                };
+                match event {
+                    Ok(e) => {
+                        let _ = events.send(HostEvent::Swarm(e));
+                    }
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        let _ = events.send(HostEvent::Missed(n));
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+    }
+
+    /// Our peer ID.
+    pub fn id(&self) -> PeerId {
+        self.0.swarm.local_peer()
+    }
+
+    /// Our key pair.
+    pub fn keypair(&self) -> &Keypair {
+        &self.0.key
+    }
+
+    /// The addresses we listen on (unspecified addresses expanded to interfaces).
+    pub fn addrs(&self) -> Vec<Multiaddr> {
+        self.0.swarm.interface_listen_addresses()
+    }
+
+    /// [`Host::addrs`] with our `/p2p/<peer id>` appended: what a remote needs to dial us.
+    pub fn addrs_with_peer_id(&self) -> Vec<Multiaddr> {
+        let id = self.id();
+        self.addrs()
+            .iter()
+            .filter_map(|a| with_peer_id(a, id).ok())
+            .collect()
+    }
+
+    /// What we know about other peers.
+    pub fn peerstore(&self) -> &Peerstore {
+        &self.0.peerstore
+    }
+
+    /// The swarm underneath, for what the host does not wrap.
+    pub fn network(&self) -> &Swarm {
+        &self.0.swarm
+    }
+
+    /// Serves `protocol` with `handler`, an async closure run on each inbound stream in
+    /// its own task. Replaces an earlier handler of the same protocol; connected peers
+    /// hear of the new protocol through identify push.
+    pub fn set_stream_handler<F, Fut>(&self, protocol: &str, handler: F)
+    where
+        F: Fn(Stream) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.set_conn_handler(protocol, None, user_handler(handler));
+        self.push_identify();
+    }
+
+    /// Serves every protocol for which `matches` says yes (and announces `protocol`),
+    /// as go-libp2p's `SetStreamHandlerMatch`.
+    pub fn set_stream_handler_match<M, F, Fut>(&self, protocol: &str, matches: M, handler: F)
+    where
+        M: Fn(&str) -> bool + Send + Sync + 'static,
+        F: Fn(Stream) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let matcher: ProtocolMatch = Arc::new(matches);
+        self.set_conn_handler(protocol, Some(matcher), user_handler(handler));
+        self.push_identify();
+    }
+
+    /// Stops serving `protocol`.
+    pub fn remove_stream_handler(&self, protocol: &str) {
+        if self.0.mux.remove(protocol) {
+            self.push_identify();
+        }
+    }
+
+    fn set_conn_handler(&self, protocol: &str, matcher: Option<ProtocolMatch>, handler: ConnHandler) {
+        self.0.mux.set(protocol, matcher, handler);
+    }
+
+    /// The protocols we serve.
+    pub fn protocols(&self) -> Vec<String> {
+        self.0.mux.protocols()
+    }
+
+    /// Connects to `peer` at `addrs` (added to the peerstore and swarm) unless already
+    /// connected.
+    pub async fn connect(&self, peer: PeerId, addrs: &[Multiaddr]) -> Result<(), HostError> {
+        if !addrs.is_empty() {
+            self.0.peerstore.add_addrs(peer, addrs, TEMP_ADDR_TTL);
+        }
+        self.0.swarm.add_addrs(peer, self.0.peerstore.addrs(&peer));
+        self.0.swarm.dial_peer(peer).await?;
+        Ok(())
+    }
+
+    /// Closes every connection to `peer`.
+    pub async fn disconnect(&self, peer: PeerId) {
+        self.0.swarm.close_peer(&peer).await
+    }
+
+    /// Opens a stream to `peer` speaking the first of `protocols` it accepts, dialing
+    /// first if needed. When the peerstore already knows the peer speaks one of them, the
+    /// negotiation is lazy: no round trip before the first write.
+    pub async fn new_stream(&self, peer: PeerId, protocols: &[&str]) -> Result<Stream, HostError> {
+        if protocols.is_empty() {
+            return Err(HostError::NoProtocols);
+        }
+        self.0.swarm.add_addrs(peer, self.0.peerstore.addrs(&peer));
+        let mut stream = self
+            .0
+            .swarm
+            .new_stream_with(peer, StreamOptions::default())
+            .await?;
+        if let Some(known) = self.0.peerstore.first_supported_protocol(&peer, protocols) {
+            let lazy = dialer_select_lazy(stream, &known)
+                .await
+                .map_err(|e| HostError::Negotiation { peer, message: e.to_string() })?;
+            let mut out = Stream::new(Box::new(LazyStream(lazy)), Direction::Outbound);
+            out.set_protocol(known);
+            return Ok(out);
+        }
+        let picked = tokio::time::timeout(STREAM_NEGOTIATION_TIMEOUT, dialer_select(&mut stream, protocols))
+            .await
+            .map_err(|_| HostError::Negotiation {
+                peer,
+                message: format!("no answer within {STREAM_NEGOTIATION_TIMEOUT:?}"),
+            })?
+            .map_err(|e| HostError::Negotiation { peer, message: e.to_string() })?;
+        let _ = self.0.peerstore.add_protocols(peer, &[picked.as_str()]);
+        stream.set_protocol(picked);
+        Ok(stream)
+    }
+
+    /// Measures the round-trip time to `peer` with one `/ipfs/ping/1.0.0` exchange and
+    /// records it in the peerstore.
+    pub async fn ping(&self, peer: PeerId) -> Result<Duration, HostError> {
+        let mut stream = self.new_stream(peer, &[PING_PROTOCOL]).await?;
+        let rtt = ping_once(&mut stream).await?;
+        let _ = stream.close_write().await;
+        self.0.peerstore.record_latency(peer, rtt);
+        Ok(rtt)
+    }
+
+    /// Registers a notifiee on the swarm (see [`strata_swarm::Notifiee`]).
+    pub fn notify(&self, notifiee: Arc<dyn Notifiee>) -> NotifyHandle {
+        self.0.swarm.notify(notifiee)
+    }
+
+    /// The host's events: the swarm's, and identify's. Bounded: a receiver that falls
+    /// behind is told how many it missed.
+    pub fn events(&self) -> broadcast::Receiver<HostEvent> {
+        self.0.events.subscribe()
+    }
+
+    /// The connection manager, when one was configured.
+    pub fn conn_manager(&self) -> Option<&Arc<crate::connmgr::ConnManager>> {
+        self.0.connmgr.as_ref()
+    }
+
+    /// Closes the host: its services, then the swarm (every listener, connection and
+    /// task). Idempotent; returns when everything has ended.
+    pub async fn close(&self) {
+        self.0.cancel.cancel();
+        self.0.swarm.close().await;
+        if let Some(q) = &self.0.quic {
+            q.close().await;
+        }
+        self.0.tasks.close();
+        self.0.tasks.wait().await;
+        self.0.own_notifiee.lock().unwrap_or_else(|p| p.into_inner()).take();
+    }
+
+    /// Like [`Host::close`], but lets open streams finish until `deadline`.
+    pub async fn shutdown(&self, deadline: Duration) {
+        self.0.cancel.cancel();
+        self.0.swarm.shutdown(deadline).await;
+        if let Some(q) = &self.0.quic {
+            q.close().await;
+        }
+        self.0.tasks.close();
+        self.0.tasks.wait().await;
+        self.0.own_notifiee.lock().unwrap_or_else(|p| p.into_inner()).take();
+    }
+
+    pub(crate) fn identify_info(&self, observed: Option<Multiaddr>) -> IdentifyInfo {
+        IdentifyInfo {
+            public_key: self.0.key.public(),
+            protocol_version: self.0.settings.protocol_version.clone(),
+            agent_version: self.0.settings.agent_version.clone(),
+            listen_addrs: self.addrs(),
+            observed_addr: observed,
+            protocols: self.protocols(),
+        }
+    }
+
+    async fn identify_conn(&self, conn: Conn) {
+        let peer = conn.remote_peer();
+        let started = Instant::now();
+        let result = tokio::time::timeout(IDENTIFY_DEADLINE, async {
+            let mut stream = conn.new_stream().await.map_err(|e| e.to_string())?;
+            dialer_select(&mut stream, &[IDENTIFY_PROTOCOL])
+                .await
+                .map_err(|e| e.to_string())?;
+            recv_identify(&mut stream, peer).await.map_err(|e| e.to_string())
+        })
+        .await
+        .unwrap_or_else(|_| Err(format!("no identify within {IDENTIFY_DEADLINE:?}")));
+        match result {
+            Ok(info) => {
+                tracing::debug!(%peer, took = ?started.elapsed(), "identified");
+                self.record_identify(peer, info, !conn.is_closed());
+            }
+            Err(error) => {
+                tracing::debug!(%peer, "identify failed: {error}");
+                let _ = self.0.events.send(HostEvent::IdentifyFailed { peer, error });
+            }
+        }
+    }
+
+    fn record_identify(&self, peer: PeerId, info: IdentifyInfo, connected: bool) {
+        if let Err(e) = apply_to_peerstore(&self.0.peerstore, peer, &info, connected) {
+            let _ = self.0.events.send(HostEvent::IdentifyFailed {
+                peer,
+                error: e.to_string(),
+            });
+            return;
+        }
+        let _ = self.0.events.send(HostEvent::Identified {
+            peer,
+            info: Box::new(info),
+        });
+    }
+
+    /// Tells every connected peer our current protocols and addresses.
+    pub(crate) fn push_identify(&self) {
+        if self.0.cancel.is_cancelled() {
+            return;
+        }
+        for peer in self.0.swarm.peers() {
+            let Some(conn) = self.0.swarm.best_conn(&peer) else { continue };
+            let host = self.clone();
+            self.0.tasks.spawn(async move {
+                let push = async {
+                    let mut stream = conn.new_stream().await.map_err(|e| e.to_string())?;
+                    dialer_select(&mut stream, &[IDENTIFY_PUSH_PROTOCOL])
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    let info = host.identify_info(Some(conn.remote_multiaddr().clone()));
+                    send_identify(&mut stream, &info).await.map_err(|e| e.to_string())
+                };
+                tokio::select! {
+                    _ = host.0.cancel.cancelled() => {}
+                    r = push => if let Err(e) = r {
+                        tracing::debug!(%peer, "identify push failed: {e}");
+                    }
+                }
+            });
+        }
+    }
+}
+
+fn user_handler<F, Fut>(handler: F) -> ConnHandler
+where
+    F: Fn(Stream) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let handler = Arc::new(handler);
+    Arc::new(move |stream, _conn| {
+        let handler = handler.clone();
+        Box::pin(async move { handler(stream).await })
+    })
+}
+
+/// A stream whose protocol is confirmed on first read (see [`Host::new_stream`]).
+struct LazyStream(LazyNegotiated<Stream>);
+
+impl AsyncRead for LazyStream {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for LazyStream {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+impl StreamIo for LazyStream {
+    fn reset(&mut self) {
+        self.0.get_mut().reset();
+    }
+}
+
+impl From<SwarmError> for HostError {
+    fn from(e: SwarmError) -> Self {
+        HostError::Swarm(e)
+    }
+}
