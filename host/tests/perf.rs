@@ -67,7 +67,9 @@ async fn short_download_is_typed() {
         server.write_all(&[0u8; 10]).await.unwrap();
         server.close_write().await.unwrap();
     });
-    let got = timeout(LONG, perf_client(&mut client, 5, 20)).await.unwrap();
+    let got = timeout(LONG, perf_client(&mut client, 5, 20))
+        .await
+        .unwrap();
     assert!(
         matches!(
             got,

@@ -18,7 +18,10 @@ async fn ping_returns_rtt() {
     let p = pair(1, 2, Sec::Noise).await;
     let (mut client, server) = streams(&p.a, &p.b, PING_PROTOCOL).await;
     let service = tokio::spawn(ping_service(server));
-    let rtt = timeout(LIMIT, ping_once(&mut client)).await.unwrap().unwrap();
+    let rtt = timeout(LIMIT, ping_once(&mut client))
+        .await
+        .unwrap()
+        .unwrap();
     assert!(rtt > Duration::ZERO, "{rtt:?}");
     client.close_write().await.unwrap();
     let answered = timeout(LIMIT, service).await.unwrap().unwrap().unwrap();
@@ -33,7 +36,10 @@ async fn service_answers_several_pings_on_one_stream() {
     let (mut client, server) = streams(&p.a, &p.b, PING_PROTOCOL).await;
     let service = tokio::spawn(ping_service(server));
     for _ in 0..10 {
-        let rtt = timeout(LIMIT, ping_once(&mut client)).await.unwrap().unwrap();
+        let rtt = timeout(LIMIT, ping_once(&mut client))
+            .await
+            .unwrap()
+            .unwrap();
         assert!(rtt > Duration::ZERO);
     }
     client.close_write().await.unwrap();
@@ -76,9 +82,12 @@ async fn closed_or_silent_responder_is_typed() {
     assert!(matches!(got, Err(PingError::Closed)), "{got:?}");
 
     let (mut client, _silent) = streams(&p.a, &p.b, PING_PROTOCOL).await;
-    let got = timeout(LIMIT, ping_once_within(&mut client, Duration::from_millis(200)))
-        .await
-        .unwrap();
+    let got = timeout(
+        LIMIT,
+        ping_once_within(&mut client, Duration::from_millis(200)),
+    )
+    .await
+    .unwrap();
     assert!(matches!(got, Err(PingError::Timeout(_))), "{got:?}");
 }
 
