@@ -117,7 +117,10 @@ async fn garbage_protobuf_is_a_typed_error() {
     let p = pair(9, 10, Sec::Tls).await;
     let (mut asker, mut answerer) = streams(&p.a, &p.b, IDENTIFY_PROTOCOL).await;
     // Length 4, then a field with tag 0 (invalid) and junk.
-    answerer.write_all(&[4, 0x00, 0xff, 0xff, 0xff]).await.unwrap();
+    answerer
+        .write_all(&[4, 0x00, 0xff, 0xff, 0xff])
+        .await
+        .unwrap();
     answerer.close_write().await.unwrap();
     let got = timeout(LIMIT, recv_identify(&mut asker, p.a.remote_peer()))
         .await
@@ -173,7 +176,10 @@ async fn apply_to_peerstore_records_everything() {
     apply_to_peerstore(&ps, peer, &info, true).unwrap();
     assert_eq!(ps.pub_key(&peer), Some(key.public()));
     assert_eq!(ps.get_protocols(&peer), info.protocols);
-    assert_eq!(ps.agent_version(&peer).as_deref(), Some("strata-test/1.2.3"));
+    assert_eq!(
+        ps.agent_version(&peer).as_deref(),
+        Some("strata-test/1.2.3")
+    );
     assert_eq!(ps.protocol_version(&peer).as_deref(), Some("ipfs/0.1.0"));
     let addrs = ps.addrs(&peer);
     for a in &info.listen_addrs {

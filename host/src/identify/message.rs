@@ -410,6 +410,24 @@ mod tests {
         assert_eq!(got.protocols.len(), MAX_PROTOCOLS_PER_PEER);
     }
 
+    proptest::proptest! {
+        /// Whatever arrives, decoding returns (an info or a typed error) without panic.
+        #[test]
+        fn decode_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..2048)) {
+            let _ = decode_frames(&bytes);
+        }
+
+        /// Any valid frame, cut anywhere, is a typed error or (at a frame boundary) an
+        /// info, never a panic; whole, it round-trips.
+        #[test]
+        fn truncated_frames_are_typed(cut in 0usize..200) {
+            let frame = encode_frame(&info()).unwrap();
+            let cut = cut.min(frame.len());
+            let _ = decode_frames(&frame[..cut]);
+            proptest::prop_assert_eq!(decode_frames(&frame).unwrap(), info());
+        }
+    }
+
     #[test]
     fn check_peer_detects_mismatch() {
         let i = info();

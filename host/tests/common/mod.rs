@@ -12,8 +12,7 @@ use strata_transport::MemoryTransport;
 use strata_upgrader::multistream::{dialer_select, listener_select};
 use strata_upgrader::muxer::yamux::Yamux;
 use strata_upgrader::{
-    NoiseTransport, SecureTransport, StreamMuxer, TlsTransport, Upgraded, Upgrader,
-    UpgraderConfig,
+    NoiseTransport, SecureTransport, StreamMuxer, TlsTransport, Upgraded, Upgrader, UpgraderConfig,
 };
 use tokio::time::timeout;
 
@@ -61,10 +60,7 @@ pub async fn pair(seed_a: u64, seed_b: u64, sec: Sec) -> Pair {
     let mut lb = tb.listen(&addr).await.unwrap();
     let laddr = lb.multiaddr().clone();
     let (a, b) = timeout(LIMIT, async {
-        tokio::join!(
-            ta.dial(&laddr, Some(kb.public().to_peer_id())),
-            lb.accept()
-        )
+        tokio::join!(ta.dial(&laddr, Some(kb.public().to_peer_id())), lb.accept())
     })
     .await
     .expect("connect timed out");
