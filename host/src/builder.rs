@@ -9,8 +9,8 @@ use strata_swarm::{Notifiee, Swarm, SwarmConfig, SwarmError};
 use strata_transport::quic::QuicError;
 use strata_transport::{MemoryTransport, QuicConfig, QuicTransport, TcpConfig, TcpTransport};
 use strata_upgrader::{
-    NoiseTransport, SecureTransport, StreamMuxer, TlsTransport, Upgraded, Upgrader,
-    UpgraderConfig, UpgraderConfigError, Yamux, YamuxConfig, YamuxConfigError,
+    NoiseTransport, SecureTransport, StreamMuxer, TlsTransport, Upgraded, Upgrader, UpgraderConfig,
+    UpgraderConfigError, Yamux, YamuxConfig, YamuxConfigError,
 };
 
 use crate::connmgr::{ConnManager, ConnManagerConfig, ConnManagerConfigError};
@@ -283,7 +283,8 @@ impl HostBuilder {
             });
         }
         let muxer: Arc<dyn StreamMuxer> = Arc::new(Yamux::new(self.yamux)?);
-        let mut upgrader = Upgrader::new(peer, security, vec![muxer], self.upgrader_config.clone())?;
+        let mut upgrader =
+            Upgrader::new(peer, security, vec![muxer], self.upgrader_config.clone())?;
         if let Some(g) = &self.gater {
             upgrader = upgrader.with_gater(g.clone());
         }
@@ -291,7 +292,10 @@ impl HostBuilder {
 
         let mut transports: Vec<Arc<dyn Transport>> = Vec::new();
         if let Some(tcp) = self.tcp {
-            transports.push(Arc::new(Upgraded::new(TcpTransport::new(tcp), upgrader.clone())));
+            transports.push(Arc::new(Upgraded::new(
+                TcpTransport::new(tcp),
+                upgrader.clone(),
+            )));
         }
         let mut quic_transport = None;
         if let Some(quic) = self.quic {
@@ -304,7 +308,10 @@ impl HostBuilder {
             transports.push(q);
         }
         if self.memory {
-            transports.push(Arc::new(Upgraded::new(MemoryTransport::new(), upgrader.clone())));
+            transports.push(Arc::new(Upgraded::new(
+                MemoryTransport::new(),
+                upgrader.clone(),
+            )));
         }
         for factory in self.raw_transports {
             transports.push(factory(upgrader.clone()));

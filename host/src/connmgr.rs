@@ -91,7 +91,10 @@ impl ConnManager {
     /// Sets a tag's value for a peer (higher is more valuable).
     pub fn tag_peer(&self, peer: PeerId, tag: &str, value: i64) {
         self.with_peers(|p| {
-            p.entry(peer).or_default().tags.insert(tag.to_string(), value);
+            p.entry(peer)
+                .or_default()
+                .tags
+                .insert(tag.to_string(), value);
         });
     }
 
@@ -112,7 +115,10 @@ impl ConnManager {
     /// Protects a peer's connections from trimming, under `tag`.
     pub fn protect(&self, peer: PeerId, tag: &str) {
         self.with_peers(|p| {
-            p.entry(peer).or_default().protections.insert(tag.to_string(), ());
+            p.entry(peer)
+                .or_default()
+                .protections
+                .insert(tag.to_string(), ());
         });
     }
 

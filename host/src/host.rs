@@ -10,8 +10,7 @@ use async_trait::async_trait;
 use strata_core::addr::with_peer_id;
 use strata_core::{Direction, Keypair, Multiaddr, PeerId, Stream, StreamIo};
 use strata_swarm::{
-    Conn, Connectedness, DisconnectReason, Notifiee, NotifyHandle, StreamOptions, Swarm,
-    SwarmError,
+    Conn, Connectedness, DisconnectReason, Notifiee, NotifyHandle, StreamOptions, Swarm, SwarmError,
 };
 use strata_upgrader::multistream::{dialer_select, dialer_select_lazy, LazyNegotiated};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -65,7 +64,9 @@ pub struct Host(pub(crate) Arc<HostInner>);
 
 impl std::fmt::Debug for Host {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Host").field("id", &self.id()).finish_non_exhaustive()
+        f.debug_struct("Host")
+            .field("id", &self.id())
+            .finish_non_exhaustive()
     }
 }
 
@@ -75,7 +76,9 @@ struct HostNotifiee(Weak<HostInner>);
 #[async_trait]
 impl Notifiee for HostNotifiee {
     async fn connected(&self, _swarm: &Swarm, conn: &Conn) {
-        let Some(inner) = self.0.upgrade() else { return };
+        let Some(inner) = self.0.upgrade() else {
+            return;
+        };
         let host = Host(inner);
         host.0.peerstore.add_addrs(
             conn.remote_peer(),
@@ -96,7 +99,9 @@ impl Notifiee for HostNotifiee {
     }
 
     async fn disconnected(&self, swarm: &Swarm, conn: &Conn, _reason: &DisconnectReason) {
-        let Some(inner) = self.0.upgrade() else { return };
+        let Some(inner) = self.0.upgrade() else {
+            return;
+        };
         let peer = conn.remote_peer();
         if swarm.connectedness(&peer) == Connectedness::NotConnected {
             inner
@@ -130,15 +135,21 @@ impl Host {
         });
         let host = Host(inner);
         let mux = host.0.mux.clone();
-        host.0.swarm.set_stream_handler(Arc::new(move |stream, conn| {
-            let mux = mux.clone();
-            Box::pin(async move { mux.handle(stream, conn).await })
-        }));
+        host.0
+            .swarm
+            .set_stream_handler(Arc::new(move |stream, conn| {
+                let mux = mux.clone();
+                Box::pin(async move { mux.handle(stream, conn).await })
+            }));
         let handle = host
             .0
             .swarm
             .notify(Arc::new(HostNotifiee(Arc::downgrade(&host.0))));
-        *host.0.own_notifiee.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle);
+        *host
+            .0
+            .own_notifiee
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(handle);
         host.install_services();
         host.spawn_event_forwarder();
         host
@@ -306,7 +317,12 @@ impl Host {
         }
     }
 
-    fn set_conn_handler(&self, protocol: &str, matcher: Option<ProtocolMatch>, handler: ConnHandler) {
+    fn set_conn_handler(
+        &self,
+        protocol: &str,
+        matcher: Option<ProtocolMatch>,
+        handler: ConnHandler,
+    ) {
         self.0.mux.set(protocol, matcher, handler);
     }
 
@@ -345,20 +361,30 @@ impl Host {
             .new_stream_with(peer, StreamOptions::default())
             .await?;
         if let Some(known) = self.0.peerstore.first_supported_protocol(&peer, protocols) {
-            let lazy = dialer_select_lazy(stream, &known)
-                .await
-                .map_err(|e| HostError::Negotiation { peer, message: e.to_string() })?;
+            let lazy =
+                dialer_select_lazy(stream, &known)
+                    .await
+                    .map_err(|e| HostError::Negotiation {
+                        peer,
+                        message: e.to_string(),
+                    })?;
             let mut out = Stream::new(Box::new(LazyStream(lazy)), Direction::Outbound);
             out.set_protocol(known);
             return Ok(out);
         }
-        let picked = tokio::time::timeout(STREAM_NEGOTIATION_TIMEOUT, dialer_select(&mut stream, protocols))
-            .await
-            .map_err(|_| HostError::Negotiation {
-                peer,
-                message: format!("no answer within {STREAM_NEGOTIATION_TIMEOUT:?}"),
-            })?
-            .map_err(|e| HostError::Negotiation { peer, message: e.to_string() })?;
+        let picked = tokio::time::timeout(
+            STREAM_NEGOTIATION_TIMEOUT,
+            dialer_select(&mut stream, protocols),
+        )
+        .await
+        .map_err(|_| HostError::Negotiation {
+            peer,
+            message: format!("no answer within {STREAM_NEGOTIATION_TIMEOUT:?}"),
+        })?
+        .map_err(|e| HostError::Negotiation {
+            peer,
+            message: e.to_string(),
+        })?;
         let _ = self.0.peerstore.add_protocols(peer, &[picked.as_str()]);
         stream.set_protocol(picked);
         Ok(stream)
@@ -400,7 +426,11 @@ impl Host {
         }
         self.0.tasks.close();
         self.0.tasks.wait().await;
-        self.0.own_notifiee.lock().unwrap_or_else(|p| p.into_inner()).take();
+        self.0
+            .own_notifiee
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
     }
 
     /// Like [`Host::close`], but lets open streams finish until `deadline`.
@@ -412,7 +442,11 @@ impl Host {
         }
         self.0.tasks.close();
         self.0.tasks.wait().await;
-        self.0.own_notifiee.lock().unwrap_or_else(|p| p.into_inner()).take();
+        self.0
+            .own_notifiee
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
     }
 
     pub(crate) fn identify_info(&self, observed: Option<Multiaddr>) -> IdentifyInfo {
@@ -434,7 +468,9 @@ impl Host {
             dialer_select(&mut stream, &[IDENTIFY_PROTOCOL])
                 .await
                 .map_err(|e| e.to_string())?;
-            recv_identify(&mut stream, peer).await.map_err(|e| e.to_string())
+            recv_identify(&mut stream, peer)
+                .await
+                .map_err(|e| e.to_string())
         })
         .await
         .unwrap_or_else(|_| Err(format!("no identify within {IDENTIFY_DEADLINE:?}")));
@@ -445,7 +481,10 @@ impl Host {
             }
             Err(error) => {
                 tracing::debug!(%peer, "identify failed: {error}");
-                let _ = self.0.events.send(HostEvent::IdentifyFailed { peer, error });
+                let _ = self
+                    .0
+                    .events
+                    .send(HostEvent::IdentifyFailed { peer, error });
             }
         }
     }
@@ -470,7 +509,9 @@ impl Host {
             return;
         }
         for peer in self.0.swarm.peers() {
-            let Some(conn) = self.0.swarm.best_conn(&peer) else { continue };
+            let Some(conn) = self.0.swarm.best_conn(&peer) else {
+                continue;
+            };
             let host = self.clone();
             self.0.tasks.spawn(async move {
                 let push = async {
@@ -479,7 +520,9 @@ impl Host {
                         .await
                         .map_err(|e| e.to_string())?;
                     let info = host.identify_info(Some(conn.remote_multiaddr().clone()));
-                    send_identify(&mut stream, &info).await.map_err(|e| e.to_string())
+                    send_identify(&mut stream, &info)
+                        .await
+                        .map_err(|e| e.to_string())
                 };
                 tokio::select! {
                     _ = host.0.cancel.cancelled() => {}
@@ -508,13 +551,21 @@ where
 struct LazyStream(LazyNegotiated<Stream>);
 
 impl AsyncRead for LazyStream {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.0).poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for LazyStream {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         Pin::new(&mut self.0).poll_write(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {

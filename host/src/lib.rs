@@ -35,11 +35,11 @@ pub use connmgr::{ConnManager, ConnManagerConfig};
 pub use error::HostError;
 pub use events::HostEvent;
 pub use host::Host;
-pub use mux::{ProtocolMatch, NEGOTIATION_TIMEOUT};
 pub use identify::{
     apply_to_peerstore, recv_identify, send_identify, IdentifyError, IdentifyInfo,
     IDENTIFY_PROTOCOL, IDENTIFY_PUSH_PROTOCOL, MAX_IDENTIFY_MSG_LEN,
 };
+pub use mux::{ProtocolMatch, NEGOTIATION_TIMEOUT};
 pub use peerstore::{
     Peerstore, PeerstoreError, ADDRESS_TTL, CONNECTED_ADDR_TTL, PERMANENT_ADDR_TTL,
     RECENTLY_CONNECTED_ADDR_TTL, TEMP_ADDR_TTL,

@@ -307,10 +307,8 @@ async fn server_presenting_the_invalid_spec_vector_is_refused() {
         .collect();
     let (_, unrelated_key) = plain_cert();
     let signer = rustls::crypto::ring::sign::any_ecdsa_type(&unrelated_key).unwrap();
-    let certified = rustls::sign::CertifiedKey::new(
-        vec![rustls::pki_types::CertificateDer::from(der)],
-        signer,
-    );
+    let certified =
+        rustls::sign::CertifiedKey::new(vec![rustls::pki_types::CertificateDer::from(der)], signer);
     let mut config = rustls::ServerConfig::builder_with_provider(ring())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .unwrap()

@@ -1,0 +1,330 @@
+//! Hosts built with the builder, talking over real connections.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use strata_core::{Multiaddr, PeerId};
+use strata_host::{
+    BuildError, ConnManagerConfig, Host, HostBuilder, HostError, HostEvent, Security,
+};
+use strata_swarm::{DisconnectReason, NotifyBundle};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::timeout;
+
+const LIMIT: Duration = Duration::from_secs(20);
+const ECHO: &str = "/echo/1.0.0";
+
+fn memory_builder() -> HostBuilder {
+    HostBuilder::new()
+        .no_tcp()
+        .no_quic()
+        .memory()
+        .security(vec![Security::Noise])
+        .listen_on("/memory/0".parse().unwrap())
+}
+
+async fn memory_host() -> Host {
+    let (host, outcomes) = memory_builder().build().await.unwrap();
+    assert!(outcomes.iter().all(|o| o.result.is_ok()), "{outcomes:?}");
+    host
+}
+
+fn serve_echo(host: &Host) {
+    host.set_stream_handler(ECHO, |mut stream| async move {
+        let mut buf = Vec::new();
+        if stream.read_to_end(&mut buf).await.is_ok() {
+            let _ = stream.write_all(&buf).await;
+            let _ = stream.close_write().await;
+        }
+    });
+}
+
+async fn echo(host: &Host, peer: PeerId, data: &[u8]) -> Vec<u8> {
+    let mut s = timeout(LIMIT, host.new_stream(peer, &[ECHO]))
+        .await
+        .unwrap()
+        .unwrap();
+    s.write_all(data).await.unwrap();
+    s.close_write().await.unwrap();
+    let mut back = Vec::new();
+    timeout(LIMIT, s.read_to_end(&mut back))
+        .await
+        .unwrap()
+        .unwrap();
+    back
+}
+
+async fn identified(
+    events: &mut tokio::sync::broadcast::Receiver<HostEvent>,
+    peer: PeerId,
+) -> Box<strata_host::IdentifyInfo> {
+    loop {
+        match timeout(LIMIT, events.recv()).await.unwrap() {
+            Ok(HostEvent::Identified { peer: p, info }) if p == peer => return info,
+            Ok(HostEvent::IdentifyFailed { peer: p, error }) if p == peer => {
+                panic!("identify failed: {error}")
+            }
+            _ => {}
+        }
+    }
+}
+
+#[tokio::test]
+async fn echo_identify_and_ping_between_two_hosts() {
+    let server = memory_host().await;
+    serve_echo(&server);
+    let client = memory_host().await;
+    let mut events = client.events();
+    client.connect(server.id(), &server.addrs()).await.unwrap();
+    let info = identified(&mut events, server.id()).await;
+    assert_eq!(info.agent_version, strata_host::DEFAULT_AGENT_VERSION);
+    assert!(
+        info.protocols.iter().any(|p| p == ECHO),
+        "{:?}",
+        info.protocols
+    );
+    assert!(info.protocols.iter().any(|p| p == "/ipfs/ping/1.0.0"));
+    assert_eq!(info.listen_addrs, server.addrs());
+    // The peerstore now knows what the server speaks.
+    assert_eq!(
+        client
+            .peerstore()
+            .first_supported_protocol(&server.id(), &[ECHO])
+            .as_deref(),
+        Some(ECHO)
+    );
+    assert_eq!(
+        client.peerstore().agent_version(&server.id()).as_deref(),
+        Some(strata_host::DEFAULT_AGENT_VERSION)
+    );
+
+    let data: Vec<u8> = (0..100_000u32).map(|i| i as u8).collect();
+    assert_eq!(echo(&client, server.id(), &data).await, data);
+    let rtt = client.ping(server.id()).await.unwrap();
+    assert!(rtt > Duration::ZERO);
+    assert!(client.peerstore().latency_ewma(&server.id()).is_some());
+    client.close().await;
+    server.close().await;
+}
+
+#[tokio::test]
+async fn unknown_protocol_is_refused_and_lazy_streams_report_a_refusal_on_read() {
+    let server = memory_host().await;
+    let client = memory_host().await;
+    client.connect(server.id(), &server.addrs()).await.unwrap();
+    match client.new_stream(server.id(), &["/nope/1.0.0"]).await {
+        Err(HostError::Negotiation { peer, .. }) => assert_eq!(peer, server.id()),
+        other => panic!("expected a negotiation error, got {other:?}"),
+    }
+    // If the peerstore believes the peer speaks a protocol, the stream opens lazily and
+    // the refusal shows on the first read.
+    client
+        .peerstore()
+        .add_protocols(server.id(), &["/believed/1.0.0"])
+        .unwrap();
+    let mut s = client
+        .new_stream(server.id(), &["/believed/1.0.0"])
+        .await
+        .unwrap();
+    s.write_all(b"x").await.unwrap();
+    assert!(s.read(&mut [0u8; 1]).await.is_err());
+    client.close().await;
+    server.close().await;
+}
+
+#[tokio::test]
+async fn new_handlers_reach_connected_peers_by_identify_push() {
+    let server = memory_host().await;
+    let client = memory_host().await;
+    let mut events = client.events();
+    client.connect(server.id(), &server.addrs()).await.unwrap();
+    identified(&mut events, server.id()).await;
+    server.set_stream_handler("/late/1.0.0", |_s| async {});
+    loop {
+        let info = identified(&mut events, server.id()).await;
+        if info.protocols.iter().any(|p| p == "/late/1.0.0") {
+            break;
+        }
+    }
+    assert!(client
+        .peerstore()
+        .get_protocols(&server.id())
+        .contains(&"/late/1.0.0".to_string()));
+    server.remove_stream_handler("/late/1.0.0");
+    client.close().await;
+    server.close().await;
+}
+
+#[tokio::test]
+async fn handler_match_serves_a_family_of_protocols() {
+    let server = memory_host().await;
+    server.set_stream_handler_match(
+        "/kv/",
+        |p| p.starts_with("/kv/"),
+        |mut s| async move {
+            let proto = s.protocol().unwrap_or_default().to_string();
+            let _ = s.write_all(proto.as_bytes()).await;
+            let _ = s.close_write().await;
+        },
+    );
+    let client = memory_host().await;
+    client.connect(server.id(), &server.addrs()).await.unwrap();
+    let mut s = client
+        .new_stream(server.id(), &["/kv/2.0.0"])
+        .await
+        .unwrap();
+    let mut got = String::new();
+    s.read_to_string(&mut got).await.unwrap();
+    assert_eq!(got, "/kv/2.0.0");
+    client.close().await;
+    server.close().await;
+}
+
+#[tokio::test]
+async fn tcp_hosts_with_tls_and_noise() {
+    for sec in [Security::Tls, Security::Noise] {
+        let build = || {
+            HostBuilder::new()
+                .no_quic()
+                .security(vec![sec.clone()])
+                .listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
+                .build()
+        };
+        let (server, _) = build().await.unwrap();
+        serve_echo(&server);
+        let (client, _) = build().await.unwrap();
+        let addr = server.addrs_with_peer_id()[0].clone();
+        assert!(addr.to_string().ends_with(&server.id().to_string()));
+        client.connect(server.id(), &server.addrs()).await.unwrap();
+        assert_eq!(echo(&client, server.id(), b"over tcp").await, b"over tcp");
+        client.close().await;
+        server.close().await;
+    }
+}
+
+#[tokio::test]
+async fn builder_refuses_contradictions_and_reports_each_listen_address() {
+    assert!(matches!(
+        HostBuilder::new().no_tcp().no_quic().build().await,
+        Err(BuildError::NoTransport)
+    ));
+    assert!(matches!(
+        HostBuilder::new().no_quic().security(vec![]).build().await,
+        Err(BuildError::NoSecurity)
+    ));
+    let bad_cm = ConnManagerConfig {
+        low_water: 10,
+        high_water: 5,
+        ..ConnManagerConfig::default()
+    };
+    assert!(matches!(
+        HostBuilder::new()
+            .no_quic()
+            .conn_manager(bad_cm)
+            .build()
+            .await,
+        Err(BuildError::ConnManager(_))
+    ));
+    let unsupported: Multiaddr = "/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap();
+    let (host, outcomes) = HostBuilder::new()
+        .no_quic()
+        .listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
+        .listen_on(unsupported.clone())
+        .build()
+        .await
+        .unwrap();
+    assert_eq!(outcomes.len(), 2);
+    assert!(outcomes[0].result.is_ok());
+    assert_eq!(outcomes[1].requested, unsupported);
+    assert!(
+        outcomes[1].result.is_err(),
+        "no QUIC transport: {:?}",
+        outcomes[1]
+    );
+    host.close().await;
+}
+
+#[tokio::test]
+async fn connection_manager_trims_with_its_own_reason() {
+    let (reason_tx, mut reasons) = tokio::sync::mpsc::unbounded_channel();
+    let cm = ConnManagerConfig {
+        low_water: 1,
+        high_water: 2,
+        grace_period: Duration::ZERO,
+    };
+    let (hub, _) = memory_builder()
+        .conn_manager(cm)
+        .notifiee(Arc::new(NotifyBundle::new().on_disconnected(
+            move |_, _, reason| {
+                let _ = reason_tx.send(reason.clone());
+            },
+        )))
+        .build()
+        .await
+        .unwrap();
+    let mut peers = Vec::new();
+    for _ in 0..3 {
+        let p = memory_host().await;
+        p.connect(hub.id(), &hub.addrs()).await.unwrap();
+        peers.push(p);
+    }
+    // Three connections is above the high watermark of two: trimmed down to one.
+    for _ in 0..2 {
+        let reason = timeout(LIMIT, reasons.recv()).await.unwrap().unwrap();
+        assert_eq!(reason, DisconnectReason::ConnManager);
+    }
+    hub.close().await;
+    for p in peers {
+        p.close().await;
+    }
+}
+
+#[tokio::test]
+async fn protected_peers_are_not_trimmed() {
+    let cm = ConnManagerConfig {
+        low_water: 0,
+        high_water: 0,
+        grace_period: Duration::ZERO,
+    };
+    let (trimmed_tx, mut trimmed) = tokio::sync::mpsc::unbounded_channel();
+    let (hub, _) = memory_builder()
+        .conn_manager(cm)
+        .notifiee(Arc::new(NotifyBundle::new().on_disconnected(
+            move |_, conn, reason| {
+                let _ = trimmed_tx.send((conn.remote_peer(), reason.clone()));
+            },
+        )))
+        .build()
+        .await
+        .unwrap();
+    let friend = memory_host().await;
+    hub.conn_manager().unwrap().protect(friend.id(), "friend");
+    friend.connect(hub.id(), &hub.addrs()).await.unwrap();
+    let other = memory_host().await;
+    other.connect(hub.id(), &hub.addrs()).await.unwrap();
+    // The unprotected peer is trimmed; the protected one stays.
+    let (peer, reason) = timeout(LIMIT, trimmed.recv()).await.unwrap().unwrap();
+    assert_eq!((peer, reason), (other.id(), DisconnectReason::ConnManager));
+    assert!(!hub.network().conns_to_peer(&friend.id()).is_empty());
+    assert!(hub
+        .conn_manager()
+        .unwrap()
+        .unprotect(friend.id(), "other-tag"));
+    assert!(!hub.conn_manager().unwrap().unprotect(friend.id(), "friend"));
+    hub.close().await;
+    friend.close().await;
+    other.close().await;
+}
+
+#[tokio::test]
+async fn closed_host_refuses_work() {
+    let host = memory_host().await;
+    let other = memory_host().await;
+    host.close().await;
+    host.close().await; // idempotent
+    assert!(matches!(
+        host.connect(other.id(), &other.addrs()).await,
+        Err(HostError::Swarm(strata_swarm::SwarmError::Closed))
+    ));
+    other.close().await;
+}
