@@ -4,8 +4,10 @@
 //! tokio. This facade re-exports the layers:
 //!
 //! * [`core`]: identity, multiaddr helpers, the traits the layers meet on, errors;
-//! * [`transport`]: TCP (with SO_REUSEPORT) and in-memory transports;
-//! * [`upgrader`], [`swarm`], [`host`]: the layers above.
+//! * [`transport`]: TCP (with SO_REUSEPORT), QUIC and in-memory transports;
+//! * [`upgrader`]: multistream-select, TLS and Noise, yamux, the accept queue;
+//! * [`swarm`]: listeners, connections, dialing, notifiees;
+//! * [`host`]: the API applications hold ([`Host`], [`HostBuilder`]).
 
 pub use strata_core as core;
 pub use strata_host as host;
@@ -13,4 +15,5 @@ pub use strata_swarm as swarm;
 pub use strata_transport as transport;
 pub use strata_upgrader as upgrader;
 
-pub use strata_core::{identity, Multiaddr, PeerId};
+pub use strata_core::{identity, Multiaddr, PeerId, Stream};
+pub use strata_host::{Host, HostBuilder};

@@ -1,41 +1,123 @@
-//! The `strata` command line.
+//! The `strata` command line: `listen`, `dial` and `demo`. Its output is a contract for
+//! scripts: `LISTEN <multiaddr>` lines, `EVENT ...` lines, and one JSON line from `dial`.
 
+use std::io::Write;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use clap::{Parser, Subcommand};
-use strata::core::identity::generate_ed25519;
-use strata::core::{Keypair, Multiaddr, Transport};
-use strata::transport::{TcpConfig, TcpTransport};
-use strata::upgrader::multistream::{dialer_select, listener_select};
-use strata::upgrader::muxer::yamux::Yamux;
-use strata::upgrader::{
-    NoiseTransport, SecureTransport, StreamMuxer, TlsTransport, Upgraded, Upgrader, UpgraderConfig,
+use async_trait::async_trait;
+use clap::{Parser, Subcommand, ValueEnum};
+use strata::core::addr::peer_id_of;
+use strata::core::identity::{generate_ed25519, keypair_from_seed};
+use strata::core::{Multiaddr, PeerId};
+use strata::host::{
+    perf_client, Host, HostBuilder, HostEvent, IdentifyInfo, Security, PERF_PROTOCOL,
 };
+use strata::swarm::{Conn, DisconnectReason, Notifiee, Swarm};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+mod json;
+
+/// The echo protocol `strata listen` serves.
+const ECHO_PROTOCOL: &str = "/echo/1.0.0";
+const IDENTIFY_WAIT: Duration = Duration::from_secs(10);
+
 #[derive(Parser)]
-#[command(
-    name = "strata",
-    version,
-    about = "Strata: a libp2p-compatible networking stack"
-)]
+#[command(name = "strata", version, about = "Strata: a libp2p-compatible networking stack")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum SecurityArg {
+    Tls,
+    Noise,
+}
+
 #[derive(Subcommand)]
 enum Command {
-    /// Runs a loopback demonstration: TCP with TLS and with Noise, yamux, an echo.
+    /// Listens and serves identify, ping, /echo/1.0.0 and perf until interrupted.
+    Listen {
+        /// TCP address to listen on (repeatable).
+        #[arg(long)]
+        tcp: Vec<Multiaddr>,
+        /// QUIC address to listen on (repeatable).
+        #[arg(long)]
+        quic: Vec<Multiaddr>,
+        /// Derive the identity from this seed (for reproducible peer IDs).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// The security protocol to offer (both by default, TLS first).
+        #[arg(long, value_enum)]
+        security: Option<SecurityArg>,
+        /// Print one line per listener and connection event.
+        #[arg(long)]
+        events: bool,
+    },
+    /// Connects to a peer, does what is asked, prints one JSON line.
+    Dial {
+        /// The peer's address, with its /p2p/<peer id>.
+        addr: Multiaddr,
+        /// Derive the identity from this seed.
+        #[arg(long)]
+        seed: Option<u64>,
+        /// The security protocol to use (both by default, TLS first).
+        #[arg(long, value_enum)]
+        security: Option<SecurityArg>,
+        /// Measure one ping round trip.
+        #[arg(long)]
+        ping: bool,
+        /// Echo this many bytes over /echo/1.0.0 and verify them.
+        #[arg(long, value_name = "BYTES")]
+        echo: Option<usize>,
+        /// Upload this many bytes with /perf/1.0.0.
+        #[arg(long, value_name = "BYTES")]
+        perf_up: Option<u64>,
+        /// Download this many bytes with /perf/1.0.0.
+        #[arg(long, value_name = "BYTES")]
+        perf_down: Option<u64>,
+        /// Open this many new connections one after another and report the rate.
+        #[arg(long, value_name = "K")]
+        conns: Option<u32>,
+    },
+    /// Two hosts on loopback over TCP+TLS, TCP+Noise and QUIC: connect, identify, ping,
+    /// echo and a short perf run, with a readable summary.
     Demo,
 }
 
+type CliError = Box<dyn std::error::Error + Send + Sync>;
+
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let result = match cli.command {
+    let result = match Cli::parse().command {
+        Command::Listen {
+            tcp,
+            quic,
+            seed,
+            security,
+            events,
+        } => listen(tcp, quic, seed, security, events).await,
+        Command::Dial {
+            addr,
+            seed,
+            security,
+            ping,
+            echo,
+            perf_up,
+            perf_down,
+            conns,
+        } => {
+            let asks = Asks {
+                ping,
+                echo,
+                perf_up,
+                perf_down,
+                conns,
+            };
+            dial(addr, seed, security, asks).await
+        }
         Command::Demo => demo().await,
     };
     match result {
@@ -47,117 +129,289 @@ async fn main() -> ExitCode {
     }
 }
 
-const ECHO_BYTES: usize = 1 << 20;
-const ECHO_PROTOCOL: &str = "/echo/1.0.0";
-
-type DemoError = Box<dyn std::error::Error + Send + Sync>;
-
-fn upgraded_tcp(key: &Keypair, noise: bool) -> Result<Upgraded<TcpTransport>, DemoError> {
-    let security: Arc<dyn SecureTransport> = if noise {
-        Arc::new(NoiseTransport::new(key.clone()))
-    } else {
-        Arc::new(TlsTransport::new(key.clone())?)
+fn builder(seed: Option<u64>, security: Option<SecurityArg>) -> HostBuilder {
+    let key = seed.map_or_else(generate_ed25519, keypair_from_seed);
+    let security = match security {
+        None => vec![Security::Tls, Security::Noise],
+        Some(SecurityArg::Tls) => vec![Security::Tls],
+        Some(SecurityArg::Noise) => vec![Security::Noise],
     };
-    let muxer: Arc<dyn StreamMuxer> = Arc::new(Yamux::default());
-    let upgrader = Upgrader::new(
-        key.public().to_peer_id(),
-        vec![security],
-        vec![muxer],
-        UpgraderConfig::default(),
-    )?;
-    Ok(Upgraded::new(
-        TcpTransport::new(TcpConfig::default().reuseport(true)),
-        Arc::new(upgrader),
-    ))
+    HostBuilder::new().identity(key).security(security).enable_perf()
 }
 
-/// Two nodes on loopback for each security protocol: both listen on reuseport TCP, the
-/// client dials the server from its own listen port, the upgrade authenticates both and
-/// picks yamux, and 1 MiB is echoed over a stream negotiated with multistream-select.
-async fn demo() -> Result<(), DemoError> {
-    for noise in [false, true] {
-        demo_one(noise).await?;
+fn serve_echo(host: &Host) {
+    host.set_stream_handler(ECHO_PROTOCOL, |mut stream| async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) => break,
+                Ok(n) => {
+                    if stream.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+                Err(_) => return,
+            }
+        }
+        let _ = stream.close_write().await;
+    });
+}
+
+/// Prints one `EVENT` line per notifiee call.
+struct PrintEvents;
+
+fn print_line(line: String) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+#[async_trait]
+impl Notifiee for PrintEvents {
+    async fn listen(&self, _: &Swarm, addr: &Multiaddr) {
+        print_line(format!("EVENT listen {addr}"));
     }
+    async fn listen_close(&self, _: &Swarm, addr: &Multiaddr) {
+        print_line(format!("EVENT listen_close {addr}"));
+    }
+    async fn connected(&self, _: &Swarm, conn: &Conn) {
+        print_line(format!(
+            "EVENT connected {} {} {:?}",
+            conn.remote_peer(),
+            conn.remote_multiaddr(),
+            conn.direction()
+        ));
+    }
+    async fn disconnected(&self, _: &Swarm, conn: &Conn, reason: &DisconnectReason) {
+        print_line(format!(
+            "EVENT disconnected {} {} {reason}",
+            conn.remote_peer(),
+            conn.remote_multiaddr()
+        ));
+    }
+}
+
+async fn listen(
+    tcp: Vec<Multiaddr>,
+    quic: Vec<Multiaddr>,
+    seed: Option<u64>,
+    security: Option<SecurityArg>,
+    events: bool,
+) -> Result<(), CliError> {
+    let mut b = builder(seed, security);
+    let (tcp, quic) = if tcp.is_empty() && quic.is_empty() {
+        (
+            vec!["/ip4/0.0.0.0/tcp/0".parse()?],
+            vec!["/ip4/0.0.0.0/udp/0/quic-v1".parse()?],
+        )
+    } else {
+        (tcp, quic)
+    };
+    for a in tcp.into_iter().chain(quic) {
+        b = b.listen_on(a);
+    }
+    if events {
+        b = b.notifiee(Arc::new(PrintEvents));
+    }
+    let (host, outcomes) = b.build().await?;
+    serve_echo(&host);
+    for o in &outcomes {
+        if let Err(e) = &o.result {
+            eprintln!("strata: cannot listen on {}: {e}", o.requested);
+        }
+    }
+    if outcomes.iter().all(|o| o.result.is_err()) {
+        host.close().await;
+        return Err("no address to listen on".into());
+    }
+    for addr in host.addrs_with_peer_id() {
+        print_line(format!("LISTEN {addr}"));
+    }
+    tokio::signal::ctrl_c().await?;
+    host.close().await;
     Ok(())
 }
 
-async fn demo_one(noise: bool) -> Result<(), DemoError> {
-    let addr: Multiaddr = "/ip4/127.0.0.1/tcp/0".parse()?;
-    let (server_key, client_key) = (generate_ed25519(), generate_ed25519());
-    let server = upgraded_tcp(&server_key, noise)?;
-    let client = upgraded_tcp(&client_key, noise)?;
-    let mut listener = server.listen(&addr).await?;
-    let client_listener = client.listen(&addr).await?;
-    let server_addr = listener.multiaddr().clone();
-    let server_id = server_key.public().to_peer_id();
-    println!(
-        "== TCP + {} + yamux",
-        if noise { "Noise" } else { "TLS 1.3" }
-    );
-    println!("server listens {server_addr} as {server_id}");
-    println!(
-        "client listens {} as {}",
-        client_listener.multiaddr(),
-        client_key.public().to_peer_id()
-    );
+/// What `dial` was asked to do.
+struct Asks {
+    ping: bool,
+    echo: Option<usize>,
+    perf_up: Option<u64>,
+    perf_down: Option<u64>,
+    conns: Option<u32>,
+}
 
-    let echo = tokio::spawn(async move {
-        let conn = listener.accept().await?;
-        let seen = (conn.remote_multiaddr().clone(), conn.remote_peer());
-        let mut stream = conn.accept_stream().await?;
-        listener_select(
-            &mut stream,
-            |p| p == ECHO_PROTOCOL,
-            || vec![ECHO_PROTOCOL.to_string()],
-        )
-        .await?;
-        let mut buf = Vec::new();
-        stream.read_to_end(&mut buf).await?;
-        stream.write_all(&buf).await?;
-        stream.close_write().await?;
-        // Keep the connection until the client, having read everything, closes it.
-        conn.closed().await;
-        Ok::<_, DemoError>(seen)
-    });
+async fn dial(
+    addr: Multiaddr,
+    seed: Option<u64>,
+    security: Option<SecurityArg>,
+    asks: Asks,
+) -> Result<(), CliError> {
+    let peer = peer_id_of(&addr).ok_or("the address must end with /p2p/<peer id>")?;
+    let (host, _) = builder(seed, security).build().await?;
+    let result = dial_with(&host, peer, addr, asks).await;
+    host.close().await;
+    print_line(result?.to_string());
+    Ok(())
+}
 
-    let started = Instant::now();
-    let conn = client.dial(&server_addr, Some(server_id)).await?;
-    let connect = started.elapsed();
-    let state = conn.state();
-    println!(
-        "client dialed  from {} in {:.2} ms: {} + {}, muxer picked in the handshake: {}",
-        conn.local_multiaddr(),
-        connect.as_secs_f64() * 1e3,
-        state.security,
-        state.muxer,
-        if state.used_early_muxer_negotiation {
-            "yes"
-        } else {
-            "no"
+async fn wait_identified(
+    events: &mut tokio::sync::broadcast::Receiver<HostEvent>,
+    peer: PeerId,
+) -> Result<Box<IdentifyInfo>, CliError> {
+    let wait = async {
+        loop {
+            match events.recv().await {
+                Ok(HostEvent::Identified { peer: p, info }) if p == peer => return Ok(info),
+                Ok(HostEvent::IdentifyFailed { peer: p, error }) if p == peer => {
+                    return Err(format!("identify failed: {error}").into())
+                }
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
         }
-    );
-    let mut stream = conn.open_stream().await?;
-    dialer_select(&mut stream, &[ECHO_PROTOCOL]).await?;
-    let payload: Vec<u8> = (0..ECHO_BYTES).map(|i| (i % 251) as u8).collect();
+    };
+    tokio::time::timeout(IDENTIFY_WAIT, wait)
+        .await
+        .map_err(|_| "the remote did not identify itself in time")?
+}
+
+async fn dial_with(host: &Host, peer: PeerId, addr: Multiaddr, asks: Asks) -> Result<json::Value, CliError> {
+    let mut events = host.events();
     let started = Instant::now();
-    stream.write_all(&payload).await?;
-    stream.close_write().await?;
-    let mut echoed = Vec::new();
-    stream.read_to_end(&mut echoed).await?;
-    let took = started.elapsed();
-    conn.close().await;
-    let (seen_addr, seen_peer) = echo.await??;
-    println!("server saw     {seen_addr} as {seen_peer}");
-    let verified = echoed == payload;
-    println!(
-        "echo           {} bytes over {ECHO_PROTOCOL} in {:.2} ms, {}",
-        echoed.len(),
-        took.as_secs_f64() * 1e3,
-        if verified { "verified" } else { "MISMATCH" }
-    );
-    if !verified {
-        return Err("echo mismatch".into());
+    host.connect(peer, std::slice::from_ref(&addr)).await?;
+    let connect_ms = ms(started.elapsed());
+    let remote = wait_identified(&mut events, peer).await?;
+    let mut out = vec![
+        ("peer_id", json::Value::Str(peer.to_string())),
+        ("connect_ms", json::Value::Num(connect_ms)),
+    ];
+    if asks.ping {
+        let rtt = host.ping(peer).await?;
+        out.push(("ping_rtt_ms", json::Value::Num(ms(rtt))));
     }
-    drop(client_listener);
+    if let Some(n) = asks.echo {
+        out.push(("echo_verified", json::Value::Bool(echo(host, peer, n).await?)));
+    }
+    if asks.perf_up.is_some() || asks.perf_down.is_some() {
+        let mut stream = host.new_stream(peer, &[PERF_PROTOCOL]).await?;
+        let r = perf_client(&mut stream, asks.perf_up.unwrap_or(0), asks.perf_down.unwrap_or(0)).await?;
+        if asks.perf_up.is_some() {
+            out.push(("perf_up_gbps", json::Value::Num(gbps(r.upload_bytes, r.upload_time))));
+        }
+        if asks.perf_down.is_some() {
+            out.push(("perf_down_gbps", json::Value::Num(gbps(r.download_bytes, r.download_time))));
+        }
+    }
+    if let Some(k) = asks.conns {
+        let started = Instant::now();
+        for _ in 0..k {
+            let conn = host.network().dial_addr(addr.clone()).await?;
+            conn.close().await;
+        }
+        let rate = f64::from(k) / started.elapsed().as_secs_f64();
+        out.push(("conns_per_sec", json::Value::Num(rate)));
+    }
+    out.push((
+        "remote",
+        json::Value::Obj(vec![
+            ("agent_version", json::Value::Str(remote.agent_version.clone())),
+            ("protocol_version", json::Value::Str(remote.protocol_version.clone())),
+            ("protocols", json::Value::Arr(remote.protocols.iter().cloned().map(json::Value::Str).collect())),
+            (
+                "listen_addrs",
+                json::Value::Arr(remote.listen_addrs.iter().map(|a| json::Value::Str(a.to_string())).collect()),
+            ),
+            (
+                "observed_addr",
+                remote
+                    .observed_addr
+                    .as_ref()
+                    .map_or(json::Value::Null, |a| json::Value::Str(a.to_string())),
+            ),
+        ]),
+    ));
+    Ok(json::Value::Obj(out))
+}
+
+async fn echo(host: &Host, peer: PeerId, bytes: usize) -> Result<bool, CliError> {
+    let stream = host.new_stream(peer, &[ECHO_PROTOCOL]).await?;
+    let payload: Vec<u8> = (0..bytes).map(|i| (i % 251) as u8).collect();
+    let (mut r, mut w) = tokio::io::split(stream);
+    let sent = payload.clone();
+    let writer = tokio::spawn(async move {
+        w.write_all(&sent).await?;
+        w.shutdown().await?;
+        Ok::<_, std::io::Error>(w)
+    });
+    let mut back = Vec::with_capacity(bytes);
+    r.read_to_end(&mut back).await?;
+    let _w = writer.await??;
+    Ok(back == payload)
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn gbps(bytes: u64, took: Duration) -> f64 {
+    let secs = took.as_secs_f64();
+    if secs == 0.0 {
+        return 0.0;
+    }
+    bytes as f64 * 8.0 / secs / 1e9
+}
+
+/// Two hosts per stack on loopback: connect, identify, ping, echo, perf.
+async fn demo() -> Result<(), CliError> {
+    let stacks: [(&str, Security, Multiaddr); 3] = [
+        ("TCP + TLS 1.3 + yamux", Security::Tls, "/ip4/127.0.0.1/tcp/0".parse()?),
+        ("TCP + Noise + yamux", Security::Noise, "/ip4/127.0.0.1/tcp/0".parse()?),
+        ("QUIC v1", Security::Tls, "/ip4/127.0.0.1/udp/0/quic-v1".parse()?),
+    ];
+    for (name, security, listen) in stacks {
+        let make = || {
+            HostBuilder::new()
+                .security(vec![security.clone()])
+                .enable_perf()
+                .listen_on(listen.clone())
+                .build()
+        };
+        let (server, _) = make().await?;
+        serve_echo(&server);
+        let (client, _) = make().await?;
+        let server_addr = server.addrs_with_peer_id().into_iter().next().ok_or("server has no address")?;
+        println!("== {name}");
+        println!("server   {server_addr}");
+        let asks = Asks {
+            ping: true,
+            echo: Some(1 << 20),
+            perf_up: Some(16 << 20),
+            perf_down: Some(16 << 20),
+            conns: None,
+        };
+        let report = dial_with(&client, server.id(), server_addr, asks).await;
+        let conn = client.network().best_conn(&server.id());
+        client.close().await;
+        server.close().await;
+        let report = report?;
+        let get = |k: &str| report.get(k).map(|v| v.to_string()).unwrap_or_default();
+        if let Some(c) = conn {
+            println!(
+                "conn     {} -> {} via {} + {}",
+                c.local_multiaddr(),
+                c.remote_multiaddr(),
+                c.state().security,
+                c.state().muxer
+            );
+        }
+        println!("connect  {} ms", get("connect_ms"));
+        let remote = report.get("remote");
+        let field = |k: &str| remote.and_then(|r| r.get(k)).map(|v| v.to_string()).unwrap_or_default();
+        println!("identify agent {} protocols {}", field("agent_version"), field("protocols"));
+        println!("ping     {} ms", get("ping_rtt_ms"));
+        println!("echo     1048576 bytes verified={}", get("echo_verified"));
+        println!("perf     up {} Gbit/s, down {} Gbit/s (16 MiB each)", get("perf_up_gbps"), get("perf_down_gbps"));
+    }
     Ok(())
 }
