@@ -361,3 +361,32 @@ async fn events_connectedness_and_lag() {
     t(a.close()).await;
     t(b.close()).await;
 }
+
+/// A notifiee that closes the swarm from inside `connected` does not deadlock it.
+#[tokio::test]
+async fn notifiee_may_close_the_swarm() {
+    let cfg = SwarmConfig {
+        notifiee_close_grace: Duration::from_millis(100),
+        ..Default::default()
+    };
+    let a = swarm_with(271, Kind::Mem, cfg);
+    let b = swarm(272, Kind::Mem);
+    introduce(&a, &b, Kind::Mem).await;
+    let _h = a.notify(Arc::new(NotifyBundle::new().on_connected(|s, _| {
+        let s = s.clone();
+        // Sync closure: close from a task of its own, and from the async path below.
+        tokio::spawn(async move { s.close().await });
+    })));
+    struct Closer;
+    #[async_trait::async_trait]
+    impl Notifiee for Closer {
+        async fn connected(&self, s: &Swarm, _c: &Conn) {
+            s.close().await;
+        }
+    }
+    let _h2 = a.notify(Arc::new(Closer));
+    let _ = t(a.dial_peer(b.local_peer())).await;
+    t(a.close()).await;
+    assert!(a.is_closed());
+    t(b.close()).await;
+}
