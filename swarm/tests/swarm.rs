@@ -144,7 +144,7 @@ async fn refused_address_backs_off_until_cleared_and_error_lists_each_address() 
 }
 
 #[tokio::test]
-async fn quic_ranked_first_stagger_starts_next_address_and_timeouts_apply() {
+async fn stagger_starts_next_address_and_timeouts_apply() {
     // A black-hole address (nothing answers, the dial hangs) before a good one: with a
     // short stagger the good one is started anyway and wins.
     let cfg = SwarmConfig {
