@@ -303,3 +303,29 @@ impl Swarm {
         conn.new_stream().await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quic_ranks_before_tcp_and_local_addresses_are_recognised() {
+        let tcp: Multiaddr = "/ip4/1.2.3.4/tcp/1".parse().unwrap();
+        let quic: Multiaddr = "/ip4/1.2.3.4/udp/1/quic-v1".parse().unwrap();
+        let mut v = [tcp.clone(), quic.clone()];
+        v.sort_by_key(rank);
+        assert_eq!(v, [quic, tcp.clone()]);
+        assert!(!is_local(&tcp));
+        for local in [
+            "/ip4/127.0.0.1/tcp/1",
+            "/ip4/192.168.1.2/tcp/1",
+            "/ip4/10.0.0.1/tcp/1",
+            "/ip6/::1/tcp/1",
+            "/ip6/fd00::1/tcp/1",
+            "/memory/5",
+            "/dns/localhost/tcp/1",
+        ] {
+            assert!(is_local(&local.parse().unwrap()), "{local}");
+        }
+    }
+}

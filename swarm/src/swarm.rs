@@ -403,10 +403,17 @@ impl Swarm {
                 .unwrap_or_else(|p| p.into_inner());
             !std::mem::replace(&mut *started, true)
         };
-        if !first {
-            self.0.close_done.cancelled().await;
-            return;
+        if first {
+            // The close runs on its own task, so that it completes even when the caller
+            // is cancelled: a notifiee or a handler that calls close() is itself cancelled
+            // by it, and every other caller waits on `close_done`.
+            let swarm = self.clone();
+            drop(tokio::spawn(async move { swarm.close_inner().await }));
         }
+        self.0.close_done.cancelled().await;
+    }
+
+    async fn close_inner(&self) {
         self.0.stopping.store(true, Ordering::Release);
         self.0.listeners_stop.cancel();
         self.0.cancel.cancel();
