@@ -1,52 +1,156 @@
-//! The `strata` binary, run as users run it.
+//! The `strata` binary, run as users and scripts run it. Its output lines and JSON keys
+//! are a contract.
 
-use std::process::Command;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use strata::identity::keypair_from_seed;
+
+const BIN: &str = env!("CARGO_BIN_EXE_strata");
+
+/// Kills the child when dropped, so a failing test leaves no process behind.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `strata listen ...` and returns it with a channel of its stdout lines.
+fn listen(args: &[&str]) -> (Running, mpsc::Receiver<String>) {
+    let mut child = Command::new(BIN)
+        .arg("listen")
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    (Running(child), rx)
+}
+
+fn next_line(rx: &mpsc::Receiver<String>, prefix: &str) -> String {
+    loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("no line starting with {prefix:?}"));
+        if line.starts_with(prefix) {
+            return line;
+        }
+    }
+}
 
 #[test]
-fn demo_upgrades_both_ways_dials_from_the_listen_port_and_echoes() {
-    let out = Command::new(env!("CARGO_BIN_EXE_strata"))
-        .arg("demo")
+fn listen_prints_addresses_and_dial_prints_one_json_line() {
+    let listener_id = keypair_from_seed(1).public().to_peer_id();
+    let dialer_id = keypair_from_seed(2).public().to_peer_id();
+    let (_listener, lines) = listen(&["--tcp", "/ip4/127.0.0.1/tcp/0", "--seed", "1", "--events"]);
+    let listen_line = next_line(&lines, "LISTEN ");
+    let addr = listen_line.strip_prefix("LISTEN ").unwrap().to_string();
+    assert!(addr.starts_with("/ip4/127.0.0.1/tcp/"), "{addr}");
+    assert!(addr.ends_with(&format!("/p2p/{listener_id}")), "{addr}");
+
+    let out = Command::new(BIN)
+        .args(["dial", &addr, "--seed", "2", "--ping", "--echo", "100000"])
+        .args(["--perf-up", "1000000", "--perf-down", "1000000", "--conns", "3"])
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "demo failed: {stdout} {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let sections: Vec<&str> = stdout.split("== ").skip(1).collect();
-    assert_eq!(sections.len(), 2, "{stdout}");
-    for (section, security) in sections.iter().zip(["/tls/1.0.0", "/noise"]) {
-        let field = |name: &str| {
-            section
-                .lines()
-                .find_map(|l| l.strip_prefix(name))
-                .unwrap_or_else(|| panic!("no {name:?} line in {section}"))
-                .split_whitespace()
-                .collect::<Vec<_>>()
-        };
-        let server = field("server listens");
-        let client = field("client listens");
-        let dialed = field("client dialed  from");
-        let seen = field("server saw");
-        // Port reuse: the dial leaves from the client's listen port, and the server sees it.
-        assert_eq!(dialed[0], client[0], "{section}");
-        assert_eq!(seen[0], client[0], "{section}");
-        // Each side authenticated the other.
-        assert_eq!(seen[2], client[2], "{section}");
-        assert_ne!(server[2], client[2]);
-        assert!(
-            section.contains(&format!("{security} + /yamux/1.0.0,")),
-            "{section}"
-        );
-        assert!(
-            section.contains("muxer picked in the handshake: yes"),
-            "{section}"
-        );
-        assert!(
-            section.contains("1048576 bytes over /echo/1.0.0"),
-            "{section}"
-        );
-        assert!(section.contains("verified"), "{section}");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(out.status.success(), "{stdout} {}", String::from_utf8_lossy(&out.stderr));
+    let json_lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(json_lines.len(), 1, "exactly one line: {stdout}");
+    let v: serde_json::Value = serde_json::from_str(json_lines[0]).unwrap();
+    let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+    for key in [
+        "peer_id",
+        "connect_ms",
+        "ping_rtt_ms",
+        "echo_verified",
+        "perf_up_gbps",
+        "perf_down_gbps",
+        "conns_per_sec",
+        "remote",
+    ] {
+        assert!(keys.contains(&key), "missing {key} in {v}");
     }
+    assert_eq!(v["peer_id"], listener_id.to_string());
+    assert_eq!(v["echo_verified"], true);
+    assert!(v["connect_ms"].as_f64().unwrap() > 0.0);
+    assert!(v["ping_rtt_ms"].as_f64().unwrap() > 0.0);
+    assert!(v["perf_up_gbps"].as_f64().unwrap() > 0.0);
+    assert!(v["perf_down_gbps"].as_f64().unwrap() > 0.0);
+    assert!(v["conns_per_sec"].as_f64().unwrap() > 0.0);
+    let remote = &v["remote"];
+    assert!(remote["agent_version"].as_str().unwrap().starts_with("strata/"));
+    assert_eq!(remote["protocol_version"], "ipfs/0.1.0");
+    let protocols: Vec<&str> = remote["protocols"].as_array().unwrap().iter().map(|p| p.as_str().unwrap()).collect();
+    for p in ["/echo/1.0.0", "/ipfs/ping/1.0.0", "/ipfs/id/1.0.0", "/perf/1.0.0"] {
+        assert!(protocols.contains(&p), "{p} in {protocols:?}");
+    }
+    assert!(remote["listen_addrs"].as_array().unwrap().iter().any(|a| addr.starts_with(a.as_str().unwrap())));
+    assert!(remote["observed_addr"].as_str().unwrap().starts_with("/ip4/127.0.0.1/tcp/"));
+
+    // The listener's --events saw the dialer connect.
+    let connected = next_line(&lines, "EVENT connected ");
+    assert!(connected.contains(&dialer_id.to_string()), "{connected}");
+}
+
+#[test]
+fn only_the_requested_keys_are_printed() {
+    let (_listener, lines) = listen(&["--tcp", "/ip4/127.0.0.1/tcp/0", "--security", "noise"]);
+    let addr = next_line(&lines, "LISTEN ").strip_prefix("LISTEN ").unwrap().to_string();
+    let out = Command::new(BIN).args(["dial", &addr, "--security", "noise"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+    keys.sort();
+    assert_eq!(keys, ["connect_ms", "peer_id", "remote"]);
+}
+
+#[test]
+fn dial_failures_exit_non_zero_with_a_message() {
+    let nobody = keypair_from_seed(9).public().to_peer_id();
+    // A closed port.
+    let out = Command::new(BIN)
+        .args(["dial", &format!("/ip4/127.0.0.1/tcp/1/p2p/{nobody}")])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(out.stdout.is_empty());
+    assert!(String::from_utf8_lossy(&out.stderr).starts_with("strata: "));
+    // No peer ID to check.
+    let out = Command::new(BIN).args(["dial", "/ip4/127.0.0.1/tcp/1"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/p2p/"));
+}
+
+#[test]
+fn demo_runs_the_whole_stack_three_ways() {
+    let out = Command::new(BIN).arg("demo").output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "demo failed: {stdout} {}", String::from_utf8_lossy(&out.stderr));
+    let sections: Vec<&str> = stdout.split("== ").skip(1).collect();
+    assert_eq!(sections.len(), 3, "{stdout}");
+    for (section, name) in sections.iter().zip(["TCP + TLS", "TCP + Noise", "QUIC"]) {
+        assert!(section.starts_with(name), "{section}");
+        assert!(section.contains("echo     1048576 bytes verified=true"), "{section}");
+        assert!(section.contains("identify agent \"strata/"), "{section}");
+        assert!(section.contains("\"/echo/1.0.0\""), "{section}");
+        assert!(section.lines().any(|l| l.starts_with("ping ")), "{section}");
+        assert!(section.lines().any(|l| l.starts_with("perf ") && l.contains("Gbit/s")), "{section}");
+    }
+    assert!(sections[0].contains("/tls/1.0.0 + /yamux/1.0.0"));
+    assert!(sections[1].contains("/noise + /yamux/1.0.0"));
 }
