@@ -3,7 +3,7 @@
 //! QUIC's TLS 1.3 handshake authenticates the peer with the libp2p certificate (ALPN
 //! "libp2p", client authentication required), and QUIC's bidirectional streams are the
 //! libp2p streams, so no upgrader runs: dialing and accepting hand out
-//! [`CapableConn`]s directly, under the same accept discipline (handshake bound, deadline,
+//! [`strata_core::CapableConn`]s directly, under the same accept discipline (handshake bound, deadline,
 //! accept queue, gater) as an upgraded TCP listener.
 //!
 //! * [`config`]: settings and their defaults.
