@@ -1,6 +1,7 @@
 //! Throughput and handshake rate on loopback, side by side in one run:
 //! raw TLS 1.3 over TCP (tokio-rustls, no muxer) against Strata TCP+TLS+yamux and
-//! TCP+Noise+yamux, then upgrades per second.
+//! TCP+Noise+yamux; raw quinn (one bidirectional stream, no libp2p) against Strata QUIC
+//! (one stream); then upgrades per second.
 //!
 //! Run: `cargo bench --bench throughput` (STRATA_BENCH_MIB sets the bytes per run).
 
@@ -9,7 +10,7 @@ use std::time::Instant;
 
 use strata::core::identity::generate_ed25519;
 use strata::core::{Keypair, Multiaddr, RawListener, Transport};
-use strata::transport::{TcpConfig, TcpTransport};
+use strata::transport::{QuicConfig, QuicTransport, TcpConfig, TcpTransport};
 use strata::upgrader::muxer::yamux::Yamux;
 use strata::upgrader::{
     NoiseTransport, SecureTransport, StreamMuxer, TlsTransport, Upgraded, Upgrader, UpgraderConfig,
@@ -148,6 +149,62 @@ async fn handshakes_per_sec(noise: bool, count: usize) -> f64 {
     rate
 }
 
+/// Raw quinn: two plain endpoints with quinn's default transport settings, the same TLS
+/// 1.3 certificates and suites (rustls with ring), one bidirectional stream.
+async fn raw_quinn(total: usize) -> f64 {
+    use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+    let alpn = vec![b"libp2p".to_vec()];
+    let server_tls = strata::core::tls::server_config(&generate_ed25519(), alpn.clone()).unwrap();
+    let client_tls = strata::core::tls::client_config(&generate_ed25519(), alpn).unwrap();
+    let server_cfg =
+        quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(server_tls).unwrap()));
+    let client_cfg =
+        quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(client_tls).unwrap()));
+    let server = quinn::Endpoint::server(server_cfg, "127.0.0.1:0".parse().unwrap()).unwrap();
+    let server_addr = server.local_addr().unwrap();
+    let client = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let accept = tokio::spawn(async move {
+        let conn = server.accept().await.unwrap().await.unwrap();
+        let (send, recv) = conn.accept_bi().await.unwrap();
+        (server, conn, send, recv)
+    });
+    let conn = client
+        .connect_with(client_cfg, server_addr, "l")
+        .unwrap()
+        .await
+        .unwrap();
+    let (mut send, _recv) = conn.open_bi().await.unwrap();
+    send.write_all(b"x").await.unwrap(); // a QUIC stream is announced by its first bytes
+    let (server, server_conn, _server_send, mut recv) = accept.await.unwrap();
+    recv.read_exact(&mut [0u8; 1]).await.unwrap();
+    let rate = pump(send, recv, total).await;
+    conn.close(0u32.into(), b"");
+    server_conn.close(0u32.into(), b"");
+    client.wait_idle().await;
+    server.wait_idle().await;
+    rate
+}
+
+async fn strata_quic(total: usize) -> f64 {
+    let a = QuicTransport::new(generate_ed25519(), QuicConfig::default()).unwrap();
+    let b = QuicTransport::new(generate_ed25519(), QuicConfig::default()).unwrap();
+    let mut listener = b
+        .listen(&"/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap())
+        .await
+        .unwrap();
+    let addr = listener.multiaddr().clone();
+    let (client, server) = tokio::join!(a.dial(&addr, Some(b.local_peer())), listener.accept());
+    let (client, server) = (client.unwrap(), server.unwrap());
+    let mut out = client.open_stream().await.unwrap();
+    out.write_all(b"x").await.unwrap(); // a QUIC stream is announced by its first bytes
+    let mut inb = server.accept_stream().await.unwrap();
+    inb.read_exact(&mut [0u8; 1]).await.unwrap();
+    let rate = pump(out, inb, total).await;
+    a.close().await;
+    b.close().await;
+    rate
+}
+
 fn best(mut runs: Vec<f64>) -> f64 {
     runs.sort_by(|a, b| b.total_cmp(a));
     runs[0]
@@ -169,7 +226,13 @@ fn main() {
             tls.push(strata_stream(false, total).await);
             noise.push(strata_stream(true, total).await);
         }
+        let (mut quinn, mut quic) = (Vec::new(), Vec::new());
+        for _ in 0..if bench { ROUNDS } else { 1 } {
+            quinn.push(raw_quinn(total).await);
+            quic.push(strata_quic(total).await);
+        }
         let (raw, tls, noise) = (best(raw), best(tls), best(noise));
+        let (quinn, quic) = (best(quinn), best(quic));
         println!(
             "throughput, one stream, {} MiB per run, best of {}:",
             total >> 20,
@@ -183,6 +246,11 @@ fn main() {
         println!(
             "  strata TCP+Noise+yamux                {noise:9.1} MiB/s  {:5.1}% of raw TLS",
             100.0 * noise / raw
+        );
+        println!("  raw quinn (one bidi stream)           {quinn:9.1} MiB/s");
+        println!(
+            "  strata QUIC                           {quic:9.1} MiB/s  {:5.1}% of raw quinn",
+            100.0 * quic / quinn
         );
         let count = if bench { 300 } else { 20 };
         let tls_hs = handshakes_per_sec(false, count).await;

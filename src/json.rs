@@ -81,10 +81,16 @@ mod tests {
     fn escapes_and_orders() {
         let v = Value::Obj(vec![
             ("a", Value::Str("q\"\\\n\u{1}".into())),
-            ("b", Value::Arr(vec![Value::Num(1.5), Value::Bool(true), Value::Null])),
+            (
+                "b",
+                Value::Arr(vec![Value::Num(1.5), Value::Bool(true), Value::Null]),
+            ),
             ("c", Value::Num(f64::NAN)),
         ]);
-        assert_eq!(v.to_string(), r#"{"a":"q\"\\\n\u0001","b":[1.5,true,null],"c":null}"#);
+        assert_eq!(
+            v.to_string(),
+            r#"{"a":"q\"\\\n\u0001","b":[1.5,true,null],"c":null}"#
+        );
         assert_eq!(v.get("b").unwrap().to_string(), "[1.5,true,null]");
     }
 }

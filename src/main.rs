@@ -24,7 +24,11 @@ const ECHO_PROTOCOL: &str = "/echo/1.0.0";
 const IDENTIFY_WAIT: Duration = Duration::from_secs(10);
 
 #[derive(Parser)]
-#[command(name = "strata", version, about = "Strata: a libp2p-compatible networking stack")]
+#[command(
+    name = "strata",
+    version,
+    about = "Strata: a libp2p-compatible networking stack"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -136,7 +140,10 @@ fn builder(seed: Option<u64>, security: Option<SecurityArg>) -> HostBuilder {
         Some(SecurityArg::Tls) => vec![Security::Tls],
         Some(SecurityArg::Noise) => vec![Security::Noise],
     };
-    HostBuilder::new().identity(key).security(security).enable_perf()
+    HostBuilder::new()
+        .identity(key)
+        .security(security)
+        .enable_perf()
 }
 
 fn serve_echo(host: &Host) {
@@ -276,7 +283,12 @@ async fn wait_identified(
         .map_err(|_| "the remote did not identify itself in time")?
 }
 
-async fn dial_with(host: &Host, peer: PeerId, addr: Multiaddr, asks: Asks) -> Result<json::Value, CliError> {
+async fn dial_with(
+    host: &Host,
+    peer: PeerId,
+    addr: Multiaddr,
+    asks: Asks,
+) -> Result<json::Value, CliError> {
     let mut events = host.events();
     let started = Instant::now();
     host.connect(peer, std::slice::from_ref(&addr)).await?;
@@ -291,16 +303,30 @@ async fn dial_with(host: &Host, peer: PeerId, addr: Multiaddr, asks: Asks) -> Re
         out.push(("ping_rtt_ms", json::Value::Num(ms(rtt))));
     }
     if let Some(n) = asks.echo {
-        out.push(("echo_verified", json::Value::Bool(echo(host, peer, n).await?)));
+        out.push((
+            "echo_verified",
+            json::Value::Bool(echo(host, peer, n).await?),
+        ));
     }
     if asks.perf_up.is_some() || asks.perf_down.is_some() {
         let mut stream = host.new_stream(peer, &[PERF_PROTOCOL]).await?;
-        let r = perf_client(&mut stream, asks.perf_up.unwrap_or(0), asks.perf_down.unwrap_or(0)).await?;
+        let r = perf_client(
+            &mut stream,
+            asks.perf_up.unwrap_or(0),
+            asks.perf_down.unwrap_or(0),
+        )
+        .await?;
         if asks.perf_up.is_some() {
-            out.push(("perf_up_gbps", json::Value::Num(gbps(r.upload_bytes, r.upload_time))));
+            out.push((
+                "perf_up_gbps",
+                json::Value::Num(gbps(r.upload_bytes, r.upload_time)),
+            ));
         }
         if asks.perf_down.is_some() {
-            out.push(("perf_down_gbps", json::Value::Num(gbps(r.download_bytes, r.download_time))));
+            out.push((
+                "perf_down_gbps",
+                json::Value::Num(gbps(r.download_bytes, r.download_time)),
+            ));
         }
     }
     if let Some(k) = asks.conns {
@@ -315,12 +341,34 @@ async fn dial_with(host: &Host, peer: PeerId, addr: Multiaddr, asks: Asks) -> Re
     out.push((
         "remote",
         json::Value::Obj(vec![
-            ("agent_version", json::Value::Str(remote.agent_version.clone())),
-            ("protocol_version", json::Value::Str(remote.protocol_version.clone())),
-            ("protocols", json::Value::Arr(remote.protocols.iter().cloned().map(json::Value::Str).collect())),
+            (
+                "agent_version",
+                json::Value::Str(remote.agent_version.clone()),
+            ),
+            (
+                "protocol_version",
+                json::Value::Str(remote.protocol_version.clone()),
+            ),
+            (
+                "protocols",
+                json::Value::Arr(
+                    remote
+                        .protocols
+                        .iter()
+                        .cloned()
+                        .map(json::Value::Str)
+                        .collect(),
+                ),
+            ),
             (
                 "listen_addrs",
-                json::Value::Arr(remote.listen_addrs.iter().map(|a| json::Value::Str(a.to_string())).collect()),
+                json::Value::Arr(
+                    remote
+                        .listen_addrs
+                        .iter()
+                        .map(|a| json::Value::Str(a.to_string()))
+                        .collect(),
+                ),
             ),
             (
                 "observed_addr",
@@ -365,9 +413,21 @@ fn gbps(bytes: u64, took: Duration) -> f64 {
 /// Two hosts per stack on loopback: connect, identify, ping, echo, perf.
 async fn demo() -> Result<(), CliError> {
     let stacks: [(&str, Security, Multiaddr); 3] = [
-        ("TCP + TLS 1.3 + yamux", Security::Tls, "/ip4/127.0.0.1/tcp/0".parse()?),
-        ("TCP + Noise + yamux", Security::Noise, "/ip4/127.0.0.1/tcp/0".parse()?),
-        ("QUIC v1", Security::Tls, "/ip4/127.0.0.1/udp/0/quic-v1".parse()?),
+        (
+            "TCP + TLS 1.3 + yamux",
+            Security::Tls,
+            "/ip4/127.0.0.1/tcp/0".parse()?,
+        ),
+        (
+            "TCP + Noise + yamux",
+            Security::Noise,
+            "/ip4/127.0.0.1/tcp/0".parse()?,
+        ),
+        (
+            "QUIC v1",
+            Security::Tls,
+            "/ip4/127.0.0.1/udp/0/quic-v1".parse()?,
+        ),
     ];
     for (name, security, listen) in stacks {
         let make = || {
@@ -380,7 +440,11 @@ async fn demo() -> Result<(), CliError> {
         let (server, _) = make().await?;
         serve_echo(&server);
         let (client, _) = make().await?;
-        let server_addr = server.addrs_with_peer_id().into_iter().next().ok_or("server has no address")?;
+        let server_addr = server
+            .addrs_with_peer_id()
+            .into_iter()
+            .next()
+            .ok_or("server has no address")?;
         println!("== {name}");
         println!("server   {server_addr}");
         let asks = Asks {
@@ -407,11 +471,24 @@ async fn demo() -> Result<(), CliError> {
         }
         println!("connect  {} ms", get("connect_ms"));
         let remote = report.get("remote");
-        let field = |k: &str| remote.and_then(|r| r.get(k)).map(|v| v.to_string()).unwrap_or_default();
-        println!("identify agent {} protocols {}", field("agent_version"), field("protocols"));
+        let field = |k: &str| {
+            remote
+                .and_then(|r| r.get(k))
+                .map(|v| v.to_string())
+                .unwrap_or_default()
+        };
+        println!(
+            "identify agent {} protocols {}",
+            field("agent_version"),
+            field("protocols")
+        );
         println!("ping     {} ms", get("ping_rtt_ms"));
         println!("echo     1048576 bytes verified={}", get("echo_verified"));
-        println!("perf     up {} Gbit/s, down {} Gbit/s (16 MiB each)", get("perf_up_gbps"), get("perf_down_gbps"));
+        println!(
+            "perf     up {} Gbit/s, down {} Gbit/s (16 MiB each)",
+            get("perf_up_gbps"),
+            get("perf_down_gbps")
+        );
     }
     Ok(())
 }

@@ -64,11 +64,22 @@ fn listen_prints_addresses_and_dial_prints_one_json_line() {
 
     let out = Command::new(BIN)
         .args(["dial", &addr, "--seed", "2", "--ping", "--echo", "100000"])
-        .args(["--perf-up", "1000000", "--perf-down", "1000000", "--conns", "3"])
+        .args([
+            "--perf-up",
+            "1000000",
+            "--perf-down",
+            "1000000",
+            "--conns",
+            "3",
+        ])
         .output()
         .unwrap();
     let stdout = String::from_utf8(out.stdout).unwrap();
-    assert!(out.status.success(), "{stdout} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let json_lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(json_lines.len(), 1, "exactly one line: {stdout}");
     let v: serde_json::Value = serde_json::from_str(json_lines[0]).unwrap();
@@ -93,14 +104,34 @@ fn listen_prints_addresses_and_dial_prints_one_json_line() {
     assert!(v["perf_down_gbps"].as_f64().unwrap() > 0.0);
     assert!(v["conns_per_sec"].as_f64().unwrap() > 0.0);
     let remote = &v["remote"];
-    assert!(remote["agent_version"].as_str().unwrap().starts_with("strata/"));
+    assert!(remote["agent_version"]
+        .as_str()
+        .unwrap()
+        .starts_with("strata/"));
     assert_eq!(remote["protocol_version"], "ipfs/0.1.0");
-    let protocols: Vec<&str> = remote["protocols"].as_array().unwrap().iter().map(|p| p.as_str().unwrap()).collect();
-    for p in ["/echo/1.0.0", "/ipfs/ping/1.0.0", "/ipfs/id/1.0.0", "/perf/1.0.0"] {
+    let protocols: Vec<&str> = remote["protocols"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
+    for p in [
+        "/echo/1.0.0",
+        "/ipfs/ping/1.0.0",
+        "/ipfs/id/1.0.0",
+        "/perf/1.0.0",
+    ] {
         assert!(protocols.contains(&p), "{p} in {protocols:?}");
     }
-    assert!(remote["listen_addrs"].as_array().unwrap().iter().any(|a| addr.starts_with(a.as_str().unwrap())));
-    assert!(remote["observed_addr"].as_str().unwrap().starts_with("/ip4/127.0.0.1/tcp/"));
+    assert!(remote["listen_addrs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|a| addr.starts_with(a.as_str().unwrap())));
+    assert!(remote["observed_addr"]
+        .as_str()
+        .unwrap()
+        .starts_with("/ip4/127.0.0.1/tcp/"));
 
     // The listener's --events saw the dialer connect.
     let connected = next_line(&lines, "EVENT connected ");
@@ -110,9 +141,19 @@ fn listen_prints_addresses_and_dial_prints_one_json_line() {
 #[test]
 fn only_the_requested_keys_are_printed() {
     let (_listener, lines) = listen(&["--tcp", "/ip4/127.0.0.1/tcp/0", "--security", "noise"]);
-    let addr = next_line(&lines, "LISTEN ").strip_prefix("LISTEN ").unwrap().to_string();
-    let out = Command::new(BIN).args(["dial", &addr, "--security", "noise"]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let addr = next_line(&lines, "LISTEN ")
+        .strip_prefix("LISTEN ")
+        .unwrap()
+        .to_string();
+    let out = Command::new(BIN)
+        .args(["dial", &addr, "--security", "noise"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let mut keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
     keys.sort();
@@ -131,7 +172,10 @@ fn dial_failures_exit_non_zero_with_a_message() {
     assert!(out.stdout.is_empty());
     assert!(String::from_utf8_lossy(&out.stderr).starts_with("strata: "));
     // No peer ID to check.
-    let out = Command::new(BIN).args(["dial", "/ip4/127.0.0.1/tcp/1"]).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["dial", "/ip4/127.0.0.1/tcp/1"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("/p2p/"));
 }
@@ -140,16 +184,28 @@ fn dial_failures_exit_non_zero_with_a_message() {
 fn demo_runs_the_whole_stack_three_ways() {
     let out = Command::new(BIN).arg("demo").output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "demo failed: {stdout} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "demo failed: {stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let sections: Vec<&str> = stdout.split("== ").skip(1).collect();
     assert_eq!(sections.len(), 3, "{stdout}");
     for (section, name) in sections.iter().zip(["TCP + TLS", "TCP + Noise", "QUIC"]) {
         assert!(section.starts_with(name), "{section}");
-        assert!(section.contains("echo     1048576 bytes verified=true"), "{section}");
+        assert!(
+            section.contains("echo     1048576 bytes verified=true"),
+            "{section}"
+        );
         assert!(section.contains("identify agent \"strata/"), "{section}");
         assert!(section.contains("\"/echo/1.0.0\""), "{section}");
         assert!(section.lines().any(|l| l.starts_with("ping ")), "{section}");
-        assert!(section.lines().any(|l| l.starts_with("perf ") && l.contains("Gbit/s")), "{section}");
+        assert!(
+            section
+                .lines()
+                .any(|l| l.starts_with("perf ") && l.contains("Gbit/s")),
+            "{section}"
+        );
     }
     assert!(sections[0].contains("/tls/1.0.0 + /yamux/1.0.0"));
     assert!(sections[1].contains("/noise + /yamux/1.0.0"));

@@ -218,14 +218,20 @@ async fn handshake(
         conn.close(CLOSE_NORMAL, b"gated");
         return Err(UpgradeError::Gated(GateStage::Secured));
     }
-    Ok(QuicConn::new(
+    let conn = QuicConn::new(
         conn,
         ctx.shared.local_peer,
         key,
         local,
         remote,
         Direction::Inbound,
-    ))
+    );
+    // QUIC has no separate muxer step: the connection is as upgraded as it will be.
+    if !ctx.gater.intercept_upgraded(&conn) {
+        conn.quinn().close(CLOSE_NORMAL, b"gated");
+        return Err(UpgradeError::Gated(GateStage::Upgraded));
+    }
+    Ok(conn)
 }
 
 #[async_trait]

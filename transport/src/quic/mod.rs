@@ -3,7 +3,7 @@
 //! QUIC's TLS 1.3 handshake authenticates the peer with the libp2p certificate (ALPN
 //! "libp2p", client authentication required), and QUIC's bidirectional streams are the
 //! libp2p streams, so no upgrader runs: dialing and accepting hand out
-//! [`CapableConn`]s directly, under the same accept discipline (handshake bound, deadline,
+//! [`strata_core::CapableConn`]s directly, under the same accept discipline (handshake bound, deadline,
 //! accept queue, gater) as an upgraded TCP listener.
 //!
 //! * [`config`]: settings and their defaults.
@@ -134,8 +134,9 @@ impl QuicTransport {
         })
     }
 
-    /// Consults `gater` on inbound connections (accept, then secured) and on dials
-    /// (secured). Applies to listeners made afterwards.
+    /// Consults `gater` on inbound connections (accept, secured, upgraded) and on dials
+    /// (secured, upgraded); the swarm checks the dial hooks. Applies to listeners made
+    /// afterwards.
     pub fn with_gater(mut self, gater: Arc<dyn ConnectionGater>) -> Self {
         self.gater = gater;
         self
@@ -265,14 +266,20 @@ impl QuicTransport {
             conn.close(CLOSE_NORMAL, b"gated");
             return Err(upgrade_err(UpgradeError::Gated(GateStage::Secured)));
         }
-        Ok(QuicConn::new(
+        let conn = QuicConn::new(
             conn,
             self.shared.local_peer,
             key,
             local,
             remote_addr,
             Direction::Outbound,
-        ))
+        );
+        // QUIC has no separate muxer step: the connection is as upgraded as it will be.
+        if !self.gater.intercept_upgraded(&conn) {
+            conn.quinn().close(CLOSE_NORMAL, b"gated");
+            return Err(upgrade_err(UpgradeError::Gated(GateStage::Upgraded)));
+        }
+        Ok(conn)
     }
 
     /// Closes every endpoint (and so every connection and listener of this transport) and
