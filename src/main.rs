@@ -461,12 +461,20 @@ async fn demo() -> Result<(), CliError> {
         let report = report?;
         let get = |k: &str| report.get(k).map(|v| v.to_string()).unwrap_or_default();
         if let Some(c) = conn {
+            let state = c.state();
+            // QUIC secures itself (TLS 1.3 inside QUIC); go-libp2p reports no security there.
+            let security = if state.security.is_empty() {
+                "built-in TLS 1.3"
+            } else {
+                &state.security
+            };
             println!(
-                "conn     {} -> {} via {} + {}",
+                "conn     {} -> {} via {} + {} + {}",
                 c.local_multiaddr(),
                 c.remote_multiaddr(),
-                c.state().security,
-                c.state().muxer
+                state.transport,
+                security,
+                state.muxer
             );
         }
         println!("connect  {} ms", get("connect_ms"));

@@ -207,6 +207,7 @@ fn demo_runs_the_whole_stack_three_ways() {
             "{section}"
         );
     }
-    assert!(sections[0].contains("/tls/1.0.0 + /yamux/1.0.0"));
-    assert!(sections[1].contains("/noise + /yamux/1.0.0"));
+    assert!(sections[0].contains("via tcp + /tls/1.0.0 + /yamux/1.0.0"));
+    assert!(sections[1].contains("via tcp + /noise + /yamux/1.0.0"));
+    assert!(sections[2].contains("via quic-v1 + built-in TLS 1.3 + quic"));
 }
