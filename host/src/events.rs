@@ -24,6 +24,13 @@ pub enum HostEvent {
         /// Why.
         error: String,
     },
+    /// A keep-alive ping (see [`crate::HostBuilder::ping_interval`]) came back.
+    Pinged {
+        /// The peer.
+        peer: PeerId,
+        /// The round-trip time.
+        rtt: std::time::Duration,
+    },
     /// This many swarm events were dropped because the host fell behind.
     Missed(u64),
 }

@@ -218,8 +218,11 @@ impl Host {
                     for peer in host.0.swarm.peers() {
                         let h = host.clone();
                         host.0.tasks.spawn(async move {
-                            if let Err(e) = h.ping(peer).await {
-                                tracing::debug!(%peer, "keep-alive ping failed: {e}");
+                            match h.ping(peer).await {
+                                Ok(rtt) => {
+                                    let _ = h.0.events.send(HostEvent::Pinged { peer, rtt });
+                                }
+                                Err(e) => tracing::debug!(%peer, "keep-alive ping failed: {e}"),
                             }
                         });
                     }

@@ -328,3 +328,31 @@ async fn closed_host_refuses_work() {
     ));
     other.close().await;
 }
+
+#[tokio::test]
+async fn keep_alive_pings_record_latency_and_disconnect_closes_every_connection() {
+    let server = memory_host().await;
+    let (client, _) = memory_builder()
+        .ping_interval(Duration::from_millis(50))
+        .build()
+        .await
+        .unwrap();
+    let mut events = client.events();
+    client.connect(server.id(), &server.addrs()).await.unwrap();
+    loop {
+        if let Ok(HostEvent::Pinged { peer, rtt }) = timeout(LIMIT, events.recv()).await.unwrap() {
+            assert_eq!(peer, server.id());
+            assert!(rtt > Duration::ZERO);
+            break;
+        }
+    }
+    assert!(client.peerstore().latency_ewma(&server.id()).is_some());
+
+    client.disconnect(server.id()).await;
+    assert_eq!(
+        client.network().connectedness(&server.id()),
+        strata_swarm::Connectedness::NotConnected
+    );
+    client.close().await;
+    server.close().await;
+}
