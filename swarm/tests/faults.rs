@@ -49,6 +49,13 @@ impl FaultyTransport {
         state.fault.send_replace(Some(error.to_string()));
         state.inner.close().await;
     }
+
+    /// Makes the `i`th dialed connection's accept_stream fail with a muxer error while
+    /// the connection itself stays up.
+    fn fail_accept(&self, i: usize, error: &str) {
+        let state = self.conns.lock().unwrap()[i].clone();
+        state.accept_error.send_replace(Some(error.to_string()));
+    }
 }
 
 #[async_trait]
@@ -71,6 +78,7 @@ impl Transport for FaultyTransport {
         let state = Arc::new(FaultState {
             inner,
             fault: watch::channel(None).0,
+            accept_error: watch::channel(None).0,
         });
         self.conns.lock().unwrap().push(state.clone());
         Ok(Arc::new(FaultyConn(state)))
@@ -125,6 +133,8 @@ struct FaultState {
     inner: BoxCapableConn,
     /// `Some(text)` once the connection has failed.
     fault: watch::Sender<Option<String>>,
+    /// `Some(text)`: accept_stream fails with a muxer error, the connection staying up.
+    accept_error: watch::Sender<Option<String>>,
 }
 
 /// A real connection that, once its fault is set, reports `CloseReason::Error(text)` and
@@ -174,11 +184,16 @@ impl CapableConn for FaultyConn {
     }
     async fn accept_stream(&self) -> Result<Stream, ConnError> {
         let mut rx = self.0.fault.subscribe();
+        let mut accept_rx = self.0.accept_error.subscribe();
         tokio::select! {
             r = rx.wait_for(Option::is_some) => {
                 let text = r.ok().and_then(|v| v.clone()).unwrap_or_default();
                 Err(self.closed_err(text))
             }
+            r = accept_rx.wait_for(Option::is_some) => Err(ConnError::Muxer {
+                peer: self.0.inner.remote_peer(),
+                message: r.ok().and_then(|v| v.clone()).unwrap_or_default(),
+            }),
             r = self.0.inner.accept_stream() => match self.fault() {
                 Some(e) => Err(self.closed_err(e)),
                 None => r,
@@ -302,6 +317,33 @@ async fn connection_fault_is_reported_as_error_with_its_text() {
     })
     .await;
     assert_eq!(reason, DisconnectReason::Error(FAULT.to_string()));
+    assert!(a.conns_to_peer(&b.local_peer()).is_empty());
+    t(a.close()).await;
+    t(b.close()).await;
+}
+
+/// An accept error that does not end the connection (a muxer error) must not leave a
+/// half-dead connection in the swarm, one that takes no more inbound streams yet is still
+/// handed out for new streams: the swarm closes it and reports `Error` with the muxer's
+/// text.
+#[tokio::test]
+async fn accept_error_on_a_live_connection_closes_it_as_error() {
+    const MUXER: &str = "stream accept queue corrupted (injected)";
+    let (a, ft) = faulty_swarm(631);
+    let b = swarm(632, Kind::Mem);
+    introduce(&a, &b, Kind::Mem).await;
+    let rec = Recorder::default();
+    let _h = a.notify(Arc::new(rec.clone()));
+
+    let conn = t(a.dial_peer(b.local_peer())).await.unwrap();
+    ft.fail_accept(0, MUXER);
+    rec.wait_for(|seen| !disconnects(seen).is_empty()).await;
+    let reasons = disconnects(&rec.seen());
+    assert!(
+        matches!(&reasons[..], [DisconnectReason::Error(e)] if e.contains(MUXER)),
+        "{reasons:?}"
+    );
+    assert!(conn.is_closed());
     assert!(a.conns_to_peer(&b.local_peer()).is_empty());
     t(a.close()).await;
     t(b.close()).await;
