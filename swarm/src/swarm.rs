@@ -11,7 +11,9 @@ use dashmap::DashMap;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use strata_core::addr::without_peer_id;
-use strata_core::{BoxCapableConn, ConnectionGater, Multiaddr, PeerId, Stream, Transport};
+use strata_core::{
+    BoxCapableConn, ConnError, ConnectionGater, Multiaddr, PeerId, Stream, Transport,
+};
 use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -326,13 +328,24 @@ impl Swarm {
     async fn run_conn(self, conn: Conn, ack: Ack) {
         let accept = async {
             ack.wait().await;
-            while let Ok(stream) = conn.capable().accept_stream().await {
-                self.handle_inbound(&conn, stream);
+            loop {
+                match conn.capable().accept_stream().await {
+                    Ok(stream) => self.handle_inbound(&conn, stream),
+                    Err(e) => return e,
+                }
             }
         };
         tokio::select! {
             _ = self.0.cancel.cancelled() => conn.close_with(DisconnectReason::Shutdown).await,
-            _ = accept => {}
+            e = accept => {
+                // `Closed` means the connection has ended and says why itself. Any other
+                // accept error leaves a connection that can no longer take inbound
+                // streams: close it (as go-libp2p does) rather than keep a half-dead
+                // connection that would wait forever here and still be picked for dials.
+                if !matches!(e, ConnError::Closed { .. }) {
+                    conn.close_with(DisconnectReason::Error(e.to_string())).await;
+                }
+            }
             _ = conn.capable().closed() => {}
         }
         let reason = conn.final_reason().await;
