@@ -498,3 +498,29 @@ fn contradictory_upgrader_settings_are_errors() {
         Some(E::Zero("accept_queue_len"))
     );
 }
+
+/// A local close over TCP (SO_LINGER 0) ends cleanly for the remote: it reads GoAway and
+/// EOF and reports `Remote`, even while it is busy writing, instead of a reset turning
+/// into an I/O error.
+#[tokio::test]
+async fn local_close_is_a_clean_remote_close_for_a_busy_peer() {
+    for sec in [Sec::Tls, Sec::Noise] {
+        for _ in 0..10 {
+            let (_, a) = node(1, &[sec]);
+            let (_, b) = node(2, &[sec]);
+            let mut lb = listen(&b).await;
+            let (ca, cb) = connect_pair(&a, &mut lb, None).await;
+            let mut busy = cb.open_stream().await.unwrap();
+            let writer = tokio::spawn(async move {
+                let chunk = vec![7u8; 16 * 1024];
+                while busy.write_all(&chunk).await.is_ok() {}
+            });
+            let _inbound = timeout(LIMIT, ca.accept_stream()).await.unwrap().unwrap();
+            ca.close().await;
+            let reason = timeout(LIMIT, cb.closed()).await.unwrap();
+            assert_eq!(reason, strata_core::CloseReason::Remote);
+            assert_eq!(ca.closed().await, strata_core::CloseReason::Local);
+            timeout(LIMIT, writer).await.unwrap().unwrap();
+        }
+    }
+}

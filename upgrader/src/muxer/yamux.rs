@@ -9,6 +9,7 @@
 
 mod config;
 mod driver;
+mod graceful;
 mod stream;
 
 use std::sync::atomic::AtomicUsize;
@@ -25,6 +26,7 @@ pub use config::{YamuxConfig, YamuxConfigError, MAX_STREAMS_LIMIT};
 use super::{MuxedConn, StreamMuxer};
 use crate::security::SecureStream;
 use driver::{Driver, OpenReply};
+use graceful::GracefulClose;
 use stream::{ConnShared, YamuxStream};
 
 /// The protocol ID of yamux, as negotiated by multistream-select.
@@ -79,7 +81,11 @@ impl StreamMuxer for Yamux {
             live: Arc::new(AtomicUsize::new(0)),
         };
         let driver = Driver {
-            conn: yamux::Connection::new(io.compat(), self.config.to_yamux(), mode),
+            conn: yamux::Connection::new(
+                GracefulClose::new(io).compat(),
+                self.config.to_yamux(),
+                mode,
+            ),
             peer: remote_peer,
             max_streams: self.config.max_streams,
             close_timeout: self.config.close_timeout,

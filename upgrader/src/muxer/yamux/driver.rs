@@ -17,11 +17,12 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::compat::Compat;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
+use super::graceful::GracefulClose;
 use super::stream::{ConnShared, YamuxStream};
-use crate::security::SecureStream;
 
-/// The socket as yamux sees it: futures I/O over the secured tokio stream.
-pub(crate) type Socket = Compat<Box<dyn SecureStream>>;
+/// The socket as yamux sees it: futures I/O over the secured tokio stream, closed
+/// gracefully.
+pub(crate) type Socket = Compat<GracefulClose>;
 
 /// Where the driver answers one `open_stream` call.
 pub(crate) type OpenReply = oneshot::Sender<Result<YamuxStream, ConnError>>;
