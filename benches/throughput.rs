@@ -3,7 +3,9 @@
 //! TCP+Noise+yamux; raw quinn (one bidirectional stream, no libp2p) against Strata QUIC
 //! (one stream); then upgrades per second.
 //!
-//! Run: `cargo bench --bench throughput` (STRATA_BENCH_MIB sets the bytes per run).
+//! Run: `cargo bench --bench throughput`. STRATA_BENCH_MIB sets the MiB per run;
+//! STRATA_BENCH_SPLIT sets yamux's split send size; STRATA_BENCH_PROFILE=raw|tls|noise runs
+//! one stack once (for perf).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -90,7 +92,15 @@ fn strata_transport(key: &Keypair, noise: bool) -> Upgraded<TcpTransport> {
     } else {
         Arc::new(TlsTransport::new(key.clone()).unwrap())
     };
-    let muxer: Arc<dyn StreamMuxer> = Arc::new(Yamux::default());
+    // STRATA_BENCH_SPLIT overrides yamux's split send size (bytes), to compare frame sizes.
+    let mut yamux = strata::upgrader::YamuxConfig::default();
+    if let Some(split) = std::env::var("STRATA_BENCH_SPLIT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        yamux.split_send_size = split;
+    }
+    let muxer: Arc<dyn StreamMuxer> = Arc::new(Yamux::new(yamux).unwrap());
     let up = Upgrader::new(
         key.public().to_peer_id(),
         vec![security],
@@ -214,6 +224,22 @@ fn main() {
     // `cargo bench` passes --bench; a plain `cargo test --benches` run passes nothing and
     // should stay quick.
     let bench = std::env::args().any(|a| a == "--bench");
+    // STRATA_BENCH_PROFILE=raw|tls|noise runs only raw TLS or that Strata stack, once,
+    // for a profiler.
+    if let Ok(stack) = std::env::var("STRATA_BENCH_PROFILE") {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let rate = rt.block_on(async {
+            match stack.as_str() {
+                "raw" => raw_tls(mib() << 20).await,
+                other => strata_stream(other == "noise", mib() << 20).await,
+            }
+        });
+        println!("{stack} {rate:.1} MiB/s");
+        return;
+    }
     let total = if bench { mib() << 20 } else { 8 << 20 };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
