@@ -211,3 +211,32 @@ fn demo_runs_the_whole_stack_three_ways() {
     assert!(sections[1].contains("via tcp + /noise + /yamux/1.0.0"));
     assert!(sections[2].contains("via quic-v1 + built-in TLS 1.3 + quic"));
 }
+
+#[test]
+fn listen_and_dial_over_quic() {
+    let (_listener, lines) = listen(&["--quic", "/ip4/127.0.0.1/udp/0/quic-v1"]);
+    let addr = next_line(&lines, "LISTEN ")
+        .strip_prefix("LISTEN ")
+        .unwrap()
+        .to_string();
+    assert!(
+        addr.contains("/udp/") && addr.contains("/quic-v1/p2p/"),
+        "{addr}"
+    );
+    let out = Command::new(BIN)
+        .args(["dial", &addr, "--ping", "--echo", "70000"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["echo_verified"], true);
+    assert!(v["ping_rtt_ms"].as_f64().unwrap() > 0.0);
+    assert!(v["remote"]["observed_addr"]
+        .as_str()
+        .unwrap()
+        .contains("/quic-v1"));
+}
