@@ -14,12 +14,14 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{broadcast, mpsc};
 use tokio::time::timeout;
 
-const ECHO: &str = "/echo/1.0.0";
+mod common;
+use common::ECHO;
+
 const IDENTIFY: &str = "/ipfs/id/1.0.0";
 const PING: &str = "/ipfs/ping/1.0.0";
 const LIBP2P_AGENT: &str = "rust-libp2p-interop/0.57";
 const PROTOCOL_VERSION: &str = "ipfs/0.1.0";
-const LIMIT: Duration = Duration::from_secs(30);
+use common::LIMIT;
 
 #[derive(Clone, Copy, Debug)]
 enum Stack {
@@ -150,19 +152,10 @@ fn start_libp2p(stack: Stack, setup: impl FnOnce(&mut Swarm<Behaviour>)) -> Libp
     setup(&mut swarm);
     let peer = *swarm.local_peer_id();
     let mut control = swarm.behaviour().stream.new_control();
-    let mut incoming = control.accept(StreamProtocol::new(ECHO)).unwrap();
+    let incoming = control.accept(StreamProtocol::new(ECHO)).unwrap();
     let (tx, events) = mpsc::unbounded_channel();
     let task = tokio::spawn(async move {
-        let echo = async move {
-            while let Some((_, mut stream)) = incoming.next().await {
-                tokio::spawn(async move {
-                    let mut buf = Vec::new();
-                    stream.read_to_end(&mut buf).await.unwrap();
-                    stream.write_all(&buf).await.unwrap();
-                    stream.close().await.unwrap();
-                });
-            }
-        };
+        let echo = common::serve_echo(incoming);
         let drive = async move {
             loop {
                 let event = match swarm.select_next_some().await {

@@ -3,39 +3,16 @@
 
 use std::time::Duration;
 
-use futures::{AsyncReadExt as _, AsyncWriteExt as _, StreamExt};
-use libp2p::swarm::SwarmEvent;
+use futures::{AsyncReadExt as _, AsyncWriteExt as _};
 use libp2p::{StreamProtocol, Swarm, SwarmBuilder};
-use strata_core::{BoxCapableConn, Multiaddr, PeerId, SecurityError, Transport};
+use strata_core::{SecurityError, Transport};
 use strata_transport::{QuicConfig, QuicTransport};
-use strata_upgrader::multistream::{dialer_select, listener_select};
+use strata_upgrader::multistream::listener_select;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::mpsc;
 use tokio::time::timeout;
 
-const ECHO: &str = "/echo/1.0.0";
-const ONE_MIB: usize = 1 << 20;
-const LIMIT: Duration = Duration::from_secs(30);
-
-/// What the rust-libp2p node reports.
-#[derive(Debug)]
-enum Event {
-    Listening(Multiaddr),
-    Connected(PeerId),
-}
-
-struct Libp2pNode {
-    peer: PeerId,
-    control: libp2p_stream::Control,
-    events: mpsc::UnboundedReceiver<Event>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Libp2pNode {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
+mod common;
+use common::*;
 
 fn libp2p_swarm() -> Swarm<libp2p_stream::Behaviour> {
     SwarmBuilder::with_new_identity()
@@ -47,67 +24,6 @@ fn libp2p_swarm() -> Swarm<libp2p_stream::Behaviour> {
         .build()
 }
 
-/// Starts a rust-libp2p node that echoes every ECHO stream; `setup` may listen or dial
-/// before the swarm runs.
-fn start_libp2p(setup: impl FnOnce(&mut Swarm<libp2p_stream::Behaviour>)) -> Libp2pNode {
-    let mut swarm = libp2p_swarm();
-    setup(&mut swarm);
-    let peer = *swarm.local_peer_id();
-    let mut control = swarm.behaviour().new_control();
-    let mut incoming = control.accept(StreamProtocol::new(ECHO)).unwrap();
-    let (tx, events) = mpsc::unbounded_channel();
-    let task = tokio::spawn(async move {
-        let echo = async move {
-            while let Some((_, mut stream)) = incoming.next().await {
-                tokio::spawn(async move {
-                    let mut buf = Vec::new();
-                    stream.read_to_end(&mut buf).await.unwrap();
-                    stream.write_all(&buf).await.unwrap();
-                    stream.close().await.unwrap();
-                });
-            }
-        };
-        let drive = async move {
-            loop {
-                let event = match swarm.select_next_some().await {
-                    SwarmEvent::NewListenAddr { address, .. } => Event::Listening(address),
-                    SwarmEvent::ConnectionEstablished { peer_id, .. } => Event::Connected(peer_id),
-                    _ => continue,
-                };
-                // The test may stop listening for events; the swarm must keep running.
-                let _ = tx.send(event);
-            }
-        };
-        tokio::join!(echo, drive);
-    });
-    Libp2pNode {
-        peer,
-        control,
-        events,
-        task,
-    }
-}
-
-impl Libp2pNode {
-    async fn listening(&mut self) -> Multiaddr {
-        loop {
-            if let Event::Listening(a) = timeout(LIMIT, self.events.recv()).await.unwrap().unwrap()
-            {
-                return a;
-            }
-        }
-    }
-
-    async fn connected(&mut self) -> PeerId {
-        loop {
-            if let Event::Connected(p) = timeout(LIMIT, self.events.recv()).await.unwrap().unwrap()
-            {
-                return p;
-            }
-        }
-    }
-}
-
 fn strata() -> QuicTransport {
     QuicTransport::new(
         strata_core::identity::generate_ed25519(),
@@ -116,34 +32,11 @@ fn strata() -> QuicTransport {
     .unwrap()
 }
 
-fn payload() -> Vec<u8> {
-    (0..ONE_MIB).map(|i| (i % 251) as u8).collect()
-}
-
-async fn strata_echo_client(conn: &BoxCapableConn) {
-    let mut stream = conn.open_stream().await.unwrap();
-    let picked = timeout(LIMIT, dialer_select(&mut stream, &[ECHO]))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(picked, ECHO);
-    let data = payload();
-    stream.write_all(&data).await.unwrap();
-    stream.close_write().await.unwrap();
-    let mut back = Vec::new();
-    timeout(LIMIT, stream.read_to_end(&mut back))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(back.len(), data.len());
-    assert!(back == data, "the echo must be intact");
-}
-
 /// Strata dials a rust-libp2p QUIC listener with its expected peer ID and echoes 1 MiB
 /// through rust-libp2p's echo handler.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn strata_dials_rust_libp2p_over_quic() {
-    let mut node = start_libp2p(|s| {
+    let mut node = start_libp2p(libp2p_swarm(), |s| {
         s.listen_on("/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap())
             .unwrap();
     });
@@ -175,7 +68,7 @@ async fn rust_libp2p_dials_strata_over_quic() {
         .multiaddr()
         .clone()
         .with(strata_core::Protocol::P2p(t.local_peer()));
-    let mut node = start_libp2p(|s| s.dial(target).unwrap());
+    let mut node = start_libp2p(libp2p_swarm(), |s| s.dial(target).unwrap());
     let conn = timeout(LIMIT, listener.accept()).await.unwrap().unwrap();
     assert_eq!(conn.remote_peer(), node.peer);
     assert_eq!(node.connected().await, t.local_peer());
@@ -221,7 +114,7 @@ async fn rust_libp2p_dials_strata_over_quic() {
 /// Dialing rust-libp2p with another expected peer is a typed PeerIdMismatch.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_expected_peer_against_rust_libp2p_quic() {
-    let mut node = start_libp2p(|s| {
+    let mut node = start_libp2p(libp2p_swarm(), |s| {
         s.listen_on("/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap())
             .unwrap();
     });

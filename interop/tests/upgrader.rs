@@ -4,41 +4,25 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{AsyncReadExt as _, AsyncWriteExt as _, StreamExt};
-use libp2p::swarm::SwarmEvent;
+use futures::{AsyncReadExt as _, AsyncWriteExt as _};
 use libp2p::{noise, tcp, tls, yamux, StreamProtocol, Swarm, SwarmBuilder};
-use strata_core::{BoxCapableConn, Keypair, Multiaddr, PeerId, SecurityError, Transport};
+use strata_core::{Keypair, SecurityError, Transport};
 use strata_transport::{TcpConfig, TcpTransport};
-use strata_upgrader::multistream::{dialer_select, listener_select};
+use strata_upgrader::multistream::listener_select;
 use strata_upgrader::muxer::yamux::Yamux;
 use strata_upgrader::{
     NoiseTransport, SecureTransport, StreamMuxer, TlsTransport, Upgraded, Upgrader, UpgraderConfig,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::mpsc;
 use tokio::time::timeout;
 
-const ECHO: &str = "/echo/1.0.0";
-const ONE_MIB: usize = 1 << 20;
-const LIMIT: Duration = Duration::from_secs(30);
+mod common;
+use common::*;
 
 #[derive(Clone, Copy, Debug)]
 enum Sec {
     Tls,
     Noise,
-}
-
-/// What the rust-libp2p node reports.
-#[derive(Debug)]
-enum Event {
-    Listening(Multiaddr),
-    Connected(PeerId),
-}
-
-struct Libp2pNode {
-    peer: PeerId,
-    control: libp2p_stream::Control,
-    events: mpsc::UnboundedReceiver<Event>,
 }
 
 fn libp2p_swarm(sec: Sec) -> Swarm<libp2p_stream::Behaviour> {
@@ -70,63 +54,6 @@ fn libp2p_swarm(sec: Sec) -> Swarm<libp2p_stream::Behaviour> {
     }
 }
 
-/// Starts a rust-libp2p node that echoes every stream of ECHO; `setup` may listen or dial
-/// before the swarm starts running.
-fn start_libp2p(sec: Sec, setup: impl FnOnce(&mut Swarm<libp2p_stream::Behaviour>)) -> Libp2pNode {
-    let mut swarm = libp2p_swarm(sec);
-    setup(&mut swarm);
-    let peer = *swarm.local_peer_id();
-    let mut control = swarm.behaviour().new_control();
-    let mut incoming = control.accept(StreamProtocol::new(ECHO)).unwrap();
-    tokio::spawn(async move {
-        while let Some((_, mut stream)) = incoming.next().await {
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                stream.read_to_end(&mut buf).await.unwrap();
-                stream.write_all(&buf).await.unwrap();
-                stream.close().await.unwrap();
-            });
-        }
-    });
-    let (tx, events) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        loop {
-            let event = match swarm.select_next_some().await {
-                SwarmEvent::NewListenAddr { address, .. } => Event::Listening(address),
-                SwarmEvent::ConnectionEstablished { peer_id, .. } => Event::Connected(peer_id),
-                _ => continue,
-            };
-            if tx.send(event).is_err() {
-                return;
-            }
-        }
-    });
-    Libp2pNode {
-        peer,
-        control,
-        events,
-    }
-}
-
-impl Libp2pNode {
-    async fn listening(&mut self) -> Multiaddr {
-        loop {
-            if let Event::Listening(a) = timeout(LIMIT, self.events.recv()).await.unwrap().unwrap()
-            {
-                return a;
-            }
-        }
-    }
-    async fn connected(&mut self) -> PeerId {
-        loop {
-            if let Event::Connected(p) = timeout(LIMIT, self.events.recv()).await.unwrap().unwrap()
-            {
-                return p;
-            }
-        }
-    }
-}
-
 fn strata(sec: Sec) -> (Keypair, Upgraded<TcpTransport>) {
     let key = strata_core::identity::generate_ed25519();
     let security: Arc<dyn SecureTransport> = match sec {
@@ -147,30 +74,10 @@ fn strata(sec: Sec) -> (Keypair, Upgraded<TcpTransport>) {
     )
 }
 
-fn payload() -> Vec<u8> {
-    (0..ONE_MIB).map(|i| (i % 251) as u8).collect()
-}
-
-async fn strata_echo_client(conn: &BoxCapableConn) {
-    let mut stream = conn.open_stream().await.unwrap();
-    let picked = dialer_select(&mut stream, &[ECHO]).await.unwrap();
-    assert_eq!(picked, ECHO);
-    let data = payload();
-    stream.write_all(&data).await.unwrap();
-    stream.close_write().await.unwrap();
-    let mut back = Vec::new();
-    timeout(LIMIT, stream.read_to_end(&mut back))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(back.len(), data.len());
-    assert!(back == data, "the echo must be intact");
-}
-
 #[tokio::test]
 async fn strata_dials_rust_libp2p() {
     for sec in [Sec::Tls, Sec::Noise] {
-        let mut node = start_libp2p(sec, |s| {
+        let mut node = start_libp2p(libp2p_swarm(sec), |s| {
             s.listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
                 .unwrap();
         });
@@ -203,7 +110,7 @@ async fn rust_libp2p_dials_strata() {
             .multiaddr()
             .clone()
             .with(strata_core::Protocol::P2p(key.public().to_peer_id()));
-        let mut node = start_libp2p(sec, |s| s.dial(target).unwrap());
+        let mut node = start_libp2p(libp2p_swarm(sec), |s| s.dial(target).unwrap());
         let conn = timeout(LIMIT, listener.accept()).await.unwrap().unwrap();
         assert_eq!(conn.remote_peer(), node.peer, "{sec:?}");
         assert_eq!(node.connected().await, key.public().to_peer_id(), "{sec:?}");
@@ -246,7 +153,7 @@ async fn rust_libp2p_dials_strata() {
 #[tokio::test]
 async fn wrong_expected_peer_against_rust_libp2p_is_a_mismatch() {
     for sec in [Sec::Tls, Sec::Noise] {
-        let mut node = start_libp2p(sec, |s| {
+        let mut node = start_libp2p(libp2p_swarm(sec), |s| {
             s.listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
                 .unwrap();
         });
