@@ -7,6 +7,7 @@
 //! (authenticated and multiplexed, as QUIC connections are born); the swarm and the host
 //! above only ever see [`Transport`], [`Listener`], [`CapableConn`] and [`Stream`].
 
+pub mod accept;
 pub mod addr;
 pub mod conn;
 pub mod error;
