@@ -142,8 +142,14 @@ fn ping_prints_three_round_trips() {
 fn custom_host_gates_a_peer_and_carries_a_connection_on_its_own_transport() {
     let out = run("custom_host");
     assert!(out.contains("gater: refusing"), "{out}");
-    let gater = numbers(after(&out, "gater: "));
-    let (accepted, refused) = (gater[gater.len() - 2], gater[gater.len() - 1]);
+    // The summary line, not the refusal line (whose peer ID holds digits too).
+    let summary = out
+        .lines()
+        .find(|l| l.starts_with("gater: ") && l.contains("inbound accepted"))
+        .unwrap_or_else(|| panic!("no gater summary in:\n{out}"));
+    let gater = numbers(summary);
+    assert_eq!(gater.len(), 2, "{summary}");
+    let (accepted, refused) = (gater[0], gater[1]);
     assert!(accepted >= 2.0 && refused >= 1.0, "{out}");
     assert!(
         after(&out, "client connected via ").starts_with("tcp + /noise + /yamux/1.0.0"),
