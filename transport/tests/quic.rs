@@ -547,3 +547,43 @@ async fn listener_close_closes_queued_connections() {
     client.close().await;
     server.close().await;
 }
+
+/// With the queue full, the listener takes no new connection attempt from the endpoint:
+/// the next dial's handshake cannot finish until the consumer accepts one.
+#[tokio::test]
+async fn full_accept_queue_holds_back_the_next_handshake() {
+    let server = QuicTransport::new(
+        generate_ed25519(),
+        QuicConfig::default().accept_queue_len(2),
+    )
+    .unwrap();
+    let client = Arc::new(transport());
+    let mut listener = server
+        .listen_quic(&ma("/ip4/127.0.0.1/udp/0/quic-v1"))
+        .await
+        .unwrap();
+    let mut queued = listener.queued();
+    let addr = strata_core::Listener::multiaddr(&listener).clone();
+    let _a = timeout(T, client.dial(&addr, None)).await.unwrap().unwrap();
+    let _b = timeout(T, client.dial(&addr, None)).await.unwrap().unwrap();
+    timeout(T, queued.wait_for(|n| *n == 2))
+        .await
+        .unwrap()
+        .unwrap();
+    let (c2, addr2) = (client.clone(), addr.clone());
+    let mut third = tokio::spawn(async move { c2.dial(&addr2, None).await });
+    assert!(
+        timeout(Duration::from_millis(500), &mut third)
+            .await
+            .is_err(),
+        "the third handshake must wait while the queue is full"
+    );
+    let first = timeout(T, strata_core::Listener::accept(&mut listener))
+        .await
+        .unwrap()
+        .unwrap();
+    let c = timeout(T, third).await.unwrap().unwrap().unwrap();
+    assert!(!c.is_closed() && !first.is_closed());
+    client.close().await;
+    server.close().await;
+}

@@ -97,6 +97,11 @@ impl QuicListener {
     pub fn task_count(&self) -> usize {
         self.queue.task_count()
     }
+
+    /// The number of authenticated connections waiting for `accept`, as it changes.
+    pub fn queued(&self) -> tokio::sync::watch::Receiver<usize> {
+        self.queue.queued()
+    }
 }
 
 impl Drop for QuicListener {
