@@ -356,3 +356,39 @@ async fn keep_alive_pings_record_latency_and_disconnect_closes_every_connection(
     client.close().await;
     server.close().await;
 }
+
+#[tokio::test]
+async fn connections_in_their_grace_period_are_not_trimmed() {
+    let cm = ConnManagerConfig {
+        low_water: 0,
+        high_water: 1,
+        grace_period: Duration::from_secs(3600),
+    };
+    let (hub, _) = memory_builder().conn_manager(cm).build().await.unwrap();
+    let mut opened = hub.network().events();
+    let a = memory_host().await;
+    let b = memory_host().await;
+    a.connect(hub.id(), &hub.addrs()).await.unwrap();
+    b.connect(hub.id(), &hub.addrs()).await.unwrap();
+    let mut count = 0;
+    while count < 2 {
+        if let Ok(strata_swarm::SwarmEvent::ConnectionOpened { .. }) =
+            timeout(LIMIT, opened.recv()).await.unwrap()
+        {
+            count += 1;
+        }
+    }
+    // Over the high watermark, but every connection is younger than the grace period.
+    hub.conn_manager().unwrap().trim(&hub).await;
+    assert_eq!(hub.network().conns().len(), 2);
+    // Tags rank peers: the value is the sum of a peer's tags.
+    let cmgr = hub.conn_manager().unwrap();
+    cmgr.tag_peer(a.id(), "useful", 10);
+    cmgr.tag_peer(a.id(), "friend", 5);
+    assert_eq!(cmgr.tag_value(&a.id()), 15);
+    cmgr.untag_peer(a.id(), "friend");
+    assert_eq!(cmgr.tag_value(&a.id()), 10);
+    hub.close().await;
+    a.close().await;
+    b.close().await;
+}
