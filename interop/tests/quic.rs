@@ -7,8 +7,6 @@ use futures::{AsyncReadExt as _, AsyncWriteExt as _};
 use libp2p::{StreamProtocol, Swarm, SwarmBuilder};
 use strata_core::{SecurityError, Transport};
 use strata_transport::{QuicConfig, QuicTransport};
-use strata_upgrader::multistream::listener_select;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::timeout;
 
 mod common;
@@ -74,19 +72,7 @@ async fn rust_libp2p_dials_strata_over_quic() {
     assert_eq!(node.connected().await, t.local_peer());
 
     let server_conn = conn.clone();
-    let server = tokio::spawn(async move {
-        let mut stream = server_conn.accept_stream().await.unwrap();
-        let proto = listener_select(&mut stream, |p| p == ECHO, || vec![ECHO.to_string()])
-            .await
-            .unwrap();
-        assert_eq!(proto, ECHO);
-        let mut buf = Vec::new();
-        stream.read_to_end(&mut buf).await.unwrap();
-        stream.write_all(&buf).await.unwrap();
-        stream.close_write().await.unwrap();
-        // Keep the stream until the client has read everything.
-        let _ = server_conn.closed().await;
-    });
+    let server = tokio::spawn(strata_echo_server(server_conn));
     let mut stream = timeout(
         LIMIT,
         node.control

@@ -8,12 +8,10 @@ use futures::{AsyncReadExt as _, AsyncWriteExt as _};
 use libp2p::{noise, tcp, tls, yamux, StreamProtocol, Swarm, SwarmBuilder};
 use strata_core::{Keypair, SecurityError, Transport};
 use strata_transport::{TcpConfig, TcpTransport};
-use strata_upgrader::multistream::listener_select;
 use strata_upgrader::muxer::yamux::Yamux;
 use strata_upgrader::{
     NoiseTransport, SecureTransport, StreamMuxer, TlsTransport, Upgraded, Upgrader, UpgraderConfig,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::timeout;
 
 mod common;
@@ -116,19 +114,7 @@ async fn rust_libp2p_dials_strata() {
         assert_eq!(node.connected().await, key.public().to_peer_id(), "{sec:?}");
 
         // Strata serves the echo protocol; rust-libp2p opens the stream.
-        let server = tokio::spawn(async move {
-            let mut stream = conn.accept_stream().await.unwrap();
-            let proto = listener_select(&mut stream, |p| p == ECHO, || vec![ECHO.to_string()])
-                .await
-                .unwrap();
-            assert_eq!(proto, ECHO);
-            let mut buf = Vec::new();
-            stream.read_to_end(&mut buf).await.unwrap();
-            stream.write_all(&buf).await.unwrap();
-            stream.close_write().await.unwrap();
-            // Keep the connection until the client has read everything.
-            let _ = conn.closed().await;
-        });
+        let server = tokio::spawn(strata_echo_server(conn));
         let mut stream = timeout(
             LIMIT,
             node.control

@@ -9,7 +9,7 @@ use futures::{AsyncReadExt as _, AsyncWriteExt as _, StreamExt};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{StreamProtocol, Swarm};
 use strata_core::{BoxCapableConn, Multiaddr, PeerId};
-use strata_upgrader::multistream::dialer_select;
+use strata_upgrader::multistream::{dialer_select, listener_select};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio::time::timeout;
@@ -132,4 +132,19 @@ pub async fn strata_echo_client(conn: &BoxCapableConn) {
         .unwrap();
     assert_eq!(back.len(), data.len());
     assert!(back == data, "the echo must be intact");
+}
+
+/// Serves one ECHO stream on `conn`: accepts it, negotiates, echoes to the end, then keeps
+/// the connection until it closes, so the client can read everything first.
+pub async fn strata_echo_server(conn: BoxCapableConn) {
+    let mut stream = conn.accept_stream().await.unwrap();
+    let proto = listener_select(&mut stream, |p| p == ECHO, || vec![ECHO.to_string()])
+        .await
+        .unwrap();
+    assert_eq!(proto, ECHO);
+    let mut buf = Vec::new();
+    stream.read_to_end(&mut buf).await.unwrap();
+    stream.write_all(&buf).await.unwrap();
+    stream.close_write().await.unwrap();
+    let _ = conn.closed().await;
 }
