@@ -104,6 +104,15 @@ pub enum TransportError {
     /// The transport itself has been closed.
     #[error("the transport is closed")]
     TransportClosed,
+    /// The resource manager refused the connection before it was made.
+    #[error("connection to {addr} refused by the resource manager: {source}")]
+    Resource {
+        /// The address.
+        addr: Multiaddr,
+        /// The limit that refused it.
+        #[source]
+        source: crate::rcmgr::ResourceError,
+    },
 }
 
 impl TransportError {
@@ -140,6 +149,13 @@ pub enum UpgradeError {
     /// The whole upgrade took longer than its deadline.
     #[error("the upgrade did not finish within {0:?}")]
     Timeout(Duration),
+    /// The remote sent no complete first negotiation message within the progress deadline.
+    #[error("no protocol negotiation within the progress deadline of {0:?}")]
+    NoProgress(Duration),
+    /// The resource manager refused the connection (for example too many connections to
+    /// this peer, or no memory left for its buffers).
+    #[error(transparent)]
+    Resource(#[from] crate::rcmgr::ResourceError),
 }
 
 /// Why a capable connection ended.
@@ -182,6 +198,16 @@ pub enum ConnError {
     StreamLimit {
         /// The remote peer.
         peer: PeerId,
+    },
+    /// The resource manager refused the stream (a stream limit, or no memory for its
+    /// window).
+    #[error("stream to {peer} refused by the resource manager: {source}")]
+    Resource {
+        /// The remote peer.
+        peer: PeerId,
+        /// The limit that refused it.
+        #[source]
+        source: crate::rcmgr::ResourceError,
     },
     /// The muxer failed.
     #[error("muxer error on the connection to {peer}: {message}")]

@@ -13,6 +13,8 @@ pub mod conn;
 pub mod error;
 pub mod gater;
 pub mod identity;
+pub mod rcmgr;
+pub mod sys;
 pub mod tls;
 
 pub use conn::{
@@ -23,3 +25,7 @@ pub use error::{AddrError, CloseReason, ConnError, SecurityError, TransportError
 pub use gater::{AllowAll, ConnectionGater, GateStage};
 pub use identity::{Keypair, PeerId, PublicKey};
 pub use multiaddr::{self, Multiaddr, Protocol};
+pub use rcmgr::{
+    ConnScope, NullResourceManager, ResourceError, ResourceManager, SharedResourceManager,
+    StreamScope,
+};

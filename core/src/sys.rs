@@ -1,0 +1,44 @@
+//! What the machine allows this process: its descriptor limit and its memory. Defaults
+//! that scale with the machine (the accept bound, the resource manager's limits) read
+//! them here.
+
+/// The soft limit on open file descriptors (`RLIMIT_NOFILE`), or 1024 when it cannot be
+/// read or is unlimited.
+pub fn fd_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the struct we pass, which lives for the call.
+    let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
+    if rc != 0 || lim.rlim_cur == libc::RLIM_INFINITY {
+        return 1024;
+    }
+    lim.rlim_cur as u64
+}
+
+/// The machine's physical memory in bytes, or 1 GiB when it cannot be read.
+pub fn total_memory() -> u64 {
+    // SAFETY: sysconf takes no pointers; it returns -1 on error, handled below.
+    let (pages, page) = unsafe {
+        (
+            libc::sysconf(libc::_SC_PHYS_PAGES),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
+    if pages <= 0 || page <= 0 {
+        return 1 << 30;
+    }
+    (pages as u64).saturating_mul(page as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_are_read() {
+        assert!(fd_limit() >= 16);
+        assert!(total_memory() >= 64 << 20);
+    }
+}
