@@ -14,7 +14,10 @@ pub fn fd_limit() -> u64 {
     if rc != 0 || lim.rlim_cur == libc::RLIM_INFINITY {
         return 1024;
     }
-    lim.rlim_cur as u64
+    // rlim_t is u64 on Linux but not on every platform.
+    #[allow(clippy::unnecessary_cast)]
+    let soft = lim.rlim_cur as u64;
+    soft
 }
 
 /// The machine's physical memory in bytes, or 1 GiB when it cannot be read.

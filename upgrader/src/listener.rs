@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use strata_core::accept::{AcceptQueue, AcceptSettings, IncomingSource};
+use strata_core::accept::{AcceptCounters, AcceptQueue, AcceptSettings, IncomingSource};
 use strata_core::{
     BoxCapableConn, BoxRawConn, BoxRawListener, Listener, Multiaddr, TransportError,
 };
@@ -27,7 +27,10 @@ struct RawSource(BoxRawListener);
 impl IncomingSource for RawSource {
     type Pending = BoxRawConn;
 
-    async fn next(&mut self) -> Option<Result<(BoxRawConn, Multiaddr), TransportError>> {
+    async fn next(
+        &mut self,
+        _inflight: usize,
+    ) -> Option<Result<(BoxRawConn, Multiaddr), TransportError>> {
         Some(self.0.accept().await.map(|raw| {
             let remote = raw.remote_multiaddr().clone();
             (raw, remote)
@@ -39,6 +42,7 @@ impl UpgradedListener {
     /// Starts accepting on `raw` and upgrading with `upgrader`.
     pub fn new(raw: BoxRawListener, upgrader: Arc<Upgrader>, transport: &'static str) -> Self {
         let addr = raw.multiaddr().clone();
+        let rcmgr = upgrader.resource_manager().clone();
         let config = upgrader.config();
         let settings = AcceptSettings {
             handshake_timeout: config.handshake_timeout,
@@ -49,10 +53,11 @@ impl UpgradedListener {
             addr.clone(),
             settings,
             RawSource(raw),
-            Arc::new(move |raw| {
+            Arc::new(move |raw, scope| {
                 let upgrader = upgrader.clone();
-                Box::pin(async move { upgrader.upgrade_inbound(raw, transport).await })
+                Box::pin(async move { upgrader.upgrade_inbound(raw, transport, scope).await })
             }),
+            rcmgr,
             CancellationToken::new(),
         );
         UpgradedListener { addr, queue }
@@ -66,6 +71,16 @@ impl UpgradedListener {
     /// Handshakes running or waiting for room in the queue, plus the accept loop itself.
     pub fn task_count(&self) -> usize {
         self.queue.task_count()
+    }
+
+    /// Handshakes running now.
+    pub fn inflight(&self) -> usize {
+        self.queue.inflight()
+    }
+
+    /// What the accept loop has refused, seen evicted, or seen fail.
+    pub fn counters(&self) -> &AcceptCounters {
+        self.queue.counters()
     }
 }
 

@@ -68,9 +68,17 @@ impl<T: RawTransport> Transport for Upgraded<T> {
             }
             (wanted, in_addr) => wanted.or(in_addr),
         };
+        let scope = self
+            .upgrader
+            .resource_manager()
+            .open_connection(strata_core::Direction::Outbound, true, addr)
+            .map_err(|source| TransportError::Resource {
+                addr: addr.clone(),
+                source,
+            })?;
         let raw = self.raw.dial(addr).await?;
         self.upgrader
-            .upgrade_outbound(raw, expected, self.name())
+            .upgrade_outbound(raw, expected, self.name(), scope)
             .await
             .map_err(|source| TransportError::Upgrade {
                 addr: addr.clone(),

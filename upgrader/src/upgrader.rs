@@ -3,9 +3,11 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use strata_core::rcmgr::{null_resource_manager, priority};
 use strata_core::{
-    BoxCapableConn, BoxRawConn, CapableConn, CloseReason, ConnError, ConnState, ConnectionGater,
-    Direction, GateStage, Multiaddr, PeerId, PublicKey, SecurityError, Stream, UpgradeError,
+    BoxCapableConn, BoxRawConn, CapableConn, CloseReason, ConnError, ConnScope, ConnState,
+    ConnectionGater, Direction, GateStage, Multiaddr, PeerId, PublicKey, SecurityError,
+    SharedResourceManager, Stream, UpgradeError,
 };
 
 use crate::config::{UpgraderConfig, UpgraderConfigError};
@@ -21,6 +23,7 @@ pub struct Upgrader {
     muxers: Vec<Arc<dyn StreamMuxer>>,
     muxer_ids: Vec<String>,
     gater: Option<Arc<dyn ConnectionGater>>,
+    rcmgr: SharedResourceManager,
     config: UpgraderConfig,
 }
 
@@ -76,6 +79,7 @@ impl Upgrader {
             muxers,
             muxer_ids,
             gater: None,
+            rcmgr: null_resource_manager(),
             config,
         })
     }
@@ -91,6 +95,19 @@ impl Upgrader {
         self.gater.as_ref()
     }
 
+    /// Admits connections and accounts their memory with `rcmgr` (the default allows
+    /// everything). Listeners admit each inbound connection before its handshake;
+    /// dials are admitted before the socket is opened.
+    pub fn with_resource_manager(mut self, rcmgr: SharedResourceManager) -> Self {
+        self.rcmgr = rcmgr;
+        self
+    }
+
+    /// The resource manager.
+    pub fn resource_manager(&self) -> &SharedResourceManager {
+        &self.rcmgr
+    }
+
     /// The settings.
     pub fn config(&self) -> &UpgraderConfig {
         &self.config
@@ -101,28 +118,35 @@ impl Upgrader {
         self.local_peer
     }
 
-    /// Upgrades a connection we dialed. With `expected`, a remote proving another peer ID
-    /// fails with [`SecurityError::PeerIdMismatch`].
+    /// Upgrades a connection we dialed, under `scope` (from
+    /// [`strata_core::ResourceManager::open_connection`]; [`ConnScope::unlimited`] when
+    /// nothing is accounted). With `expected`, a remote proving another peer ID fails
+    /// with [`SecurityError::PeerIdMismatch`].
     pub async fn upgrade_outbound(
         &self,
         raw: BoxRawConn,
         expected: Option<PeerId>,
         transport: &'static str,
+        scope: ConnScope,
     ) -> Result<BoxCapableConn, UpgradeError> {
         let deadline = self.config.handshake_timeout;
         tokio::time::timeout(
             deadline,
-            self.upgrade(raw, Direction::Outbound, expected, transport),
+            self.upgrade(raw, Direction::Outbound, expected, transport, scope),
         )
         .await
         .map_err(|_| UpgradeError::Timeout(deadline))?
     }
 
-    /// Upgrades a connection we accepted. The gater's accept hook runs first.
+    /// Upgrades a connection we accepted, under the scope it was admitted with. The
+    /// gater's accept hook runs first. The remote must complete its first negotiation
+    /// message within `progress_timeout`, and the whole upgrade within
+    /// `handshake_timeout`.
     pub async fn upgrade_inbound(
         &self,
         raw: BoxRawConn,
         transport: &'static str,
+        scope: ConnScope,
     ) -> Result<BoxCapableConn, UpgradeError> {
         if let Some(gater) = &self.gater {
             if !gater.intercept_accept(raw.local_multiaddr(), raw.remote_multiaddr()) {
@@ -132,7 +156,7 @@ impl Upgrader {
         let deadline = self.config.handshake_timeout;
         tokio::time::timeout(
             deadline,
-            self.upgrade(raw, Direction::Inbound, None, transport),
+            self.upgrade(raw, Direction::Inbound, None, transport, scope),
         )
         .await
         .map_err(|_| UpgradeError::Timeout(deadline))?
@@ -144,6 +168,7 @@ impl Upgrader {
         direction: Direction,
         expected: Option<PeerId>,
         transport: &'static str,
+        scope: ConnScope,
     ) -> Result<BoxCapableConn, UpgradeError> {
         let local_addr = raw.local_multiaddr().clone();
         let remote_addr = raw.remote_multiaddr().clone();
@@ -158,11 +183,18 @@ impl Upgrader {
         let picked = match direction {
             Direction::Outbound => dialer_select(&mut raw, &security_ids).await,
             Direction::Inbound => {
+                // The progress deadline: a socket that has not said its first words by now
+                // is a slow or silent attacker, not a peer on a slow link.
+                let progress = self.config.progress_timeout;
                 let list = || security_ids.iter().map(|s| s.to_string()).collect();
-                listener_select(&mut raw, |p| security_ids.contains(&p), list).await
+                let select = listener_select(&mut raw, |p| security_ids.contains(&p), list);
+                tokio::time::timeout(progress, select)
+                    .await
+                    .map_err(|_| UpgradeError::NoProgress(progress))?
             }
         }
         .map_err(negotiation("security"))?;
+        scope.handshake_progress();
         let security = self
             .security
             .iter()
@@ -171,6 +203,8 @@ impl Upgrader {
                 step: "security",
                 message: format!("negotiated {picked}, which is not configured"),
             })?;
+        // The handshake's buffers are held from here on, for the connection's life.
+        scope.reserve_memory(security.buffer_size(), priority::ALWAYS)?;
         let Secured {
             mut io,
             remote_peer,
@@ -198,6 +232,7 @@ impl Upgrader {
                 return Err(UpgradeError::Gated(GateStage::Secured));
             }
         }
+        scope.set_peer(remote_peer)?;
 
         let early = early_muxer.filter(|m| self.muxer_ids.contains(m));
         let used_early_muxer_negotiation = early.is_some();
@@ -220,7 +255,8 @@ impl Upgrader {
                 step: "muxer",
                 message: format!("negotiated {muxer_id}, which is not configured"),
             })?;
-        let muxed = muxer.new_conn(io, direction, remote_peer);
+        scope.established();
+        let muxed = muxer.new_conn(io, direction, remote_peer, Arc::new(scope));
         let conn = Arc::new(UpgradedConn {
             muxed,
             local_peer: self.local_peer,

@@ -5,7 +5,7 @@ use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use strata_core::{CloseReason, ConnError, Direction, PeerId, RawListener, Stream};
+use strata_core::{CloseReason, ConnError, ConnScope, Direction, PeerId, RawListener, Stream};
 use strata_transport::TcpTransport;
 use strata_upgrader::{
     MuxedConn, SecureStream, StreamMuxer, Yamux, YamuxConfig, YamuxConfigError, YAMUX_PROTOCOL_ID,
@@ -23,9 +23,12 @@ async fn within<F: Future>(what: &str, f: F) -> F::Output {
 }
 
 fn muxed(config: YamuxConfig, io: impl SecureStream, direction: Direction) -> Arc<dyn MuxedConn> {
-    Yamux::new(config)
-        .unwrap()
-        .new_conn(Box::new(io), direction, PeerId::random())
+    Yamux::new(config).unwrap().new_conn(
+        Box::new(io),
+        direction,
+        PeerId::random(),
+        Arc::new(ConnScope::unlimited()),
+    )
 }
 
 /// A dialer (client) and listener (server) connection over an in-memory pipe.

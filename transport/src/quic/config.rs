@@ -17,7 +17,8 @@ use quinn::{IdleTimeout, TransportConfig, VarInt};
 /// | `receive_window` | 15 MiB | per-connection window, larger than one stream's so one stream cannot starve the others |
 /// | `send_window` | 15 MiB | bytes in flight we buffer per connection, matched to the receive window |
 /// | `accept_queue_len` | 16 | connections accepted but not yet taken by [`strata_core::Listener::accept`] |
-/// | `max_inflight_handshakes` | 256 | inbound handshakes running at once per listener |
+/// | `max_inflight_handshakes` | 1024 | inbound handshakes running at once per listener; an attempt past it is refused (per-address caps are the resource manager's) |
+/// | `retry_above` | 64 | with more handshakes than this in flight, an attempt from an address not yet validated gets a Retry first (stateless; a spoofed source never answers it) |
 /// | `close_timeout` | 1 s | how long closing the transport waits for its connections to drain (RFC 9000's 3×PTO) before it stops them |
 ///
 /// Windows are bytes; [`QuicConfig::validate`] checks that each fits a QUIC variable-length
@@ -43,6 +44,9 @@ pub struct QuicConfig {
     pub accept_queue_len: usize,
     /// Inbound handshakes a listener runs at once.
     pub max_inflight_handshakes: usize,
+    /// Handshakes in flight above which new attempts must validate their address
+    /// (QUIC Retry) before any state is kept for them.
+    pub retry_above: usize,
     /// How long [`crate::QuicTransport::close`] waits for endpoints to drain.
     pub close_timeout: Duration,
 }
@@ -58,7 +62,8 @@ impl Default for QuicConfig {
             receive_window: 15 * 1024 * 1024,
             send_window: 15 * 1024 * 1024,
             accept_queue_len: 16,
-            max_inflight_handshakes: 256,
+            max_inflight_handshakes: 1024,
+            retry_above: 64,
             close_timeout: Duration::from_secs(1),
         }
     }
@@ -137,8 +142,40 @@ impl QuicConfig {
         self.transport_config().map(|_| ())
     }
 
+    /// Sets the number of handshakes in flight above which attempts get a Retry first.
+    pub fn retry_above(mut self, n: usize) -> Self {
+        self.retry_above = n;
+        self
+    }
+
+    /// The receive windows offered, largest first: the configured ones, then smaller
+    /// ones for connections whose scope cannot reserve more (a connection short of memory
+    /// gets a smaller window, never a refusal while the smallest fits). Each is
+    /// (connection window, stream window).
+    pub(crate) fn window_tiers(&self) -> Vec<(u64, u64)> {
+        const FLOOR: u64 = 64 * 1024;
+        let mut tiers = Vec::new();
+        for div in [1u64, 4, 16, 64] {
+            let conn = (self.receive_window / div).max(FLOOR.min(self.receive_window));
+            let stream = (self.stream_receive_window / div).min(conn).max(1);
+            if tiers.last().is_none_or(|&(c, _)| c > conn) {
+                tiers.push((conn, stream));
+            }
+        }
+        tiers
+    }
+
     /// quinn's transport parameters for these settings (shared by client and server).
     pub(crate) fn transport_config(&self) -> Result<Arc<TransportConfig>, QuicConfigError> {
+        self.transport_config_with(self.receive_window, self.stream_receive_window)
+    }
+
+    /// quinn's transport parameters with the given receive windows.
+    pub(crate) fn transport_config_with(
+        &self,
+        receive_window: u64,
+        stream_receive_window: u64,
+    ) -> Result<Arc<TransportConfig>, QuicConfigError> {
         if self.accept_queue_len == 0 {
             return Err(QuicConfigError::Zero("accept_queue_len"));
         }
@@ -160,8 +197,8 @@ impl QuicConfig {
         // libp2p uses bidirectional streams only, and no datagrams.
         t.max_concurrent_uni_streams(VarInt::from_u32(0));
         t.datagram_receive_buffer_size(None);
-        t.stream_receive_window(varint("stream_receive_window", self.stream_receive_window)?);
-        t.receive_window(varint("receive_window", self.receive_window)?);
+        t.stream_receive_window(varint("stream_receive_window", stream_receive_window)?);
+        t.receive_window(varint("receive_window", receive_window)?);
         t.send_window(self.send_window);
         t.allow_spin(false);
         Ok(Arc::new(t))
@@ -175,6 +212,18 @@ mod tests {
     #[test]
     fn defaults_validate() {
         assert_eq!(QuicConfig::default().validate(), Ok(()));
+    }
+
+    #[test]
+    fn window_tiers_shrink_to_a_floor() {
+        let tiers = QuicConfig::default().window_tiers();
+        assert_eq!(tiers[0], (15 * 1024 * 1024, 10 * 1024 * 1024));
+        assert!(tiers.windows(2).all(|w| w[1].0 < w[0].0));
+        assert!(tiers.iter().all(|&(c, s)| s <= c && c >= 64 * 1024));
+        let tiny = QuicConfig::default()
+            .receive_windows(1000, 1000)
+            .window_tiers();
+        assert_eq!(tiny, vec![(1000, 1000)]);
     }
 
     #[test]

@@ -15,8 +15,8 @@ use quinn::{Endpoint, Incoming};
 use strata_core::accept::{AcceptQueue, AcceptSettings, IncomingSource};
 use strata_core::addr::quic_multiaddr;
 use strata_core::{
-    BoxCapableConn, ConnectionGater, Direction, GateStage, Listener, Multiaddr, TransportError,
-    UpgradeError,
+    BoxCapableConn, ConnScope, ConnectionGater, Direction, GateStage, Listener, Multiaddr,
+    SharedResourceManager, TransportError, UpgradeError,
 };
 
 use super::conn::{remote_public_key, QuicConn, CLOSE_NORMAL};
@@ -50,6 +50,7 @@ impl QuicListener {
     pub(crate) fn new(
         shared: Arc<Shared>,
         gater: Arc<dyn ConnectionGater>,
+        rcmgr: SharedResourceManager,
         id: u64,
         endpoint: Endpoint,
         bound: SocketAddr,
@@ -70,18 +71,20 @@ impl QuicListener {
         let source = QuicSource {
             endpoint,
             ctx: ctx.clone(),
+            retry_above: config.retry_above,
         };
         let queue = AcceptQueue::start(
             addr.clone(),
             settings,
             source,
-            Arc::new(move |(incoming, local, remote)| {
+            Arc::new(move |(incoming, local, remote), scope| {
                 let ctx = ctx.clone();
                 Box::pin(async move {
-                    let conn = handshake(&ctx, incoming, local, remote).await?;
+                    let conn = handshake(&ctx, incoming, local, remote, scope).await?;
                     Ok(Arc::new(conn) as BoxCapableConn)
                 })
             }),
+            rcmgr,
             // A child of the transport's token: closing the transport ends this listener too.
             shared.cancel.child_token(),
         );
@@ -113,17 +116,22 @@ impl Drop for QuicListener {
     }
 }
 
-/// Connection attempts from the endpoint, with the gater's accept hook applied.
+/// Connection attempts from the endpoint, with the gater's accept hook applied, and
+/// address validation when many handshakes are in flight.
 struct QuicSource {
     endpoint: Endpoint,
     ctx: Arc<Ctx>,
+    retry_above: usize,
 }
 
 #[async_trait]
 impl IncomingSource for QuicSource {
     type Pending = (Incoming, Multiaddr, Multiaddr);
 
-    async fn next(&mut self) -> Option<Result<(Self::Pending, Multiaddr), TransportError>> {
+    async fn next(
+        &mut self,
+        inflight: usize,
+    ) -> Option<Result<(Self::Pending, Multiaddr), TransportError>> {
         loop {
             let Some(incoming) = self.endpoint.accept().await else {
                 // The endpoint was closed (by the transport); the listener ends with it.
@@ -137,8 +145,25 @@ impl IncomingSource for QuicSource {
                 incoming.refuse();
                 continue;
             }
+            // Under load, make an unproven source address prove itself with a Retry
+            // round trip before any per-connection state is kept: a spoofed flood never
+            // answers, and the Retry costs us nothing but one packet.
+            if inflight > self.retry_above && !incoming.remote_address_validated() {
+                if let Err(e) = incoming.retry() {
+                    e.into_incoming().ignore();
+                }
+                continue;
+            }
             return Some(Ok(((incoming, local, remote.clone()), remote)));
         }
+    }
+
+    fn refuse(&mut self, (incoming, _, _): Self::Pending) {
+        incoming.refuse();
+    }
+
+    fn uses_fd(&self) -> bool {
+        false
     }
 }
 
@@ -148,9 +173,21 @@ async fn handshake(
     incoming: Incoming,
     local: Multiaddr,
     remote: Multiaddr,
+    scope: ConnScope,
 ) -> Result<QuicConn, UpgradeError> {
-    let connecting = incoming.accept().map_err(handshake_error)?;
+    let tier = match ctx.shared.reserve_window(&scope) {
+        Ok(tier) => tier,
+        Err(e) => {
+            incoming.refuse();
+            return Err(UpgradeError::Resource(e));
+        }
+    };
+    let connecting = incoming
+        .accept_with(tier.server.clone())
+        .map_err(handshake_error)?;
     let conn = connecting.await.map_err(handshake_error)?;
+    // QUIC's first flight carries the TLS handshake: a completed one is progress.
+    scope.handshake_progress();
     let key = match remote_public_key(&conn) {
         Ok(key) => key,
         Err(e) => {
@@ -171,6 +208,11 @@ async fn handshake(
         conn.close(CLOSE_NORMAL, b"gated");
         return Err(UpgradeError::Gated(GateStage::Secured));
     }
+    if let Err(e) = scope.set_peer(peer) {
+        conn.close(CLOSE_NORMAL, b"resource limit");
+        return Err(UpgradeError::Resource(e));
+    }
+    scope.established();
     let conn = QuicConn::new(
         conn,
         ctx.shared.local_peer,
@@ -184,6 +226,7 @@ async fn handshake(
         conn.quinn().close(CLOSE_NORMAL, b"gated");
         return Err(UpgradeError::Gated(GateStage::Upgraded));
     }
+    ctx.shared.hold_until_closed(conn.quinn().clone(), scope);
     Ok(conn)
 }
 

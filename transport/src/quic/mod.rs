@@ -23,12 +23,14 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use quinn::ConnectionError;
 use strata_core::addr::{self, quic_multiaddr, quic_socket_addr};
+use strata_core::rcmgr::{null_resource_manager, priority};
 use strata_core::tls::{
     client_config_with_cert, server_config_with_cert, Libp2pCertificate, TlsSetupError, LIBP2P_ALPN,
 };
 use strata_core::{
-    AddrError, BoxCapableConn, BoxListener, ConnectionGater, Direction, GateStage, Keypair,
-    Multiaddr, PeerId, SecurityError, Transport, TransportError, UpgradeError,
+    AddrError, BoxCapableConn, BoxListener, ConnScope, ConnectionGater, Direction, GateStage,
+    Keypair, Multiaddr, PeerId, ResourceError, SecurityError, SharedResourceManager, Transport,
+    TransportError, UpgradeError,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -62,8 +64,11 @@ pub enum QuicError {
 pub(crate) struct Shared {
     pub(crate) local_peer: PeerId,
     pub(crate) config: QuicConfig,
-    client_config: quinn::ClientConfig,
-    server_config: quinn::ServerConfig,
+    /// Client and server configs per receive window, largest first.
+    tiers: Vec<WindowTier>,
+    /// The server config listening endpoints start with; each accepted connection gets
+    /// its tier's.
+    listen_server: quinn::ServerConfig,
     pub(crate) endpoints: Endpoints,
     runtime: Arc<TrackedRuntime>,
     /// Cancelled when the transport closes; every listener's token is its child.
@@ -82,6 +87,41 @@ pub(crate) struct Shared {
 pub struct QuicTransport {
     shared: Arc<Shared>,
     gater: Arc<dyn ConnectionGater>,
+    rcmgr: SharedResourceManager,
+}
+
+/// The configs for one receive window size.
+pub(crate) struct WindowTier {
+    window: u64,
+    client: quinn::ClientConfig,
+    pub(crate) server: Arc<quinn::ServerConfig>,
+}
+
+impl Shared {
+    /// Reserves the largest receive window `scope` can hold (the full one only while
+    /// memory is plentiful, smaller ones as it runs short) and returns its tier. Fails
+    /// only when not even the smallest fits.
+    pub(crate) fn reserve_window(&self, scope: &ConnScope) -> Result<&WindowTier, ResourceError> {
+        let last = self.tiers.len().saturating_sub(1);
+        let mut refused = None;
+        for (i, tier) in self.tiers.iter().enumerate() {
+            let prio = match i {
+                0 => priority::MEDIUM,
+                i if i == last => priority::ALWAYS,
+                _ => priority::HIGH,
+            };
+            let size = usize::try_from(tier.window).unwrap_or(usize::MAX);
+            match scope.reserve_memory(size, prio) {
+                Ok(()) => return Ok(tier),
+                Err(e) => refused = Some(e),
+            }
+        }
+        Err(refused.unwrap_or(ResourceError {
+            scope: "conn".into(),
+            resource: strata_core::rcmgr::Resource::Memory,
+            limit: 0,
+        }))
+    }
 }
 
 impl std::fmt::Debug for QuicTransport {
@@ -97,41 +137,66 @@ impl QuicTransport {
     /// A transport for `identity` with the given settings. Generates the libp2p
     /// certificate once; every endpoint presents it.
     pub fn new(identity: Keypair, config: QuicConfig) -> Result<Self, QuicError> {
-        let transport = config.transport_config()?;
+        config.validate()?;
         let cert = Libp2pCertificate::generate(&identity)?;
         let alpn = vec![LIBP2P_ALPN.to_vec()];
         // The expected peer is checked after the handshake (see `dial`), so that a
         // mismatch can name the peer the remote proved; one client config serves all dials.
         let client_tls = client_config_with_cert(&cert, None, alpn.clone())?;
         let server_tls = server_config_with_cert(&cert, alpn)?;
-        let client_crypto = quinn::crypto::rustls::QuicClientConfig::try_from(client_tls)
-            .map_err(|e| QuicError::Crypto(e.to_string()))?;
-        let server_crypto = quinn::crypto::rustls::QuicServerConfig::try_from(server_tls)
-            .map_err(|e| QuicError::Crypto(e.to_string()))?;
-        let mut client_config = quinn::ClientConfig::new(Arc::new(client_crypto));
-        client_config.transport_config(transport.clone());
-        let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
-        server_config.transport_config(transport);
-        // A Strata connection does not follow its peer to a new address (its multiaddrs
-        // are fixed), so migration stays off, as in rust-libp2p.
-        server_config.migration(false);
-        // Connection attempts quinn holds while the listener takes none (backpressure);
-        // past this it refuses them.
-        server_config.max_incoming(config.max_inflight_handshakes);
+        let client_crypto = Arc::new(
+            quinn::crypto::rustls::QuicClientConfig::try_from(client_tls)
+                .map_err(|e| QuicError::Crypto(e.to_string()))?,
+        );
+        let server_crypto = Arc::new(
+            quinn::crypto::rustls::QuicServerConfig::try_from(server_tls)
+                .map_err(|e| QuicError::Crypto(e.to_string()))?,
+        );
+        let mut tiers = Vec::new();
+        for (window, stream_window) in config.window_tiers() {
+            let transport = config.transport_config_with(window, stream_window)?;
+            let mut client = quinn::ClientConfig::new(client_crypto.clone());
+            client.transport_config(transport.clone());
+            let mut server = quinn::ServerConfig::with_crypto(server_crypto.clone());
+            server.transport_config(transport);
+            // A Strata connection does not follow its peer to a new address (its
+            // multiaddrs are fixed), so migration stays off, as in rust-libp2p.
+            server.migration(false);
+            // Connection attempts quinn holds while the listener takes none
+            // (backpressure); past this it refuses them.
+            server.max_incoming(config.max_inflight_handshakes);
+            tiers.push(WindowTier {
+                window,
+                client,
+                server: Arc::new(server),
+            });
+        }
+        let listen_server = match tiers.first() {
+            Some(t) => (*t.server).clone(),
+            None => return Err(QuicConfigError::Zero("receive_window").into()),
+        };
         let runtime = Arc::new(TrackedRuntime::new());
         Ok(QuicTransport {
             shared: Arc::new(Shared {
                 local_peer: identity.public().to_peer_id(),
                 config,
-                client_config,
-                server_config,
+                tiers,
+                listen_server,
                 endpoints: Endpoints::new(runtime.clone()),
                 runtime,
                 cancel: CancellationToken::new(),
                 close_lock: tokio::sync::Mutex::new(()),
             }),
             gater: Arc::new(strata_core::AllowAll),
+            rcmgr: null_resource_manager(),
         })
+    }
+
+    /// Admits connections and reserves their receive windows with `rcmgr` (the default
+    /// allows everything). Applies to listeners made afterwards.
+    pub fn with_resource_manager(mut self, rcmgr: SharedResourceManager) -> Self {
+        self.rcmgr = rcmgr;
+        self
     }
 
     /// Consults `gater` on inbound connections (accept, secured, upgraded) and on dials
@@ -159,7 +224,7 @@ impl QuicTransport {
         let (id, endpoint, bound) = self
             .shared
             .endpoints
-            .listen(target, self.shared.server_config.clone())
+            .listen(target, self.shared.listen_server.clone())
             .map_err(|e| match e {
                 EndpointError::Closed => TransportError::TransportClosed,
                 EndpointError::Io(source) if source.kind() == std::io::ErrorKind::AddrInUse => {
@@ -174,6 +239,7 @@ impl QuicTransport {
         Ok(QuicListener::new(
             self.shared.clone(),
             self.gater.clone(),
+            self.rcmgr.clone(),
             id,
             endpoint,
             bound,
@@ -199,6 +265,15 @@ impl QuicTransport {
             (None, None) => None,
         };
         let remote = quic_socket_addr(addr)?;
+        let resource_err = |source| TransportError::Resource {
+            addr: addr.clone(),
+            source,
+        };
+        let scope = self
+            .rcmgr
+            .open_connection(Direction::Outbound, false, addr)
+            .map_err(resource_err)?;
+        let tier = self.shared.reserve_window(&scope).map_err(resource_err)?;
         let endpoint = self
             .shared
             .endpoints
@@ -211,7 +286,7 @@ impl QuicTransport {
                 },
             })?;
         let connecting = endpoint
-            .connect_with(self.shared.client_config.clone(), remote, SERVER_NAME)
+            .connect_with(tier.client.clone(), remote, SERVER_NAME)
             .map_err(|e| match e {
                 quinn::ConnectError::EndpointStopping => TransportError::TransportClosed,
                 e => TransportError::Dial {
@@ -266,6 +341,11 @@ impl QuicTransport {
             conn.close(CLOSE_NORMAL, b"gated");
             return Err(upgrade_err(UpgradeError::Gated(GateStage::Secured)));
         }
+        if let Err(e) = scope.set_peer(actual) {
+            conn.close(CLOSE_NORMAL, b"resource limit");
+            return Err(upgrade_err(UpgradeError::Resource(e)));
+        }
+        scope.established();
         let conn = QuicConn::new(
             conn,
             self.shared.local_peer,
@@ -279,6 +359,7 @@ impl QuicTransport {
             conn.quinn().close(CLOSE_NORMAL, b"gated");
             return Err(upgrade_err(UpgradeError::Gated(GateStage::Upgraded)));
         }
+        self.shared.hold_until_closed(conn.quinn().clone(), scope);
         Ok(conn)
     }
 
@@ -301,6 +382,18 @@ impl QuicTransport {
             .runtime
             .shutdown(self.shared.config.close_timeout)
             .await;
+    }
+}
+
+impl Shared {
+    /// Keeps `scope` (the connection's slot and reserved window) until the connection has
+    /// ended, on a task the transport's close waits for.
+    pub(crate) fn hold_until_closed(&self, conn: quinn::Connection, scope: ConnScope) {
+        use quinn::Runtime as _;
+        self.runtime.spawn(Box::pin(async move {
+            conn.closed().await;
+            drop(scope);
+        }));
     }
 }
 

@@ -7,7 +7,7 @@ pub use self::yamux::{Yamux, YamuxConfig, YamuxConfigError, YAMUX_PROTOCOL_ID};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use strata_core::{CloseReason, ConnError, Direction, PeerId, Stream};
+use strata_core::{CloseReason, ConnError, ConnScope, Direction, PeerId, Stream};
 
 use crate::security::SecureStream;
 
@@ -34,11 +34,13 @@ pub trait StreamMuxer: Send + Sync + 'static {
     /// The protocol ID negotiated for it, for example "/yamux/1.0.0".
     fn protocol_id(&self) -> &'static str;
     /// Runs the muxer over a secured connection. `direction` says who dialed (the dialer
-    /// is the yamux client); `remote_peer` names the peer in errors.
+    /// is the yamux client); `remote_peer` names the peer in errors. The connection holds
+    /// `scope` until it ends, and reserves its windows from it.
     fn new_conn(
         &self,
         io: Box<dyn SecureStream>,
         direction: Direction,
         remote_peer: PeerId,
+        scope: Arc<ConnScope>,
     ) -> Arc<dyn MuxedConn>;
 }

@@ -16,7 +16,7 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use strata_core::{CloseReason, ConnError, Direction, PeerId, Stream};
+use strata_core::{CloseReason, ConnError, ConnScope, Direction, PeerId, Stream};
 use tokio::sync::{mpsc, oneshot, watch, Mutex};
 use tokio_util::compat::TokioAsyncReadCompatExt;
 use tokio_util::sync::CancellationToken;
@@ -66,6 +66,7 @@ impl StreamMuxer for Yamux {
         io: Box<dyn SecureStream>,
         direction: Direction,
         remote_peer: PeerId,
+        scope: Arc<ConnScope>,
     ) -> Arc<dyn MuxedConn> {
         let mode = match direction {
             Direction::Outbound => yamux::Mode::Client,
@@ -94,6 +95,7 @@ impl StreamMuxer for Yamux {
             close_requested: close_requested.clone(),
             shared: shared.clone(),
             reason_tx,
+            scope,
         };
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {

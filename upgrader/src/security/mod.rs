@@ -46,6 +46,12 @@ pub trait SecureTransport: Send + Sync + 'static {
     /// The protocol ID negotiated with multistream-select, for example "/tls/1.0.0".
     fn protocol_id(&self) -> &'static str;
 
+    /// The memory one secured connection holds in buffers, reserved from the
+    /// connection's scope before the handshake starts.
+    fn buffer_size(&self) -> usize {
+        64 * 1024
+    }
+
     /// Secures a connection we dialed. With `expected`, a remote that proves another peer
     /// ID fails with [`SecurityError::PeerIdMismatch`]. `muxers` are the muxer protocol IDs
     /// we support, in preference order, offered for early negotiation.

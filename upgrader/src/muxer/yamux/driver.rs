@@ -38,6 +38,8 @@ pub(crate) struct Driver {
     pub(crate) close_requested: CancellationToken,
     pub(crate) shared: ConnShared,
     pub(crate) reason_tx: watch::Sender<Option<CloseReason>>,
+    /// The connection's resource scope, released when the connection has ended.
+    pub(crate) scope: std::sync::Arc<strata_core::ConnScope>,
 }
 
 /// The state of one run of [`Driver::poll_run`].
@@ -66,9 +68,11 @@ impl Driver {
             inbound_tx,
             shared,
             reason_tx,
+            scope,
             ..
         } = self;
         drop(conn);
+        drop(scope);
         drop(run);
         drop(open_rx);
         drop(inbound_tx);
