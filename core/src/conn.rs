@@ -11,6 +11,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::error::{CloseReason, ConnError, TransportError};
 use crate::identity::{PeerId, PublicKey};
+use crate::rcmgr::StreamScope;
 
 /// Who opened a connection or stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -71,11 +72,13 @@ pub trait StreamIo: AsyncRead + AsyncWrite + Send + Unpin + 'static {
     fn reset(&mut self);
 }
 
-/// A stream on a capable connection, with the protocol negotiated on it.
+/// A stream on a capable connection, with the protocol negotiated on it and the
+/// resource scope it is counted in.
 pub struct Stream {
     io: Box<dyn StreamIo>,
     protocol: Option<String>,
     direction: Direction,
+    scope: StreamScope,
 }
 
 impl Stream {
@@ -85,7 +88,18 @@ impl Stream {
             io,
             protocol: None,
             direction,
+            scope: StreamScope::unlimited(),
         }
+    }
+
+    /// The resource scope the stream is counted in (unlimited until the swarm sets one).
+    pub fn scope(&self) -> &StreamScope {
+        &self.scope
+    }
+
+    /// Counts the stream in `scope` (released when the stream is dropped).
+    pub fn set_scope(&mut self, scope: StreamScope) {
+        self.scope = scope;
     }
 
     /// The protocol negotiated on this stream, once negotiation has picked one.

@@ -4,8 +4,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use strata_core::identity::generate_ed25519;
-use strata_core::{ConnectionGater, Keypair, Multiaddr, RawTransport, Transport};
-use strata_swarm::{Notifiee, Swarm, SwarmConfig, SwarmError};
+use strata_core::{
+    ConnectionGater, Keypair, Multiaddr, RawTransport, SharedResourceManager, Transport,
+};
+use strata_rcmgr::{BasicResourceManager, LimitConfig, LimitError};
+use strata_swarm::{AddrFilter, Notifiee, Swarm, SwarmConfig, SwarmError};
 use strata_transport::quic::QuicError;
 use strata_transport::{MemoryTransport, QuicConfig, QuicTransport, TcpConfig, TcpTransport};
 use strata_upgrader::{
@@ -34,6 +37,12 @@ pub enum Security {
 
 type RawFactory = Box<dyn FnOnce(Arc<Upgrader>) -> Arc<dyn Transport> + Send>;
 
+/// Which resource manager the host gets.
+enum RcmgrChoice {
+    Limits(Box<LimitConfig>),
+    Given(SharedResourceManager),
+}
+
 /// Builds a [`Host`]. Every part has a default:
 ///
 /// | part | default | set with |
@@ -47,11 +56,13 @@ type RawFactory = Box<dyn FnOnce(Arc<Upgrader>) -> Arc<dyn Transport> + Send>;
 /// | muxer | yamux, [`YamuxConfig::default`] | [`HostBuilder::yamux`] |
 /// | listen addresses | none | [`HostBuilder::listen_on`] |
 /// | gater | none (allow all) | [`HostBuilder::gater`] |
-/// | connection and stream limits, dial settings | [`SwarmConfig::default`] | [`HostBuilder::swarm_config`] |
+/// | resource manager: connection, stream, memory and descriptor limits per scope, caps per source IP and subnet | [`BasicResourceManager`] with [`LimitConfig::autoscaled`] (scaled to the machine's memory and descriptor limit) | [`HostBuilder::resource_limits`], [`HostBuilder::resource_manager`] |
+/// | address filter | none (only undialable shapes are dropped) | [`HostBuilder::addr_filter`] |
+/// | streams per connection, dial settings, notifiee queues, peerstore bounds | [`SwarmConfig::default`] | [`HostBuilder::swarm_config`] |
 /// | connection manager | off | [`HostBuilder::conn_manager`] |
 /// | notifiees | none | [`HostBuilder::notifiee`] |
 /// | agent version | `strata/<version>` | [`HostBuilder::agent_version`] |
-/// | accept queue, handshake timeout | [`UpgraderConfig::default`] (16, 15 s) | [`HostBuilder::upgrader_config`] |
+/// | accept queue, handshake and progress deadlines, handshakes in flight | [`UpgraderConfig::default`] (16, 15 s, 5 s, a quarter of the descriptor limit) | [`HostBuilder::upgrader_config`] |
 /// | perf service | off | [`HostBuilder::enable_perf`] |
 /// | keep-alive pings | off | [`HostBuilder::ping_interval`] |
 pub struct HostBuilder {
@@ -65,6 +76,8 @@ pub struct HostBuilder {
     yamux: YamuxConfig,
     listen: Vec<Multiaddr>,
     gater: Option<Arc<dyn ConnectionGater>>,
+    rcmgr: RcmgrChoice,
+    addr_filter: Option<AddrFilter>,
     swarm_config: SwarmConfig,
     connmgr: Option<ConnManagerConfig>,
     notifiees: Vec<Arc<dyn Notifiee>>,
@@ -87,6 +100,8 @@ impl Default for HostBuilder {
             yamux: YamuxConfig::default(),
             listen: Vec::new(),
             gater: None,
+            rcmgr: RcmgrChoice::Limits(Box::new(LimitConfig::autoscaled())),
+            addr_filter: None,
             swarm_config: SwarmConfig::default(),
             connmgr: None,
             notifiees: Vec::new(),
@@ -125,6 +140,9 @@ pub enum BuildError {
     /// The swarm refused a transport (for example two for the same protocol).
     #[error(transparent)]
     Swarm(#[from] SwarmError),
+    /// The resource limits contradict each other.
+    #[error(transparent)]
+    Limits(#[from] LimitError),
 }
 
 /// One listen address asked for, and what became of it.
@@ -216,7 +234,30 @@ impl HostBuilder {
         self
     }
 
-    /// Connection and stream limits, dial timeouts, backoff.
+    /// The resource manager's limits (the default scales with the machine). Connection
+    /// limits, caps per source IP and subnet, stream and memory limits all live here.
+    pub fn resource_limits(mut self, limits: LimitConfig) -> Self {
+        self.rcmgr = RcmgrChoice::Limits(Box::new(limits));
+        self
+    }
+
+    /// A resource manager of your own (or [`strata_core::NullResourceManager`] for none).
+    pub fn resource_manager(mut self, rcmgr: SharedResourceManager) -> Self {
+        self.rcmgr = RcmgrChoice::Given(rcmgr);
+        self
+    }
+
+    /// Drops addresses `filter` refuses, before they are stored from identify or dialed
+    /// (go-libp2p's address filters).
+    pub fn addr_filter(
+        mut self,
+        filter: impl Fn(&Multiaddr) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        self.addr_filter = Some(Arc::new(filter));
+        self
+    }
+
+    /// Streams per connection, dial timeouts, backoff, notifiee queues, peerstore bounds.
     pub fn swarm_config(mut self, config: SwarmConfig) -> Self {
         self.swarm_config = config;
         self
@@ -272,6 +313,10 @@ impl HostBuilder {
         if let Some(cm) = &self.connmgr {
             ConnManager::new(cm.clone())?;
         }
+        let rcmgr: SharedResourceManager = match self.rcmgr {
+            RcmgrChoice::Limits(limits) => Arc::new(BasicResourceManager::new(*limits)?),
+            RcmgrChoice::Given(r) => r,
+        };
         let mut security: Vec<Arc<dyn SecureTransport>> = Vec::new();
         for s in &self.security {
             security.push(match s {
@@ -284,7 +329,8 @@ impl HostBuilder {
         }
         let muxer: Arc<dyn StreamMuxer> = Arc::new(Yamux::new(self.yamux)?);
         let mut upgrader =
-            Upgrader::new(peer, security, vec![muxer], self.upgrader_config.clone())?;
+            Upgrader::new(peer, security, vec![muxer], self.upgrader_config.clone())?
+                .with_resource_manager(rcmgr.clone());
         if let Some(g) = &self.gater {
             upgrader = upgrader.with_gater(g.clone());
         }
@@ -299,7 +345,7 @@ impl HostBuilder {
         }
         let mut quic_transport = None;
         if let Some(quic) = self.quic {
-            let mut q = QuicTransport::new(key.clone(), quic)?;
+            let mut q = QuicTransport::new(key.clone(), quic)?.with_resource_manager(rcmgr.clone());
             if let Some(g) = &self.gater {
                 q = q.with_gater(g.clone());
             }
@@ -318,10 +364,10 @@ impl HostBuilder {
         }
         transports.extend(self.transports);
 
-        let swarm = match &self.gater {
-            Some(g) => Swarm::with_gater(peer, self.swarm_config.clone(), g.clone()),
-            None => Swarm::new(peer, self.swarm_config.clone()),
-        };
+        let swarm = Swarm::with_parts(peer, self.swarm_config.clone(), self.gater.clone(), rcmgr);
+        if let Some(filter) = self.addr_filter {
+            swarm.set_addr_filter(filter);
+        }
         for t in transports {
             if let Err(e) = swarm.add_transport(t) {
                 swarm.close().await;

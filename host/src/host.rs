@@ -9,9 +9,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use strata_core::addr::with_peer_id;
 use strata_core::{Direction, Keypair, Multiaddr, PeerId, Stream, StreamIo};
-use strata_swarm::{
-    Conn, Connectedness, DisconnectReason, Notifiee, NotifyHandle, StreamOptions, Swarm, SwarmError,
-};
+use strata_swarm::{Conn, Notifiee, NotifyHandle, StreamOptions, Swarm, SwarmError};
 use strata_upgrader::multistream::{dialer_select, dialer_select_lazy, LazyNegotiated};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::broadcast;
@@ -25,7 +23,7 @@ use crate::identify::{
     IDENTIFY_PUSH_PROTOCOL,
 };
 use crate::mux::{ConnHandler, ProtocolMatch, ProtocolMux};
-use crate::peerstore::{Peerstore, CONNECTED_ADDR_TTL, RECENTLY_CONNECTED_ADDR_TTL, TEMP_ADDR_TTL};
+use crate::peerstore::{Peerstore, TEMP_ADDR_TTL};
 use crate::perf::{perf_service, PERF_PROTOCOL};
 use crate::ping::{ping_once, ping_service, PING_PROTOCOL};
 
@@ -46,7 +44,6 @@ pub(crate) struct HostSettings {
 pub(crate) struct HostInner {
     pub(crate) key: Keypair,
     pub(crate) swarm: Swarm,
-    pub(crate) peerstore: Peerstore,
     mux: Arc<ProtocolMux>,
     settings: HostSettings,
     events: broadcast::Sender<HostEvent>,
@@ -70,7 +67,8 @@ impl std::fmt::Debug for Host {
     }
 }
 
-/// Keeps the peerstore and identify in step with the swarm's connections.
+/// Runs identify on every new connection, and lets the connection manager count it.
+/// (The swarm keeps the peerstore in step with connections itself.)
 struct HostNotifiee(Weak<HostInner>);
 
 #[async_trait]
@@ -80,11 +78,6 @@ impl Notifiee for HostNotifiee {
             return;
         };
         let host = Host(inner);
-        host.0.peerstore.add_addrs(
-            conn.remote_peer(),
-            std::slice::from_ref(conn.remote_multiaddr()),
-            CONNECTED_ADDR_TTL,
-        );
         if let Some(cm) = &host.0.connmgr {
             cm.on_connected(&host, conn);
         }
@@ -96,18 +89,6 @@ impl Notifiee for HostNotifiee {
                 _ = h.identify_conn(conn) => {}
             }
         });
-    }
-
-    async fn disconnected(&self, swarm: &Swarm, conn: &Conn, _reason: &DisconnectReason) {
-        let Some(inner) = self.0.upgrade() else {
-            return;
-        };
-        let peer = conn.remote_peer();
-        if swarm.connectedness(&peer) == Connectedness::NotConnected {
-            inner
-                .peerstore
-                .update_addrs(peer, CONNECTED_ADDR_TTL, RECENTLY_CONNECTED_ADDR_TTL);
-        }
     }
 }
 
@@ -123,7 +104,6 @@ impl Host {
         let inner = Arc::new(HostInner {
             key,
             swarm,
-            peerstore: Peerstore::new(),
             mux: Arc::new(ProtocolMux::default()),
             settings,
             events: broadcast::channel(events_capacity.max(1)).0,
@@ -280,7 +260,12 @@ impl Host {
 
     /// What we know about other peers.
     pub fn peerstore(&self) -> &Peerstore {
-        &self.0.peerstore
+        self.0.swarm.peerstore()
+    }
+
+    /// The resource manager: limits, and a snapshot of usage per scope with `stat()`.
+    pub fn resource_manager(&self) -> &strata_core::SharedResourceManager {
+        self.0.swarm.resource_manager()
     }
 
     /// The swarm underneath, for what the host does not wrap.
@@ -338,9 +323,8 @@ impl Host {
     /// connected.
     pub async fn connect(&self, peer: PeerId, addrs: &[Multiaddr]) -> Result<(), HostError> {
         if !addrs.is_empty() {
-            self.0.peerstore.add_addrs(peer, addrs, TEMP_ADDR_TTL);
+            self.peerstore().add_addrs(peer, addrs, TEMP_ADDR_TTL);
         }
-        self.0.swarm.add_addrs(peer, self.0.peerstore.addrs(&peer));
         self.0.swarm.dial_peer(peer).await?;
         Ok(())
     }
@@ -357,13 +341,12 @@ impl Host {
         if protocols.is_empty() {
             return Err(HostError::NoProtocols);
         }
-        self.0.swarm.add_addrs(peer, self.0.peerstore.addrs(&peer));
         let mut stream = self
             .0
             .swarm
             .new_stream_with(peer, StreamOptions::default())
             .await?;
-        if let Some(known) = self.0.peerstore.first_supported_protocol(&peer, protocols) {
+        if let Some(known) = self.peerstore().first_supported_protocol(&peer, protocols) {
             let lazy =
                 dialer_select_lazy(stream, &known)
                     .await
@@ -388,7 +371,7 @@ impl Host {
             peer,
             message: e.to_string(),
         })?;
-        let _ = self.0.peerstore.add_protocols(peer, &[picked.as_str()]);
+        let _ = self.peerstore().add_protocols(peer, &[picked.as_str()]);
         stream.set_protocol(picked);
         Ok(stream)
     }
@@ -399,7 +382,7 @@ impl Host {
         let mut stream = self.new_stream(peer, &[PING_PROTOCOL]).await?;
         let rtt = ping_once(&mut stream).await?;
         let _ = stream.close_write().await;
-        self.0.peerstore.record_latency(peer, rtt);
+        self.peerstore().record_latency(peer, rtt);
         Ok(rtt)
     }
 
@@ -493,7 +476,11 @@ impl Host {
     }
 
     fn record_identify(&self, peer: PeerId, info: IdentifyInfo, connected: bool) {
-        if let Err(e) = apply_to_peerstore(&self.0.peerstore, peer, &info, connected) {
+        // Only addresses that could ever be dialed are kept: none unspecified, multicast
+        // or link-local, none for a transport we lack, none the address filter refuses.
+        let mut info = info;
+        info.listen_addrs.retain(|a| self.0.swarm.is_dialable(a));
+        if let Err(e) = apply_to_peerstore(self.peerstore(), peer, &info, connected) {
             let _ = self.0.events.send(HostEvent::IdentifyFailed {
                 peer,
                 error: e.to_string(),

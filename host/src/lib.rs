@@ -26,7 +26,6 @@ pub mod events;
 pub mod host;
 pub mod identify;
 mod mux;
-pub mod peerstore;
 pub mod perf;
 pub mod ping;
 
@@ -40,9 +39,11 @@ pub use identify::{
     IDENTIFY_PROTOCOL, IDENTIFY_PUSH_PROTOCOL, MAX_IDENTIFY_MSG_LEN,
 };
 pub use mux::{ProtocolMatch, NEGOTIATION_TIMEOUT};
-pub use peerstore::{
-    Peerstore, PeerstoreError, ADDRESS_TTL, CONNECTED_ADDR_TTL, PERMANENT_ADDR_TTL,
-    RECENTLY_CONNECTED_ADDR_TTL, TEMP_ADDR_TTL,
-};
 pub use perf::{perf_client, perf_service, PerfError, PerfResult, PerfServed, PERF_PROTOCOL};
 pub use ping::{ping_once, ping_service, PingError, PING_PROTOCOL};
+/// The peerstore lives with the swarm, which dials from it; the host re-exports it.
+pub use strata_swarm::peerstore;
+pub use strata_swarm::peerstore::{
+    Peerstore, PeerstoreConfig, PeerstoreError, ADDRESS_TTL, CONNECTED_ADDR_TTL,
+    PERMANENT_ADDR_TTL, RECENTLY_CONNECTED_ADDR_TTL, TEMP_ADDR_TTL,
+};

@@ -60,6 +60,25 @@ impl Backoff {
         entry.until = now + wait;
     }
 
+    /// Forgets entries whose back-off ended more than `max` ago: after a quiet period
+    /// that long an address starts afresh, so the map holds only addresses that failed
+    /// recently.
+    pub(crate) fn gc(&self) {
+        let now = Instant::now();
+        let max = self.max;
+        let mut map = self.lock();
+        map.retain(|_, addrs| {
+            addrs.retain(|_, e| e.until + max > now);
+            !addrs.is_empty()
+        });
+    }
+
+    /// Entries held, for tests.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.lock().values().map(HashMap::len).sum()
+    }
+
     /// Forgets every back-off of `peer`.
     pub(crate) fn clear(&self, peer: &PeerId) {
         self.lock().remove(peer);
@@ -100,5 +119,20 @@ mod tests {
         b.add(p, a.clone());
         b.clear_all();
         assert!(!b.is_backing_off(&p, &a));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn entries_expire_after_a_quiet_period() {
+        let b = Backoff::new(Duration::from_secs(5), Duration::from_secs(60));
+        let p = keypair_from_seed(1).public().to_peer_id();
+        for port in 0..100u16 {
+            let a: Multiaddr = format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap();
+            b.add(p, a);
+        }
+        b.gc();
+        assert_eq!(b.len(), 100, "still backing off or recently so");
+        tokio::time::advance(Duration::from_secs(66)).await;
+        b.gc();
+        assert_eq!(b.len(), 0);
     }
 }

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use crate::peerstore::PeerstoreConfig;
+
 /// Everything a [`crate::Swarm`] can be tuned with.
 ///
 /// | field | default | meaning |
@@ -14,13 +16,17 @@ use std::time::Duration;
 /// | `backoff_max` | 5 min | cap: the back-off doubles with each failure up to this |
 /// | `max_dials_in_flight` | 128 | address dials in flight, whole swarm |
 /// | `max_dials_per_peer` | 8 | address dials in flight to one peer |
-/// | `max_connections` | 1024 | connections, both directions |
-/// | `max_inbound_connections` | 768 | inbound connections |
-/// | `max_outbound_connections` | 768 | outbound connections |
-/// | `max_connections_per_peer` | 8 | connections to one peer |
 /// | `max_streams_per_connection` | 512 | open streams on one connection, both directions |
 /// | `events_capacity` | 1024 | events buffered for each [`crate::Swarm::events`] receiver before it lags |
+/// | `notifiee_queue_len` | 1024 | `connected` notifications queued for one notifiee; past it they are dropped (and that connection's `disconnected` with them) and counted as lag |
+/// | `notifiee_connected_bound` | 1 s | how long a connection's inbound streams, and a dial's caller, wait for the notifiees' `connected` before going on without them |
 /// | `notifiee_close_grace` | 500 ms | how long `close()` lets notifiees drain what is queued before cancelling them |
+/// | `maintenance_interval` | 10 s | how often the peerstore is cleaned and old back-off entries dropped |
+/// | `peerstore` | [`PeerstoreConfig::default`] | the peerstore's bounds |
+///
+/// Connection limits (total, by direction, per peer, per source address) are the resource
+/// manager's (see [`crate::Swarm::with_parts`]), checked when a connection is accepted or
+/// dialed, before its handshake.
 #[derive(Debug, Clone)]
 pub struct SwarmConfig {
     /// Bound on a whole dial to a peer (every address), per call.
@@ -40,21 +46,22 @@ pub struct SwarmConfig {
     pub max_dials_in_flight: usize,
     /// Address dials in flight to one peer.
     pub max_dials_per_peer: usize,
-    /// Open connections, both directions together.
-    pub max_connections: usize,
-    /// Open inbound connections.
-    pub max_inbound_connections: usize,
-    /// Open outbound connections.
-    pub max_outbound_connections: usize,
-    /// Open connections to a single peer.
-    pub max_connections_per_peer: usize,
     /// Open streams on one connection, both directions together.
     pub max_streams_per_connection: usize,
     /// Capacity of the event broadcast; a receiver further behind is told how many it missed.
     pub events_capacity: usize,
+    /// `connected` notifications one notifiee may have queued.
+    pub notifiee_queue_len: usize,
+    /// How long a new connection's inbound streams (and the caller of a dial) wait for
+    /// the notifiees to return from `connected`.
+    pub notifiee_connected_bound: Duration,
     /// How long `close()` lets notifiees work through events already queued before it
     /// cancels them; bounds how long a slow notifiee can hold up `close()`.
     pub notifiee_close_grace: Duration,
+    /// How often the swarm cleans the peerstore and the dial back-off.
+    pub maintenance_interval: Duration,
+    /// The peerstore's bounds.
+    pub peerstore: PeerstoreConfig,
 }
 
 impl Default for SwarmConfig {
@@ -68,13 +75,13 @@ impl Default for SwarmConfig {
             backoff_max: Duration::from_secs(300),
             max_dials_in_flight: 128,
             max_dials_per_peer: 8,
-            max_connections: 1024,
-            max_inbound_connections: 768,
-            max_outbound_connections: 768,
-            max_connections_per_peer: 8,
             max_streams_per_connection: 512,
             events_capacity: 1024,
+            notifiee_queue_len: 1024,
+            notifiee_connected_bound: Duration::from_secs(1),
             notifiee_close_grace: Duration::from_millis(500),
+            maintenance_interval: Duration::from_secs(10),
+            peerstore: PeerstoreConfig::default(),
         }
     }
 }

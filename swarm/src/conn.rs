@@ -10,7 +10,8 @@ use std::task::{Context, Poll};
 use std::time::{Instant, SystemTime};
 
 use strata_core::{
-    BoxCapableConn, CloseReason, ConnState, Direction, Multiaddr, PeerId, Stream, StreamIo,
+    BoxCapableConn, CloseReason, ConnState, Direction, Multiaddr, PeerId, SharedResourceManager,
+    Stream, StreamIo, StreamScope,
 };
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
@@ -40,6 +41,7 @@ pub(crate) struct ConnInner {
     streams: AtomicUsize,
     max_streams: usize,
     total: StreamTotal,
+    rcmgr: SharedResourceManager,
     // Set by whoever closes the connection on purpose, before closing it, so the
     // disconnected notification says why. Short lock, never held across an await.
     local_reason: Mutex<Option<DisconnectReason>>,
@@ -56,6 +58,7 @@ impl Conn {
         conn: BoxCapableConn,
         max_streams: usize,
         total: StreamTotal,
+        rcmgr: SharedResourceManager,
     ) -> Self {
         let direction = conn.direction();
         Conn(Arc::new(ConnInner {
@@ -67,6 +70,7 @@ impl Conn {
             streams: AtomicUsize::new(0),
             max_streams,
             total,
+            rcmgr,
             local_reason: Mutex::new(None),
             told: Mutex::new(Vec::new()),
         }))
@@ -124,12 +128,20 @@ impl Conn {
         &self.0.conn
     }
 
-    /// Opens a stream, if the per-connection stream limit allows.
+    /// Opens a stream, if the per-connection stream limit and the resource manager allow.
     pub async fn new_stream(&self) -> Result<Stream, SwarmError> {
         let guard = self.reserve_stream().ok_or(SwarmError::LimitExceeded {
             what: Limit::StreamsPerConnection,
             peer: self.remote_peer(),
         })?;
+        let scope = self
+            .0
+            .rcmgr
+            .open_stream(self.remote_peer(), Direction::Outbound)
+            .map_err(|source| SwarmError::Resource {
+                peer: self.remote_peer(),
+                source,
+            })?;
         let stream = self
             .0
             .conn
@@ -139,7 +151,7 @@ impl Conn {
                 peer: self.remote_peer(),
                 error,
             })?;
-        Ok(wrap(stream, guard, None))
+        Ok(wrap(stream, guard, None, scope))
     }
 
     /// Closes the connection (reason [`DisconnectReason::Local`]); returns once closed.
@@ -216,18 +228,25 @@ impl Drop for StreamGuard {
     }
 }
 
-/// Wraps a stream so that its slot is counted while it lives, and so that it is reset,
-/// not closed, when dropped after its handler panicked.
-pub(crate) fn wrap(stream: Stream, guard: StreamGuard, reset: Option<Arc<AtomicBool>>) -> Stream {
+/// Wraps a stream so that its slot (and its resource scope) is counted while it lives,
+/// and so that it is reset, not closed, when dropped after its handler panicked.
+pub(crate) fn wrap(
+    stream: Stream,
+    guard: StreamGuard,
+    reset: Option<Arc<AtomicBool>>,
+    scope: StreamScope,
+) -> Stream {
     let direction = stream.direction();
-    Stream::new(
+    let mut out = Stream::new(
         Box::new(Tracked {
             inner: stream,
             _guard: guard,
             reset_on_drop: reset,
         }),
         direction,
-    )
+    );
+    out.set_scope(scope);
+    out
 }
 
 struct Tracked {

@@ -48,6 +48,23 @@ fn rank(addr: &Multiaddr) -> u8 {
     }
 }
 
+/// False for addresses no peer can be reached at: unspecified (`0.0.0.0`, `::`),
+/// multicast, broadcast and link-local IPs. A remote that announces them is wrong or
+/// hostile; they are never stored from identify nor dialed.
+pub(crate) fn is_reachable_shape(addr: &Multiaddr) -> bool {
+    match addr.iter().next() {
+        Some(Protocol::Ip4(ip)) => {
+            !(ip.is_unspecified() || ip.is_multicast() || ip.is_broadcast() || ip.is_link_local())
+        }
+        Some(Protocol::Ip6(ip)) => {
+            let link_local = (ip.segments()[0] & 0xffc0) == 0xfe80;
+            !(ip.is_unspecified() || ip.is_multicast() || link_local)
+        }
+        Some(_) => true,
+        None => false,
+    }
+}
+
 /// Loopback, private, link-local and memory addresses answer fast or not at all.
 fn is_local(addr: &Multiaddr) -> bool {
     match addr.iter().next() {
@@ -138,6 +155,10 @@ impl Swarm {
                 errors.push((addr, AddrDialError::NoTransport));
                 continue;
             };
+            if !self.is_dialable(&addr) {
+                errors.push((addr, AddrDialError::Filtered));
+                continue;
+            }
             if self
                 .gater()
                 .is_some_and(|g| !g.intercept_addr_dial(Some(&peer), &addr))
@@ -187,7 +208,9 @@ impl Swarm {
                             self.0.tracker.spawn(async move { capable.close().await });
                             return Err(SwarmError::PeerIdMismatch { expected: peer, actual });
                         }
-                        return self.add_conn(capable);
+                        let (conn, ack) = self.add_conn(capable)?;
+                        self.wait_for_notifiees(&conn, ack).await;
+                        return Ok(conn);
                     }
                     Err(e) => {
                         tracing::debug!(%peer, %addr, error = %e, "address dial failed");
@@ -250,6 +273,9 @@ impl Swarm {
             addr: addr.clone(),
             error,
         };
+        if !is_reachable_shape(&addr) || self.0.addr_filter_refuses(&addr) {
+            return Err(fail(AddrDialError::Filtered));
+        }
         if self
             .gater()
             .is_some_and(|g| !g.intercept_addr_dial(peer.as_ref(), &addr))
@@ -272,7 +298,9 @@ impl Swarm {
                 Err(_) => return Err(fail(AddrDialError::Timeout(timeout))),
             },
         };
-        self.add_conn(capable)
+        let (conn, ack) = self.add_conn(capable)?;
+        self.wait_for_notifiees(&conn, ack).await;
+        Ok(conn)
     }
 
     /// Opens a stream to `peer` on its best connection, dialing first if there is none.

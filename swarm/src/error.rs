@@ -4,19 +4,12 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use strata_core::{ConnError, GateStage, Multiaddr, PeerId, TransportError};
+use strata_core::{ConnError, GateStage, Multiaddr, PeerId, ResourceError, TransportError};
 
-/// Which limit refused a connection, a stream or a dial.
+/// Which of the swarm's own limits refused a stream. (Connection limits are the
+/// resource manager's: see [`SwarmError::Resource`].)
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Limit {
-    /// `max_connections`.
-    Connections,
-    /// `max_inbound_connections`.
-    InboundConnections,
-    /// `max_outbound_connections`.
-    OutboundConnections,
-    /// `max_connections_per_peer`.
-    ConnectionsPerPeer,
     /// `max_streams_per_connection`.
     StreamsPerConnection,
 }
@@ -24,10 +17,6 @@ pub enum Limit {
 impl fmt::Display for Limit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            Limit::Connections => "connections",
-            Limit::InboundConnections => "inbound connections",
-            Limit::OutboundConnections => "outbound connections",
-            Limit::ConnectionsPerPeer => "connections per peer",
             Limit::StreamsPerConnection => "streams per connection",
         })
     }
@@ -52,6 +41,10 @@ pub enum AddrDialError {
     /// No transport can dial the address.
     #[error("no transport for this address")]
     NoTransport,
+    /// The address cannot be dialed (unspecified, multicast, link-local) or the
+    /// application's address filter refused it.
+    #[error("address filtered out (undialable or refused by the address filter)")]
+    Filtered,
     /// The connection was made but the swarm refused it (limit, closing).
     #[error("connection refused by the swarm: {0}")]
     Refused(String),
@@ -117,7 +110,16 @@ pub enum SwarmError {
         /// Where it refused.
         stage: GateStage,
     },
-    /// A limit refused the connection or stream.
+    /// The resource manager refused (a stream limit of the peer, the protocol or the
+    /// system).
+    #[error("resource limit for peer {peer}: {source}")]
+    Resource {
+        /// The peer concerned.
+        peer: PeerId,
+        /// The limit that refused.
+        source: ResourceError,
+    },
+    /// A limit of the swarm refused the stream.
     #[error("limit exceeded: {what} (peer {peer})")]
     LimitExceeded {
         /// Which limit.

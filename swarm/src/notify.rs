@@ -3,27 +3,37 @@
 //!
 //! How delivery works, and why:
 //!
-//! * Each registered notifiee has its own delivery task and its own unbounded FIFO queue.
-//!   The swarm only pushes into queues (never blocks, never runs user code, never waits),
-//!   so a slow notifiee delays only itself, and no notifiee ever runs under a swarm lock:
-//!   a notifiee may call any swarm method, register or unregister notifiees included.
-//!   The queue is unbounded on purpose: a bounded one would have to either block the
-//!   swarm or drop events (and a dropped `disconnected` is worse than memory held while
-//!   a notifiee catches up). Its growth is bounded by connection churn.
+//! * Each registered notifiee has its own delivery task and its own FIFO queue. The swarm
+//!   only pushes into queues (never blocks, never runs user code, never waits), so a slow
+//!   notifiee delays only itself, and no notifiee ever runs under a swarm lock: a
+//!   notifiee may call any swarm method, register or unregister notifiees included.
+//! * Queues are bounded. At most `notifiee_queue_len` `connected` notifications wait in
+//!   one notifiee's queue; past that a new connection is not announced to it (nor, later,
+//!   its end), and the drop is counted. A `disconnected` is always queued for a
+//!   connection the notifiee was told about, so the queue holds at most
+//!   `notifiee_queue_len` plus the connections it was told of, plus listener events. When
+//!   a connection ends while its `connected` is still queued, both are dropped together
+//!   (coalesced, and counted): a notifiee that falls behind skips connections that came
+//!   and went meanwhile, and never sees one end that it did not see begin.
 //! * Per notifiee the queue is FIFO, and a connection's `connected` is queued before its
 //!   task exists, its `disconnected` only when that task ends: so every notifiee sees
 //!   `connected` return before `disconnected` starts. A notifiee registered after a
 //!   connection's `connected` was queued does not get that connection's `disconnected`
 //!   either (the swarm remembers who was told). Listeners work the same way.
-//! * A connection's inbound streams reach the stream handler only once every notifiee
-//!   has returned from `connected` for it. A slow `connected` therefore delays that one
-//!   connection's inbound streams, and nothing else.
+//! * A connection's inbound streams reach the stream handler once every notifiee told
+//!   of it has returned from `connected`, or after `notifiee_connected_bound` (1 s by
+//!   default), whichever comes first; a dial returns its connection on the same
+//!   condition. So a slow `connected` holds up that one connection for at most the
+//!   bound, nothing else, and two notifiees that open streams to each other from inside
+//!   `connected` are released by it. Each time the bound is reached is counted
+//!   ([`crate::Swarm::notifiee_stats`]) and logged.
 //! * Each call runs under `catch_unwind`: a panicking notifiee is logged and goes on
 //!   receiving later events; the swarm and the other notifiees are not affected.
 //! * Methods are async: a notifiee must not block its thread (use `spawn_blocking` for
 //!   blocking work). `close()` lets the queues drain for `notifiee_close_grace`, then
 //!   cancels the delivery tasks at their next await point.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,7 +43,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::FutureExt;
 use strata_core::Multiaddr;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -178,21 +188,137 @@ impl Drop for AckToken {
 }
 
 /// Resolves once every notifiee told of a connection has returned from `connected`.
+#[derive(Clone)]
 pub(crate) struct Ack(watch::Receiver<usize>);
 
 impl Ack {
-    pub(crate) async fn wait(mut self) {
+    /// Waits for the notifiees, at most `bound`; true if they all returned in time.
+    pub(crate) async fn wait(mut self, bound: Duration) -> bool {
         // An error means every token is gone, which also means the count reached zero.
-        let _ = self.0.wait_for(|n| *n == 0).await;
+        tokio::time::timeout(bound, self.0.wait_for(|n| *n == 0))
+            .await
+            .is_ok()
     }
 }
 
 /// Which notifiees were told that something opened, so only they hear that it closed.
 pub(crate) type Told = Vec<u64>;
 
+/// What the notifiees' queues have dropped and how often they held a connection up.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NotifieeStats {
+    /// `connected` notifications not queued because a notifiee's queue was full.
+    pub dropped: u64,
+    /// Connections that ended before a notifiee heard they began: neither was delivered.
+    pub coalesced: u64,
+    /// Times a connection went on without waiting longer for a slow `connected`.
+    pub late: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    dropped: AtomicU64,
+    coalesced: AtomicU64,
+    late: AtomicU64,
+}
+
+/// One notifiee's queue.
+struct Queue {
+    state: Mutex<QueueState>,
+    wake: Notify,
+    capacity: usize,
+}
+
+#[derive(Default)]
+struct QueueState {
+    notes: VecDeque<Note>,
+    /// `Connected` notes queued: the bound applies to these.
+    connected: usize,
+    /// Unregistered: nothing more is accepted; what is queued is still delivered.
+    closed: bool,
+}
+
+/// What pushing a note did.
+enum Pushed {
+    Queued,
+    Refused,
+}
+
+impl Queue {
+    fn lock(&self) -> std::sync::MutexGuard<'_, QueueState> {
+        // Only pushes and pops happen under this lock: never left half-changed.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn push(&self, note: Note) -> Pushed {
+        let mut st = self.lock();
+        if st.closed {
+            return Pushed::Refused;
+        }
+        if matches!(note, Note::Connected(..)) {
+            if st.connected >= self.capacity {
+                return Pushed::Refused;
+            }
+            st.connected += 1;
+        }
+        st.notes.push_back(note);
+        drop(st);
+        self.wake.notify_one();
+        Pushed::Queued
+    }
+
+    /// Queues the end of `conn`, unless its start is still queued: then both go.
+    /// Returns true when they were coalesced.
+    fn push_disconnected(&self, conn: &Conn, reason: &DisconnectReason) -> bool {
+        let mut st = self.lock();
+        let pending = st
+            .notes
+            .iter()
+            .position(|n| matches!(n, Note::Connected(c, _) if c.id() == conn.id()));
+        if let Some(i) = pending {
+            let removed = st.notes.remove(i);
+            st.connected = st.connected.saturating_sub(1);
+            drop(st);
+            // Dropping the note drops its ack token outside the lock.
+            drop(removed);
+            return true;
+        }
+        st.notes
+            .push_back(Note::Disconnected(conn.clone(), reason.clone()));
+        drop(st);
+        self.wake.notify_one();
+        false
+    }
+
+    /// The next note; `None` once unregistered and drained.
+    async fn pop(&self) -> Option<Note> {
+        loop {
+            {
+                let mut st = self.lock();
+                if let Some(note) = st.notes.pop_front() {
+                    if matches!(note, Note::Connected(..)) {
+                        st.connected = st.connected.saturating_sub(1);
+                    }
+                    return Some(note);
+                }
+                if st.closed {
+                    return None;
+                }
+            }
+            // A single consumer: a wake-up sent while we were not waiting is kept.
+            self.wake.notified().await;
+        }
+    }
+
+    fn close(&self) {
+        self.lock().closed = true;
+        self.wake.notify_one();
+    }
+}
+
 struct Registered {
     id: u64,
-    tx: mpsc::UnboundedSender<Note>,
+    queue: Arc<Queue>,
 }
 
 struct Shared {
@@ -205,14 +331,16 @@ impl Shared {
         self.list.lock().unwrap_or_else(|p| p.into_inner())
     }
     fn remove(&self, id: u64) {
-        // The sender is dropped outside the lock; the task drains what is queued and ends.
         let removed = {
             let mut list = self.lock();
             list.iter()
                 .position(|r| r.id == id)
                 .map(|i| list.swap_remove(i))
         };
-        drop(removed);
+        // The task drains what is queued and ends.
+        if let Some(r) = removed {
+            r.queue.close();
+        }
     }
 }
 
@@ -256,10 +384,12 @@ pub(crate) struct Notifier {
     shared: Arc<Shared>,
     tracker: TaskTracker,
     hard_stop: CancellationToken,
+    capacity: usize,
+    counters: Counters,
 }
 
 impl Notifier {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(capacity: usize) -> Self {
         Notifier {
             next_id: AtomicU64::new(1),
             shared: Arc::new(Shared {
@@ -267,16 +397,26 @@ impl Notifier {
             }),
             tracker: TaskTracker::new(),
             hard_stop: CancellationToken::new(),
+            capacity: capacity.max(1),
+            counters: Counters::default(),
         }
     }
 
     pub(crate) fn register(&self, swarm: Swarm, notifiee: Arc<dyn Notifiee>) -> NotifyHandle {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = mpsc::unbounded_channel();
         if !self.hard_stop.is_cancelled() {
-            self.tracker
-                .spawn(deliver(swarm, notifiee, rx, self.hard_stop.clone()));
-            self.shared.lock().push(Registered { id, tx });
+            let queue = Arc::new(Queue {
+                state: Mutex::new(QueueState::default()),
+                wake: Notify::new(),
+                capacity: self.capacity,
+            });
+            self.tracker.spawn(deliver(
+                swarm,
+                notifiee,
+                queue.clone(),
+                self.hard_stop.clone(),
+            ));
+            self.shared.lock().push(Registered { id, queue });
         }
         NotifyHandle {
             id,
@@ -291,9 +431,7 @@ impl Notifier {
             if only.is_some_and(|ids| !ids.contains(&r.id)) {
                 continue;
             }
-            // Unbounded: never blocks. A failed send means the task is gone; the note
-            // (and any ack token in it) is dropped here.
-            if r.tx.send(make()).is_ok() {
+            if matches!(r.queue.push(make()), Pushed::Queued) {
                 told.push(r.id);
             }
         }
@@ -310,29 +448,52 @@ impl Notifier {
 
     pub(crate) fn connected(&self, conn: &Conn) -> (Told, Ack) {
         let list = self.shared.lock();
-        // One token per notifiee; a token whose send fails is dropped at once and counts
-        // itself down, so the barrier opens when every notifiee told has returned.
+        // One token per notifiee; a token whose note is refused is dropped at once and
+        // counts itself down, so the barrier opens when every notifiee told has returned.
         let (tx, rx) = watch::channel(list.len());
         let tx = Arc::new(tx);
         let mut told = Vec::with_capacity(list.len());
         for r in list.iter() {
             let note = Note::Connected(conn.clone(), AckToken(tx.clone()));
-            if r.tx.send(note).is_ok() {
-                told.push(r.id);
+            match r.queue.push(note) {
+                Pushed::Queued => told.push(r.id),
+                Pushed::Refused => {
+                    self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(conn = %conn.id(), "a notifiee's queue is full; it will not hear of this connection");
+                }
             }
         }
         (told, Ack(rx))
     }
 
     pub(crate) fn disconnected(&self, conn: &Conn, reason: &DisconnectReason, told: &Told) {
-        self.push(Some(told), || {
-            Note::Disconnected(conn.clone(), reason.clone())
-        });
+        let list = self.shared.lock();
+        for r in list.iter().filter(|r| told.contains(&r.id)) {
+            if r.queue.push_disconnected(conn, reason) {
+                self.counters.coalesced.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Records that a connection stopped waiting for a slow `connected`.
+    pub(crate) fn record_late(&self) {
+        self.counters.late.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn stats(&self) -> NotifieeStats {
+        NotifieeStats {
+            dropped: self.counters.dropped.load(Ordering::Relaxed),
+            coalesced: self.counters.coalesced.load(Ordering::Relaxed),
+            late: self.counters.late.load(Ordering::Relaxed),
+        }
     }
 
     /// Stops delivery: queues drain for at most `grace`, then the tasks are cancelled.
     pub(crate) async fn close(&self, grace: Duration) {
         let list = std::mem::take(&mut *self.shared.lock());
+        for r in &list {
+            r.queue.close();
+        }
         drop(list);
         self.tracker.close();
         if tokio::time::timeout(grace, self.tracker.wait())
@@ -349,14 +510,14 @@ impl Notifier {
 async fn deliver(
     swarm: Swarm,
     notifiee: Arc<dyn Notifiee>,
-    mut rx: mpsc::UnboundedReceiver<Note>,
+    queue: Arc<Queue>,
     hard_stop: CancellationToken,
 ) {
     loop {
         let note = tokio::select! {
             biased;
             _ = hard_stop.cancelled() => return,
-            note = rx.recv() => match note {
+            note = queue.pop() => match note {
                 Some(note) => note,
                 None => return,
             },

@@ -10,9 +10,10 @@ use std::time::Duration;
 use dashmap::DashMap;
 use futures::future::BoxFuture;
 use futures::FutureExt;
-use strata_core::addr::without_peer_id;
+use strata_core::rcmgr::null_resource_manager;
 use strata_core::{
-    BoxCapableConn, ConnError, ConnectionGater, Multiaddr, PeerId, Stream, Transport,
+    BoxCapableConn, ConnError, ConnectionGater, Direction, Multiaddr, PeerId,
+    SharedResourceManager, Stream, Transport,
 };
 use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
@@ -24,9 +25,14 @@ use crate::conn::{best, wrap, Conn, ConnId, StreamTotal};
 use crate::dial_sync::DialSync;
 use crate::error::SwarmError;
 use crate::events::{Connectedness, Events, SwarmEvent};
-use crate::limiter::{ConnLimiter, DialLimiter};
+use crate::limiter::DialLimiter;
 use crate::listen::Listeners;
-use crate::notify::{Ack, DisconnectReason, Notifiee, Notifier, NotifyHandle};
+use crate::notify::{Ack, DisconnectReason, Notifiee, NotifieeStats, Notifier, NotifyHandle};
+use crate::peerstore::{Peerstore, ADDRESS_TTL};
+
+/// The application's address filter (go-libp2p's address filters): called with an
+/// address before it is stored from identify or dialed; `false` drops it.
+pub type AddrFilter = Arc<dyn Fn(&Multiaddr) -> bool + Send + Sync>;
 
 /// Handles one inbound stream. Each call runs in its own tracked task; a panic resets
 /// the stream and nothing else.
@@ -38,8 +44,9 @@ pub(crate) struct Inner {
     transports: RwLock<Vec<Arc<dyn Transport>>>,
     pub(crate) gater: Option<Arc<dyn ConnectionGater>>,
     conns: DashMap<PeerId, Vec<Conn>>,
-    pub(crate) peer_addrs: DashMap<PeerId, Vec<Multiaddr>>,
-    conn_limiter: ConnLimiter,
+    pub(crate) peerstore: Peerstore,
+    pub(crate) rcmgr: SharedResourceManager,
+    addr_filter: RwLock<Option<AddrFilter>>,
     pub(crate) dial_limiter: DialLimiter,
     pub(crate) backoff: Backoff,
     pub(crate) dial_sync: DialSync,
@@ -62,6 +69,18 @@ pub(crate) struct Inner {
     events_stop: CancellationToken,
     close_started: Mutex<bool>,
     close_done: CancellationToken,
+}
+
+impl Inner {
+    /// True when the application's address filter refuses `addr`.
+    pub(crate) fn addr_filter_refuses(&self, addr: &Multiaddr) -> bool {
+        let filter = self
+            .addr_filter
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        filter.is_some_and(|f| !f(addr))
+    }
 }
 
 /// The swarm. Cheap to clone: every clone is the same swarm. Call [`Swarm::close`] (or
@@ -94,28 +113,50 @@ impl Swarm {
         Self::build(local_peer, config, Some(gater))
     }
 
+    /// A swarm with every part given: an optional gater, and the resource manager that
+    /// admits its streams. Give the same manager to the upgrader and the transports, which
+    /// admit connections before their handshakes.
+    pub fn with_parts(
+        local_peer: PeerId,
+        config: SwarmConfig,
+        gater: Option<Arc<dyn ConnectionGater>>,
+        rcmgr: SharedResourceManager,
+    ) -> Self {
+        Self::build_with(local_peer, config, gater, rcmgr)
+    }
+
     fn build(
         local_peer: PeerId,
         config: SwarmConfig,
         gater: Option<Arc<dyn ConnectionGater>>,
     ) -> Self {
+        Self::build_with(local_peer, config, gater, null_resource_manager())
+    }
+
+    fn build_with(
+        local_peer: PeerId,
+        config: SwarmConfig,
+        gater: Option<Arc<dyn ConnectionGater>>,
+        rcmgr: SharedResourceManager,
+    ) -> Self {
         let aux = TaskTracker::new();
         let events_stop = CancellationToken::new();
         let events = Events::start(config.events_capacity, &aux, events_stop.clone());
         let cancel = CancellationToken::new();
-        Swarm(Arc::new(Inner {
+        let swarm = Swarm(Arc::new(Inner {
             local_peer,
             transports: RwLock::new(Vec::new()),
             gater,
             conns: DashMap::new(),
-            peer_addrs: DashMap::new(),
-            conn_limiter: ConnLimiter::new(&config),
+            peerstore: Peerstore::with_config(config.peerstore.clone()),
+            rcmgr,
+            addr_filter: RwLock::new(None),
             dial_limiter: DialLimiter::new(&config),
             backoff: Backoff::new(config.backoff_base, config.backoff_max),
             dial_sync: DialSync::new(),
             listeners: Listeners::new(),
             handler: RwLock::new(None),
-            notifier: Notifier::new(),
+            notifier: Notifier::new(config.notifiee_queue_len),
             events,
             next_conn: AtomicU64::new(1),
             streams: Arc::new(watch::channel(0).0),
@@ -128,7 +169,70 @@ impl Swarm {
             close_started: Mutex::new(false),
             close_done: CancellationToken::new(),
             config,
-        }))
+        }));
+        swarm.spawn_maintenance();
+        swarm
+    }
+
+    /// Cleans the peerstore (peers past their grace period, expired addresses) and the
+    /// dial back-off every `maintenance_interval`, until the swarm closes.
+    fn spawn_maintenance(&self) {
+        let weak = Arc::downgrade(&self.0);
+        let cancel = self.0.cancel.clone();
+        let every = self
+            .0
+            .config
+            .maintenance_interval
+            .max(Duration::from_millis(10));
+        self.0.tracker.spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                let Some(inner) = weak.upgrade() else { return };
+                inner.peerstore.gc();
+                inner.backoff.gc();
+            }
+        });
+    }
+
+    /// What this node knows about other peers; the swarm dials from its addresses.
+    pub fn peerstore(&self) -> &Peerstore {
+        &self.0.peerstore
+    }
+
+    /// The resource manager that admits this swarm's streams.
+    pub fn resource_manager(&self) -> &SharedResourceManager {
+        &self.0.rcmgr
+    }
+
+    /// Sets the address filter: addresses it refuses are neither dialed nor stored from
+    /// identify.
+    pub fn set_addr_filter(&self, filter: AddrFilter) {
+        *self
+            .0
+            .addr_filter
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = Some(filter);
+    }
+
+    /// Whether `addr` may be stored and dialed: a transport of this swarm can dial it, it
+    /// is not an unspecified, multicast, broadcast or link-local address (nothing a peer
+    /// can be reached at), and the application's filter allows it.
+    pub fn is_dialable(&self, addr: &Multiaddr) -> bool {
+        crate::dial::is_reachable_shape(addr)
+            && self.transport_for_dial(addr).is_some()
+            && !self.0.addr_filter_refuses(addr)
+    }
+
+    /// What the notifiees' bounded queues dropped or coalesced, and how often a slow
+    /// `connected` was given up on.
+    pub fn notifiee_stats(&self) -> NotifieeStats {
+        self.0.notifier.stats()
     }
 
     /// Our peer ID.
@@ -206,24 +310,16 @@ impl Swarm {
         self.0.events.emit(e)
     }
 
-    /// Adds addresses the swarm may dial `peer` on (a `/p2p` suffix is dropped).
+    /// Adds addresses the swarm may dial `peer` on, to the peerstore with
+    /// [`ADDRESS_TTL`] (a `/p2p` suffix is dropped; the peerstore caps them per peer).
     pub fn add_addrs(&self, peer: PeerId, addrs: impl IntoIterator<Item = Multiaddr>) {
-        let mut entry = self.0.peer_addrs.entry(peer).or_default();
-        for a in addrs {
-            let a = without_peer_id(&a);
-            if !entry.contains(&a) {
-                entry.push(a);
-            }
-        }
+        let addrs: Vec<Multiaddr> = addrs.into_iter().collect();
+        self.0.peerstore.add_addrs(peer, &addrs, ADDRESS_TTL);
     }
 
     /// The addresses known for `peer`.
     pub fn addrs_of(&self, peer: &PeerId) -> Vec<Multiaddr> {
-        self.0
-            .peer_addrs
-            .get(peer)
-            .map(|a| a.clone())
-            .unwrap_or_default()
+        self.0.peerstore.addrs(peer)
     }
 
     /// Forgets every dial back-off of `peer`.
@@ -282,10 +378,11 @@ impl Swarm {
         futures::future::join_all(conns.iter().map(|c| c.close())).await;
     }
 
-    /// Takes in a new capable connection: checks it, counts it against the limits,
-    /// announces it and starts its task. A refused connection is closed (the remote sees
-    /// a closed connection) and never announced.
-    pub(crate) fn add_conn(&self, capable: BoxCapableConn) -> Result<Conn, SwarmError> {
+    /// Takes in a new capable connection (admitted and counted by the resource manager
+    /// before its handshake): checks it, announces it and starts its task. A refused
+    /// connection is closed (the remote sees a closed connection) and never announced.
+    /// The [`Ack`] resolves when the notifiees have heard of it.
+    pub(crate) fn add_conn(&self, capable: BoxCapableConn) -> Result<(Conn, Ack), SwarmError> {
         let refuse = |capable: BoxCapableConn, e: SwarmError| {
             tracing::debug!(peer = %capable.remote_peer(), error = %e, "refusing a connection");
             self.0.tracker.spawn(async move { capable.close().await });
@@ -299,17 +396,24 @@ impl Swarm {
             return refuse(capable, SwarmError::DialSelf);
         }
         let direction = capable.direction();
-        if let Err(what) = self.0.conn_limiter.reserve(peer, direction) {
-            return refuse(capable, SwarmError::LimitExceeded { what, peer });
-        }
         let id = ConnId(self.0.next_conn.fetch_add(1, Ordering::Relaxed));
         let conn = Conn::new(
             id,
             capable,
             self.0.config.max_streams_per_connection,
             self.0.streams.clone(),
+            self.0.rcmgr.clone(),
         );
         self.0.conns.entry(peer).or_default().push(conn.clone());
+        self.0.peerstore.peer_connected(peer);
+        if direction == Direction::Outbound {
+            // We chose this address and it answered: worth keeping while connected.
+            self.0.peerstore.add_addrs(
+                peer,
+                std::slice::from_ref(conn.remote_multiaddr()),
+                crate::peerstore::CONNECTED_ADDR_TTL,
+            );
+        }
         self.emit(SwarmEvent::ConnectionOpened {
             peer,
             conn: id,
@@ -319,15 +423,30 @@ impl Swarm {
         *conn.0.told.lock().unwrap_or_else(|p| p.into_inner()) = told;
         self.0
             .tracker
-            .spawn(self.clone().run_conn(conn.clone(), ack));
-        Ok(conn)
+            .spawn(self.clone().run_conn(conn.clone(), ack.clone()));
+        Ok((conn, ack))
     }
 
-    /// A connection's task: once every notifiee has returned from `connected`, accepts
-    /// inbound streams; when the connection ends, removes it and reports why.
+    /// Waits, at most `notifiee_connected_bound`, for the notifiees to return from
+    /// `connected` for a connection; past the bound, counts and logs the lateness.
+    pub(crate) async fn wait_for_notifiees(&self, conn: &Conn, ack: Ack) {
+        let bound = self.0.config.notifiee_connected_bound;
+        if !ack.wait(bound).await {
+            self.0.notifier.record_late();
+            tracing::warn!(
+                conn = %conn.id(),
+                peer = %conn.remote_peer(),
+                "a notifiee did not return from `connected` within {bound:?}; going on without it"
+            );
+        }
+    }
+
+    /// A connection's task: once every notifiee has returned from `connected` (or the
+    /// bound has passed), accepts inbound streams; when the connection ends, removes it
+    /// and reports why.
     async fn run_conn(self, conn: Conn, ack: Ack) {
         let accept = async {
-            ack.wait().await;
+            self.wait_for_notifiees(&conn, ack).await;
             loop {
                 match conn.capable().accept_stream().await {
                     Ok(stream) => self.handle_inbound(&conn, stream),
@@ -355,7 +474,7 @@ impl Swarm {
             list.is_empty()
         });
         drop(removed);
-        self.0.conn_limiter.release(peer, conn.direction());
+        self.0.peerstore.peer_disconnected(peer);
         self.emit(SwarmEvent::ConnectionClosed {
             peer,
             conn: conn.id(),
@@ -366,10 +485,22 @@ impl Swarm {
     }
 
     fn handle_inbound(&self, conn: &Conn, mut stream: Stream) {
-        // During a shutdown no new work is taken; over the limit the remote sees a reset.
+        // During a shutdown no new work is taken; over a limit the remote sees a reset.
         let guard = match conn.reserve_stream() {
             Some(g) if !self.is_closed() => g,
             _ => {
+                stream.reset();
+                return;
+            }
+        };
+        let scope = match self
+            .0
+            .rcmgr
+            .open_stream(conn.remote_peer(), Direction::Inbound)
+        {
+            Ok(scope) => scope,
+            Err(e) => {
+                tracing::debug!(peer = %conn.remote_peer(), "inbound stream refused: {e}");
                 stream.reset();
                 return;
             }
@@ -385,7 +516,7 @@ impl Swarm {
             return;
         };
         let reset = Arc::new(AtomicBool::new(false));
-        let stream = wrap(stream, guard, Some(reset.clone()));
+        let stream = wrap(stream, guard, Some(reset.clone()), scope);
         let conn = conn.clone();
         let cancel = self.0.cancel.clone();
         self.0.tracker.spawn(async move {

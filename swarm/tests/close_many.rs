@@ -22,10 +22,7 @@ async fn close_with_200_connections_and_2000_streams() {
     let fds_before = open_fds();
     let tasks_before = metrics.num_alive_tasks();
 
-    let cfg = SwarmConfig {
-        max_connections_per_peer: 16,
-        ..Default::default()
-    };
+    let cfg = SwarmConfig::default();
     let server = swarm_with(300, Kind::Tcp, cfg.clone());
     // Handlers hold their streams open until the swarm closes them.
     server.set_stream_handler(Arc::new(|mut s, _c| {

@@ -146,12 +146,15 @@ async fn c_notifiees_may_call_the_swarm() {
     t(b.close()).await;
 }
 
-/// (d) A notifiee that sleeps for seconds delays only itself: dials, accepts, streams
-/// and another notifiee go on, and close() does not wait for it beyond its grace.
+/// (d) A notifiee that sleeps for seconds delays others by at most the connected bound:
+/// dials, accepts, streams and another notifiee go on, each new connection waiting for
+/// it no longer than the bound (and the lateness is counted), and close() does not wait
+/// for it beyond its grace.
 #[tokio::test]
 async fn d_slow_notifiee_delays_only_itself() {
     let cfg = SwarmConfig {
         notifiee_close_grace: Duration::from_millis(200),
+        notifiee_connected_bound: Duration::from_millis(200),
         ..Default::default()
     };
     let a = swarm_with(231, Kind::Tcp, cfg.clone());
@@ -186,6 +189,7 @@ async fn d_slow_notifiee_delays_only_itself() {
         .seen()
         .iter()
         .all(|e| !matches!(e, Seen::Connected(_))));
+    assert!(a.notifiee_stats().late >= 4, "{:?}", a.notifiee_stats());
     let start = Instant::now();
     t(a.close()).await;
     assert!(

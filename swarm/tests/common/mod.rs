@@ -39,6 +39,15 @@ pub fn peer(seed: u64) -> PeerId {
 }
 
 pub fn transport(seed: u64, kind: Kind) -> Arc<dyn Transport> {
+    transport_with(seed, kind, strata_core::rcmgr::null_resource_manager())
+}
+
+/// A transport whose connections `rcmgr` admits before their handshakes.
+pub fn transport_with(
+    seed: u64,
+    kind: Kind,
+    rcmgr: strata_core::SharedResourceManager,
+) -> Arc<dyn Transport> {
     let key = keypair_from_seed(seed);
     let muxer: Arc<dyn StreamMuxer> = Arc::new(Yamux::default());
     let sec: Arc<dyn SecureTransport> = match kind {
@@ -52,7 +61,8 @@ pub fn transport(seed: u64, kind: Kind) -> Arc<dyn Transport> {
             vec![muxer],
             UpgraderConfig::default(),
         )
-        .unwrap(),
+        .unwrap()
+        .with_resource_manager(rcmgr),
     );
     match kind {
         Kind::Tcp => Arc::new(Upgraded::new(
@@ -66,6 +76,20 @@ pub fn transport(seed: u64, kind: Kind) -> Arc<dyn Transport> {
 pub fn swarm_with(seed: u64, kind: Kind, config: SwarmConfig) -> Swarm {
     let s = Swarm::new(peer(seed), config);
     s.add_transport(transport(seed, kind)).unwrap();
+    s
+}
+
+/// A swarm whose connections and streams `limits` govern.
+pub fn swarm_limited(
+    seed: u64,
+    kind: Kind,
+    config: SwarmConfig,
+    limits: strata_rcmgr::LimitConfig,
+) -> Swarm {
+    let rcmgr: strata_core::SharedResourceManager =
+        Arc::new(strata_rcmgr::BasicResourceManager::new(limits).unwrap());
+    let s = Swarm::with_parts(peer(seed), config, None, rcmgr.clone());
+    s.add_transport(transport_with(seed, kind, rcmgr)).unwrap();
     s
 }
 

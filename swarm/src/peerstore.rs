@@ -9,6 +9,14 @@
 //! collection is capped: a peer cannot make us hold more than [`MAX_ADDRS_PER_PEER`]
 //! addresses or [`MAX_PROTOCOLS_PER_PEER`] protocols for it.
 //!
+//! The store itself is bounded too, as go-libp2p's `pstoremanager` bounds it: the swarm
+//! tells it when a peer's first connection opens and its last one closes; a
+//! [`PeerstoreConfig::disconnect_grace`] after that, [`Peerstore::gc`] forgets everything
+//! about the peer that is not permanent (keys, protocols, versions, latency, and every
+//! address but those added with [`PERMANENT_ADDR_TTL`]). Past
+//! [`PeerstoreConfig::max_peers`], the least recently seen peers without a connection or a
+//! permanent address are forgotten at once. The swarm runs `gc` periodically.
+//!
 //! Expiry is measured with [`tokio::time::Instant`], so tests can drive it with tokio's
 //! paused clock. Expired addresses are dropped lazily when a peer is read, and all at once
 //! by [`Peerstore::gc`].
@@ -83,7 +91,31 @@ impl AddrEntry {
     }
 }
 
-#[derive(Debug, Default)]
+/// How big the peerstore may grow and how long it remembers a peer that left.
+///
+/// | field | default |
+/// |---|---|
+/// | `max_peers` | 4096 |
+/// | `disconnect_grace` | 60 s |
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerstoreConfig {
+    /// Most peers kept. Past it, the least recently seen peers without a connection or a
+    /// permanent address are forgotten.
+    pub max_peers: usize,
+    /// How long a peer's non-permanent data outlives its last connection.
+    pub disconnect_grace: Duration,
+}
+
+impl Default for PeerstoreConfig {
+    fn default() -> Self {
+        PeerstoreConfig {
+            max_peers: 4096,
+            disconnect_grace: Duration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Debug)]
 struct PeerRecord {
     addrs: Vec<AddrEntry>,
     key: Option<PublicKey>,
@@ -91,6 +123,28 @@ struct PeerRecord {
     agent_version: Option<String>,
     protocol_version: Option<String>,
     latency: Option<Duration>,
+    /// Open connections, as the swarm reports them.
+    connections: usize,
+    /// When the record was made or its peer last connected or disconnected.
+    last_seen: Instant,
+    /// When the last connection closed, while there is none.
+    disconnected_at: Option<Instant>,
+}
+
+impl Default for PeerRecord {
+    fn default() -> Self {
+        PeerRecord {
+            addrs: Vec::new(),
+            key: None,
+            protocols: Vec::new(),
+            agent_version: None,
+            protocol_version: None,
+            latency: None,
+            connections: 0,
+            last_seen: Instant::now(),
+            disconnected_at: None,
+        }
+    }
 }
 
 impl PeerRecord {
@@ -105,6 +159,21 @@ impl PeerRecord {
             && self.agent_version.is_none()
             && self.protocol_version.is_none()
             && self.latency.is_none()
+            && self.connections == 0
+    }
+
+    fn has_permanent_addr(&self) -> bool {
+        self.addrs.iter().any(|a| a.ttl == PERMANENT_ADDR_TTL)
+    }
+
+    /// Forgets everything that is not permanent.
+    fn forget(&mut self) {
+        self.addrs.retain(|a| a.ttl == PERMANENT_ADDR_TTL);
+        self.key = None;
+        self.protocols = Vec::new();
+        self.agent_version = None;
+        self.protocol_version = None;
+        self.latency = None;
     }
 }
 
@@ -117,6 +186,7 @@ impl PeerRecord {
 #[derive(Debug, Clone, Default)]
 pub struct Peerstore {
     peers: Arc<DashMap<PeerId, PeerRecord>>,
+    config: Arc<PeerstoreConfig>,
 }
 
 fn expiry(now: Instant, ttl: Duration) -> Option<Instant> {
@@ -138,9 +208,93 @@ fn strip_p2p(peer: &PeerId, addr: &Multiaddr) -> Option<Multiaddr> {
 }
 
 impl Peerstore {
-    /// An empty peerstore.
+    /// An empty peerstore with the default bounds.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty peerstore with these bounds.
+    pub fn with_config(config: PeerstoreConfig) -> Self {
+        Peerstore {
+            peers: Arc::new(DashMap::new()),
+            config: Arc::new(config),
+        }
+    }
+
+    /// Its bounds.
+    pub fn config(&self) -> &PeerstoreConfig {
+        &self.config
+    }
+
+    /// How many peers it holds anything about (connected ones included).
+    pub fn len(&self) -> usize {
+        self.peers.len()
+    }
+
+    /// True when it holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.peers.is_empty()
+    }
+
+    /// Keeps the store within `max_peers` after an insertion: forgets the least recently
+    /// seen peers that have no connection and no permanent address, down to 15/16 of the
+    /// bound so that a stream of new peers pays for the scan only now and then.
+    fn enforce_cap(&self) {
+        let max = self.config.max_peers;
+        if self.peers.len() <= max {
+            return;
+        }
+        let mut idle: Vec<(Instant, PeerId)> = self
+            .peers
+            .iter()
+            .filter(|r| r.connections == 0 && !r.has_permanent_addr())
+            .map(|r| (r.last_seen, *r.key()))
+            .collect();
+        idle.sort_unstable_by_key(|(seen, _)| *seen);
+        let target = max - max / 16;
+        let excess = self.peers.len().saturating_sub(target);
+        for (_, peer) in idle.into_iter().take(excess) {
+            self.peers
+                .remove_if(&peer, |_, r| r.connections == 0 && !r.has_permanent_addr());
+        }
+    }
+
+    // ---- connections (the swarm reports them) ----
+
+    /// A connection to `peer` opened.
+    pub fn peer_connected(&self, peer: PeerId) {
+        let now = Instant::now();
+        let mut rec = self.peers.entry(peer).or_default();
+        rec.connections += 1;
+        rec.last_seen = now;
+        rec.disconnected_at = None;
+        drop(rec);
+        self.enforce_cap();
+    }
+
+    /// A connection to `peer` closed. When it was the last, the peer's connected
+    /// addresses fade to [`RECENTLY_CONNECTED_ADDR_TTL`] and its grace period starts.
+    pub fn peer_disconnected(&self, peer: PeerId) {
+        let Some(mut rec) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        let now = Instant::now();
+        rec.connections = rec.connections.saturating_sub(1);
+        rec.last_seen = now;
+        if rec.connections == 0 {
+            rec.disconnected_at = Some(now);
+            let exp = expiry(now, RECENTLY_CONNECTED_ADDR_TTL);
+            for e in rec.addrs.iter_mut().filter(|e| e.ttl == CONNECTED_ADDR_TTL) {
+                e.ttl = RECENTLY_CONNECTED_ADDR_TTL;
+                e.expires = exp;
+            }
+        }
+        drop_if_empty(&self.peers, peer, rec);
+    }
+
+    /// True while the swarm reports a connection to `peer`.
+    pub fn is_connected(&self, peer: &PeerId) -> bool {
+        self.peers.get(peer).is_some_and(|r| r.connections > 0)
     }
 
     // ---- address book ----
@@ -179,6 +333,7 @@ impl Peerstore {
             );
         }
         drop_if_empty(&self.peers, peer, rec);
+        self.enforce_cap();
     }
 
     /// Sets the TTL of each address, replacing whatever it had (as go-libp2p's `SetAddrs`):
@@ -278,6 +433,7 @@ impl Peerstore {
             return Err(PeerstoreError::KeyMismatch { peer, actual });
         }
         self.peers.entry(peer).or_default().key = Some(key);
+        self.enforce_cap();
         Ok(())
     }
 
@@ -318,6 +474,7 @@ impl Peerstore {
         let mut rec = self.peers.entry(peer).or_default();
         rec.protocols = list;
         drop_if_empty(&self.peers, peer, rec);
+        self.enforce_cap();
         Ok(())
     }
 
@@ -343,6 +500,7 @@ impl Peerstore {
         }
         rec.protocols.extend(new.into_iter().map(str::to_owned));
         drop_if_empty(&self.peers, peer, rec);
+        self.enforce_cap();
         Ok(())
     }
 
@@ -395,6 +553,7 @@ impl Peerstore {
     /// Records the agent version `peer` announced (identify's `agentVersion`).
     pub fn set_agent_version(&self, peer: PeerId, version: impl Into<String>) {
         self.peers.entry(peer).or_default().agent_version = Some(version.into());
+        self.enforce_cap();
     }
 
     /// The agent version `peer` announced.
@@ -405,6 +564,7 @@ impl Peerstore {
     /// Records the protocol version `peer` announced (identify's `protocolVersion`).
     pub fn set_protocol_version(&self, peer: PeerId, version: impl Into<String>) {
         self.peers.entry(peer).or_default().protocol_version = Some(version.into());
+        self.enforce_cap();
     }
 
     /// The protocol version `peer` announced.
@@ -427,6 +587,8 @@ impl Peerstore {
                     + (1.0 - LATENCY_EWMA_SMOOTHING) * prev.as_secs_f64(),
             ),
         });
+        drop(rec);
+        self.enforce_cap();
     }
 
     /// The latency average of `peer` (go's `LatencyEWMA`); `None` before any sample.
@@ -444,6 +606,7 @@ impl Peerstore {
             .iter()
             .filter(|r| {
                 r.addrs.iter().any(|e| !e.expired(now))
+                    || r.connections > 0
                     || r.key.is_some()
                     || !r.protocols.is_empty()
                     || r.agent_version.is_some()
@@ -468,12 +631,22 @@ impl Peerstore {
         }
     }
 
-    /// Drops expired addresses of every peer, and peers left with nothing. Reads prune
-    /// lazily; a host calls this now and then so that peers never read again go too.
+    /// Drops expired addresses of every peer; forgets what is not permanent about peers
+    /// whose last connection closed more than `disconnect_grace` ago; drops peers left
+    /// with nothing. Reads prune lazily; the swarm calls this periodically so that peers
+    /// never read again go too.
     pub fn gc(&self) {
         let now = Instant::now();
+        let grace = self.config.disconnect_grace;
         self.peers.retain(|_, rec| {
             rec.prune(now);
+            if rec.connections == 0
+                && rec
+                    .disconnected_at
+                    .is_some_and(|at| now.saturating_duration_since(at) >= grace)
+            {
+                rec.forget();
+            }
             !rec.is_empty()
         });
     }
