@@ -6,8 +6,8 @@ use std::time::Duration;
 use strata_core::identity::keypair_from_seed;
 use strata_core::{Multiaddr, PeerId, Protocol};
 use strata_host::peerstore::{
-    Peerstore, PeerstoreError, CONNECTED_ADDR_TTL, MAX_ADDRS_PER_PEER, MAX_PROTOCOLS_PER_PEER,
-    PERMANENT_ADDR_TTL, RECENTLY_CONNECTED_ADDR_TTL, TEMP_ADDR_TTL,
+    Peerstore, PeerstoreConfig, PeerstoreError, CONNECTED_ADDR_TTL, MAX_ADDRS_PER_PEER,
+    MAX_PROTOCOLS_PER_PEER, PERMANENT_ADDR_TTL, RECENTLY_CONNECTED_ADDR_TTL, TEMP_ADDR_TTL,
 };
 use tokio::time::advance;
 
@@ -90,17 +90,64 @@ async fn add_set_update_clear_follow_go() {
     assert_eq!(ps.addrs(&p), vec![addr(4)]);
 }
 
-/// Expired addresses and emptied peers go away with gc.
+/// Expired addresses go with gc, and so does what a peer's connections taught us, a grace
+/// period after its last connection closed (or after its record was made, for a peer
+/// never connected). A connected peer keeps everything.
 #[tokio::test(start_paused = true)]
-async fn gc_drops_expired_and_empty_peers() {
+async fn gc_drops_expired_and_forgotten_peers() {
     let ps = Peerstore::new();
+    let grace = ps.config().disconnect_grace;
     ps.add_addrs(peer(1), &[addr(1)], TEMP_ADDR_TTL);
-    ps.add_addrs(peer(2), &[addr(2)], TEMP_ADDR_TTL);
+    ps.peer_connected(peer(2));
     ps.set_agent_version(peer(2), "x/1");
-    advance(TEMP_ADDR_TTL + SEC).await;
+    ps.add_addrs(peer(2), &[addr(2)], CONNECTED_ADDR_TTL);
+    ps.set_agent_version(peer(3), "never/1");
+    advance(grace + SEC).await;
     ps.gc();
-    assert_eq!(ps.peers(), vec![peer(2)]);
-    assert!(ps.peers_with_addrs().is_empty());
+    let mut peers = ps.peers();
+    peers.sort();
+    let mut want = vec![peer(1), peer(2)];
+    want.sort();
+    assert_eq!(
+        peers, want,
+        "the never-connected peer's version is forgotten"
+    );
+    advance(TEMP_ADDR_TTL).await;
+    ps.gc();
+    assert_eq!(
+        ps.peers(),
+        vec![peer(2)],
+        "a connected peer keeps everything"
+    );
+    assert_eq!(ps.agent_version(&peer(2)).as_deref(), Some("x/1"));
+    ps.peer_disconnected(peer(2));
+    advance(grace - SEC).await;
+    ps.gc();
+    assert_eq!(ps.addrs(&peer(2)), vec![addr(2)], "within its grace period");
+    advance(2 * SEC).await;
+    ps.gc();
+    assert!(ps.peers().is_empty() && ps.is_empty());
+}
+
+/// Past its bound, the store forgets the least recently seen peers without a
+/// connection or a permanent address.
+#[tokio::test(start_paused = true)]
+async fn the_store_is_capped_by_evicting_idle_peers() {
+    let ps = Peerstore::with_config(PeerstoreConfig {
+        max_peers: 32,
+        ..PeerstoreConfig::default()
+    });
+    ps.peer_connected(peer(1000));
+    ps.add_addrs(peer(1001), &[addr(1)], PERMANENT_ADDR_TTL);
+    for i in 0..200u64 {
+        advance(Duration::from_millis(1)).await;
+        ps.set_agent_version(peer(i), "x/1");
+        assert!(ps.len() <= 32, "{} peers at {i}", ps.len());
+    }
+    assert!(ps.is_connected(&peer(1000)), "connected peers stay");
+    assert_eq!(ps.addrs(&peer(1001)), vec![addr(1)], "permanent ones too");
+    assert!(ps.agent_version(&peer(199)).is_some(), "the newest stay");
+    assert!(ps.agent_version(&peer(0)).is_none(), "the oldest go");
 }
 
 /// A key that is not the peer's is refused; the right one is stored; an Ed25519 peer's

@@ -11,9 +11,10 @@
 //!
 //! The store itself is bounded too, as go-libp2p's `pstoremanager` bounds it: the swarm
 //! tells it when a peer's first connection opens and its last one closes; a
-//! [`PeerstoreConfig::disconnect_grace`] after that, [`Peerstore::gc`] forgets everything
-//! about the peer that is not permanent (keys, protocols, versions, latency, and every
-//! address but those added with [`PERMANENT_ADDR_TTL`]). Past
+//! [`PeerstoreConfig::disconnect_grace`] after that (or after the record was made, for a
+//! peer never connected), [`Peerstore::gc`] forgets what its connections taught us: its
+//! key, protocols, versions, latency and the addresses learned while connected. Addresses
+//! the application added keep their own TTL. Past
 //! [`PeerstoreConfig::max_peers`], the least recently seen peers without a connection or a
 //! permanent address are forgotten at once. The swarm runs `gc` periodically.
 //!
@@ -127,7 +128,8 @@ struct PeerRecord {
     connections: usize,
     /// When the record was made or its peer last connected or disconnected.
     last_seen: Instant,
-    /// When the last connection closed, while there is none.
+    /// Since when the peer has had no connection (its creation, for a peer never
+    /// connected: what identify records after a connection closed must age out too).
     disconnected_at: Option<Instant>,
 }
 
@@ -142,7 +144,7 @@ impl Default for PeerRecord {
             latency: None,
             connections: 0,
             last_seen: Instant::now(),
-            disconnected_at: None,
+            disconnected_at: Some(Instant::now()),
         }
     }
 }
@@ -166,9 +168,12 @@ impl PeerRecord {
         self.addrs.iter().any(|a| a.ttl == PERMANENT_ADDR_TTL)
     }
 
-    /// Forgets everything that is not permanent.
+    /// Forgets what the peer's connections taught us: its key, protocols, versions,
+    /// latency, and the addresses learned while connected. Addresses given with another
+    /// TTL (by the application, or fading ones) keep it.
     fn forget(&mut self) {
-        self.addrs.retain(|a| a.ttl == PERMANENT_ADDR_TTL);
+        self.addrs
+            .retain(|a| a.ttl != CONNECTED_ADDR_TTL && a.ttl != RECENTLY_CONNECTED_ADDR_TTL);
         self.key = None;
         self.protocols = Vec::new();
         self.agent_version = None;

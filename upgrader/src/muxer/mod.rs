@@ -23,6 +23,9 @@ pub trait MuxedConn: Send + Sync + 'static {
     /// Closes the connection (yamux: GoAway), ends its streams, and returns once the
     /// connection's task has ended.
     async fn close(&self);
+    /// Drops the connection at once (the socket is reset), without a graceful close;
+    /// `closed()` then resolves promptly.
+    fn abort(&self);
     /// Waits until the connection has ended and says why.
     async fn closed(&self) -> CloseReason;
     /// True once the connection has ended.

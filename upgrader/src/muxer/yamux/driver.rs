@@ -1,215 +1,519 @@
-//! The one task per connection that owns the yamux `Connection` and moves all its bytes.
+//! The one task per connection that owns the socket and moves all its bytes.
 //!
-//! yamux wants its connection polled from a single task, and `poll_next_inbound`
-//! polled all the time: it reads frames, writes what streams queued, and answers pings.
-//! Handles reach the task through a channel of open requests and a close token; it hands
-//! inbound streams out through a bounded queue and announces the connection's end.
+//! Reading: frames are parsed from a reusable buffer as bytes arrive; a data body is
+//! handed to its stream piece by piece, so no frame is ever held whole and a body can be
+//! as large as the window the remote was granted. Every body is checked against its
+//! stream's window before a byte of it is kept.
+//!
+//! Writing: frames queued by streams and by the parser go out in vectored writes; a frame
+//! is header and body in one buffer, so each lands in as few records as the security
+//! layer allows.
+//!
+//! Closing: Go Away is queued, the queue flushed, our side shut down, and what the peer
+//! still sends is read (and dropped) until it closes too, so the reset that SO_LINGER 0
+//! makes on drop hits a connection the peer has let go of. `close_timeout` bounds that
+//! wait; an abort skips it.
 
 use std::collections::VecDeque;
 use std::future::Future;
+use std::io::IoSlice;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
-use strata_core::{CloseReason, ConnError, PeerId};
-use tokio::sync::{mpsc, oneshot, watch};
-use tokio_util::compat::Compat;
+use bytes::{Buf, Bytes, BytesMut};
+use strata_core::rcmgr::priority;
+use strata_core::CloseReason;
+use tokio::time::{Instant, Sleep};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
-use super::graceful::GracefulClose;
-use super::stream::{ConnShared, YamuxStream};
+use super::frame::{flags, go_away, FrameError, FrameType, Header, HEADER_LEN};
+use super::session::{Reset, Session};
+use crate::security::SecureStream;
 
-/// The socket as yamux sees it: futures I/O over the secured tokio stream, closed
-/// gracefully.
-pub(crate) type Socket = Compat<GracefulClose>;
+/// Room kept free in the read buffer before each read.
+const READ_CHUNK: usize = 64 * 1024;
+/// Reads, then writes, per turn of the driver before it lets other tasks run.
+const READS_PER_TURN: usize = 32;
+/// Frames handed to one vectored write.
+const WRITE_BATCH: usize = 64;
 
-/// Where the driver answers one `open_stream` call.
-pub(crate) type OpenReply = oneshot::Sender<Result<YamuxStream, ConnError>>;
-
-/// Everything the driver task owns.
-pub(crate) struct Driver {
-    pub(crate) conn: yamux::Connection<Socket>,
-    pub(crate) peer: PeerId,
-    pub(crate) max_streams: usize,
-    pub(crate) close_timeout: Duration,
-    pub(crate) open_rx: mpsc::Receiver<OpenReply>,
-    pub(crate) inbound_tx: mpsc::Sender<YamuxStream>,
-    pub(crate) close_requested: CancellationToken,
-    pub(crate) shared: ConnShared,
-    pub(crate) reason_tx: watch::Sender<Option<CloseReason>>,
-    /// The connection's resource scope, released when the connection has ended.
-    pub(crate) scope: std::sync::Arc<strata_core::ConnScope>,
+/// Where the parser is.
+enum ReadState {
+    Header,
+    /// Inside a data body: `remaining` bytes to go, for `stream` (`None`: dropped).
+    Body {
+        stream: Option<u32>,
+        remaining: u32,
+        fin: bool,
+    },
 }
 
-/// The state of one run of [`Driver::poll_run`].
-struct Run {
+/// The remote broke the protocol.
+#[derive(Debug)]
+struct ProtocolError(String);
+
+impl From<FrameError> for ProtocolError {
+    fn from(e: FrameError) -> Self {
+        ProtocolError(e.to_string())
+    }
+}
+
+impl From<&str> for ProtocolError {
+    fn from(e: &str) -> Self {
+        ProtocolError(e.to_owned())
+    }
+}
+
+/// The task's state.
+pub(crate) struct Driver {
+    session: Arc<Session>,
+    io: Box<dyn SecureStream>,
+    read_buf: BytesMut,
+    read_state: ReadState,
+    read_eof: bool,
+    /// Frames taken from the queue and not yet written.
+    writing: VecDeque<Bytes>,
+    needs_flush: bool,
     close_wait: Pin<Box<WaitForCancellationFutureOwned>>,
-    pending_opens: VecDeque<OpenReply>,
-    /// Set once we close: the deadline after which we drop the socket instead.
-    closing: Option<Pin<Box<tokio::time::Sleep>>>,
+    abort_wait: Pin<Box<WaitForCancellationFutureOwned>>,
+    /// Set once we close: the deadline after which the socket is dropped.
+    closing: Option<Pin<Box<Sleep>>>,
+    shut_down: bool,
+    /// Memory reserved for the read buffer and the write queue.
+    buffers: usize,
 }
 
 impl Driver {
-    /// Runs the connection until it ends, then tells everyone why. Dropping the yamux
-    /// connection (and with it the socket) happens before the end is announced, so a
-    /// `close()` that returns has really let go of the socket.
-    pub(crate) async fn run(mut self) {
-        let mut run = Run {
-            close_wait: Box::pin(self.close_requested.clone().cancelled_owned()),
-            pending_opens: VecDeque::new(),
+    pub(crate) fn new(
+        session: Arc<Session>,
+        io: Box<dyn SecureStream>,
+        close: CancellationToken,
+        abort: CancellationToken,
+    ) -> Self {
+        Driver {
+            session,
+            io,
+            read_buf: BytesMut::new(),
+            read_state: ReadState::Header,
+            read_eof: false,
+            writing: VecDeque::new(),
+            needs_flush: false,
+            close_wait: Box::pin(close.cancelled_owned()),
+            abort_wait: Box::pin(abort.cancelled_owned()),
             closing: None,
+            shut_down: false,
+            buffers: 0,
+        }
+    }
+
+    /// Runs the connection until it ends, then tells everyone why. The socket is dropped
+    /// before the end is announced, so a `close()` that returns has let go of it.
+    pub(crate) async fn run(mut self) {
+        let reason = match self.start() {
+            Ok(()) => std::future::poll_fn(|cx| self.poll_run(cx)).await,
+            Err(reason) => reason,
         };
-        let reason = std::future::poll_fn(|cx| self.poll_run(cx, &mut run)).await;
-        tracing::debug!(peer = %self.peer, %reason, "yamux connection ended");
+        tracing::debug!(peer = %self.session.peer, %reason, "yamux connection ended");
         let Driver {
-            conn,
-            open_rx,
-            inbound_tx,
-            shared,
-            reason_tx,
-            scope,
+            session,
+            io,
+            buffers,
             ..
         } = self;
-        drop(conn);
-        drop(scope);
-        drop(run);
-        drop(open_rx);
-        drop(inbound_tx);
-        // Record the reason before waking streams, so that they can report it.
-        reason_tx.send_replace(Some(reason));
-        shared.ended.cancel();
+        drop(io);
+        let scope = session.end(reason);
+        if let Some(scope) = scope {
+            scope.release_memory(buffers);
+        }
     }
 
-    fn poll_run(&mut self, cx: &mut Context<'_>, run: &mut Run) -> Poll<CloseReason> {
-        if run.closing.is_none() && run.close_wait.as_mut().poll(cx).is_ready() {
-            self.start_closing(run);
+    /// Reserves the buffers and sends the ping that measures the round trip.
+    fn start(&mut self) -> Result<(), CloseReason> {
+        let buffers = READ_CHUNK * 2 + self.session.config.write_queue_limit();
+        let mut st = self.session.lock();
+        let reserved = match st_scope_reserve(&st, buffers) {
+            Ok(()) => buffers,
+            Err(e) => {
+                return Err(CloseReason::Error(format!(
+                    "no memory for the yamux buffers: {e}"
+                )))
+            }
+        };
+        self.buffers = reserved;
+        let nonce: u32 = rand::random();
+        st.ping = Some((nonce, Instant::now()));
+        st.queue_control(Header::new(FrameType::Ping, flags::SYN, 0, nonce));
+        Ok(())
+    }
+
+    fn poll_run(&mut self, cx: &mut Context<'_>) -> Poll<CloseReason> {
+        if self.abort_wait.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(CloseReason::Local);
         }
-        if run.closing.is_none() {
-            if let Some(reason) = self.poll_opens(cx, run) {
-                return Poll::Ready(reason);
+        if self.closing.is_none() && self.close_wait.as_mut().poll(cx).is_ready() {
+            self.start_closing();
+        }
+        self.session.set_driver_waker(cx.waker());
+        match self.poll_read_side(cx) {
+            Ok(()) => {}
+            Err(ProtocolError(e)) => {
+                tracing::debug!(peer = %self.session.peer, "yamux protocol error: {e}");
+                // Best effort: tell the peer why before dropping the connection.
+                let frame = Header::new(FrameType::GoAway, 0, 0, go_away::PROTOCOL_ERROR);
+                let _ = Pin::new(&mut *self.io).poll_write(cx, &frame.encode());
+                return Poll::Ready(CloseReason::Error(format!("yamux protocol error: {e}")));
             }
         }
-        // `poll_opens` may just have started the close (every handle is gone).
-        if let Some(deadline) = run.closing.as_mut() {
-            return match self.conn.poll_close(cx) {
-                Poll::Ready(Ok(())) => Poll::Ready(CloseReason::Local),
-                Poll::Ready(Err(e)) => {
-                    tracing::debug!(peer = %self.peer, "yamux close failed: {e}");
-                    Poll::Ready(CloseReason::Local)
+        if let Err(e) = self.poll_write_side(cx) {
+            if self.closing.is_some() {
+                return Poll::Ready(CloseReason::Local);
+            }
+            return Poll::Ready(CloseReason::Error(format!("yamux write failed: {e}")));
+        }
+        if let Some(deadline) = self.closing.as_mut() {
+            if !self.shut_down && self.writing.is_empty() && self.session.lock().out.is_empty() {
+                match Pin::new(&mut *self.io).poll_shutdown(cx) {
+                    Poll::Ready(_) => self.shut_down = true,
+                    Poll::Pending => {}
                 }
-                Poll::Pending => match deadline.as_mut().poll(cx) {
-                    Poll::Ready(()) => {
-                        tracing::debug!(
-                            peer = %self.peer,
-                            "yamux close took longer than {:?}; dropping the connection",
-                            self.close_timeout
-                        );
-                        Poll::Ready(CloseReason::Local)
+            }
+            if self.shut_down && self.read_eof {
+                return Poll::Ready(CloseReason::Local);
+            }
+            if deadline.as_mut().poll(cx).is_ready() {
+                tracing::debug!(
+                    peer = %self.session.peer,
+                    "yamux close took longer than {:?}; dropping the connection",
+                    self.session.config.close_timeout
+                );
+                return Poll::Ready(CloseReason::Local);
+            }
+        } else if self.read_eof {
+            return Poll::Ready(CloseReason::Remote);
+        }
+        Poll::Pending
+    }
+
+    fn start_closing(&mut self) {
+        self.closing = Some(Box::pin(tokio::time::sleep(
+            self.session.config.close_timeout,
+        )));
+        let mut st = self.session.lock();
+        st.closing = true;
+        st.queue_control(Header::new(FrameType::GoAway, 0, 0, go_away::NORMAL));
+    }
+
+    /// Reads and parses until the socket has nothing more, or for a bounded number of
+    /// reads (then asks to be polled again, so writes and other tasks get their turn).
+    fn poll_read_side(&mut self, cx: &mut Context<'_>) -> Result<(), ProtocolError> {
+        for _ in 0..READS_PER_TURN {
+            self.parse()?;
+            if self.read_eof {
+                return Ok(());
+            }
+            if self.read_buf.capacity() - self.read_buf.len() < READ_CHUNK / 2 {
+                self.read_buf.reserve(READ_CHUNK);
+            }
+            match tokio_util::io::poll_read_buf(Pin::new(&mut *self.io), cx, &mut self.read_buf) {
+                Poll::Ready(Ok(0)) => {
+                    self.read_eof = true;
+                    if !matches!(self.read_state, ReadState::Header) || !self.read_buf.is_empty() {
+                        if self.closing.is_some() {
+                            return Ok(());
+                        }
+                        return Err("the connection ended inside a frame".into());
                     }
-                    Poll::Pending => Poll::Pending,
-                },
+                    return Ok(());
+                }
+                Poll::Ready(Ok(_)) => continue,
+                Poll::Ready(Err(e)) => {
+                    // A reset or broken socket: the remote is gone.
+                    tracing::debug!(peer = %self.session.peer, "yamux read failed: {e}");
+                    self.read_eof = true;
+                    if self.closing.is_none() {
+                        return Err(ProtocolError(format!("read failed: {e}")));
+                    }
+                    return Ok(());
+                }
+                Poll::Pending => return Ok(()),
+            }
+        }
+        cx.waker().wake_by_ref();
+        Ok(())
+    }
+
+    /// Parses every whole header and every piece of body in the buffer.
+    fn parse(&mut self) -> Result<(), ProtocolError> {
+        loop {
+            match self.read_state {
+                ReadState::Header => {
+                    let Some(raw) = self.read_buf.get(..HEADER_LEN) else {
+                        return Ok(());
+                    };
+                    let mut bytes = [0u8; HEADER_LEN];
+                    bytes.copy_from_slice(raw);
+                    self.read_buf.advance(HEADER_LEN);
+                    let header = Header::decode(&bytes)?;
+                    self.on_header(header)?;
+                }
+                ReadState::Body {
+                    stream,
+                    remaining,
+                    fin,
+                } => {
+                    if self.read_buf.is_empty() {
+                        return Ok(());
+                    }
+                    let n = self.read_buf.len().min(remaining as usize);
+                    if let Some(id) = stream {
+                        let mut st = self.session.lock();
+                        if let Some(s) = st.streams.get_mut(&id) {
+                            if s.reset.is_none() {
+                                s.recv.extend_from_slice(&self.read_buf[..n]);
+                                if let Some(w) = s.read_waker.take() {
+                                    w.wake();
+                                }
+                            }
+                        }
+                    }
+                    self.read_buf.advance(n);
+                    let remaining = remaining - n as u32;
+                    if remaining == 0 {
+                        self.read_state = ReadState::Header;
+                        if let (true, Some(id)) = (fin, stream) {
+                            self.on_fin(id);
+                        }
+                    } else {
+                        self.read_state = ReadState::Body {
+                            stream,
+                            remaining,
+                            fin,
+                        };
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_header(&mut self, h: Header) -> Result<(), ProtocolError> {
+        match h.typ {
+            FrameType::Data | FrameType::WindowUpdate => self.on_stream_frame(h),
+            FrameType::Ping => {
+                let mut st = self.session.lock();
+                if h.has(flags::SYN) {
+                    if !st.pong_queued {
+                        st.pong_queued = true;
+                        st.queue_control(Header::new(FrameType::Ping, flags::ACK, 0, h.length));
+                    }
+                } else if h.has(flags::ACK) {
+                    if let Some((nonce, sent)) = st.ping {
+                        if nonce == h.length {
+                            st.rtt = Some(sent.elapsed());
+                            st.ping = None;
+                        }
+                    }
+                }
+                Ok(())
+            }
+            FrameType::GoAway => {
+                if h.length != go_away::NORMAL {
+                    tracing::debug!(peer = %self.session.peer, code = h.length, "yamux Go Away with an error code");
+                }
+                self.session.lock().remote_go_away = true;
+                Ok(())
+            }
+        }
+    }
+
+    fn on_stream_frame(&mut self, h: Header) -> Result<(), ProtocolError> {
+        let id = h.stream;
+        if id == 0 {
+            return Err("a stream frame for stream 0".into());
+        }
+        let data_len = if h.typ == FrameType::Data {
+            h.length
+        } else {
+            0
+        };
+        let mut st = self.session.lock();
+        if h.has(flags::SYN) {
+            if !self.session.is_remote_id(id) {
+                return Err(ProtocolError(format!(
+                    "the remote opened stream {id} of our parity"
+                )));
+            }
+            if st.streams.contains_key(&id) {
+                return Err(ProtocolError(format!("stream {id} opened twice")));
+            }
+            let extra = if h.typ == FrameType::WindowUpdate {
+                h.length
+            } else {
+                0
+            };
+            let accepted = st.accept_new(&self.session.config, id, extra)?;
+            if accepted {
+                drop(st);
+                self.session.accept.notify_one();
+                st = self.session.lock();
+            } else {
+                drop(st);
+                self.skip_body(None, data_len);
+                return Ok(());
+            }
+        }
+        let Some(s) = st.streams.get_mut(&id) else {
+            // A stream we no longer know (we dropped it, or never had it): say so once,
+            // unless the frame itself ends the stream; the queue limit bounds the answers
+            // a remote can make us queue.
+            let ends = h.has(flags::RST) || h.has(flags::FIN);
+            if !ends
+                && h.typ == FrameType::Data
+                && st.out_bytes < self.session.config.write_queue_limit()
+            {
+                st.queue_control(Header::new(FrameType::WindowUpdate, flags::RST, id, 0));
+            }
+            drop(st);
+            self.skip_body(None, data_len);
+            return Ok(());
+        };
+        if h.has(flags::RST) {
+            if s.reset.is_none() {
+                s.reset = Some(Reset::Remote);
+                s.recv.clear();
+            }
+            s.wake();
+            drop(st);
+            self.skip_body(None, data_len);
+            return Ok(());
+        }
+        match h.typ {
+            FrameType::WindowUpdate => {
+                s.send_credit = s
+                    .send_credit
+                    .checked_add(h.length)
+                    .ok_or("window credit overflows")?;
+                if let Some(w) = s.write_waker.take() {
+                    w.wake();
+                }
+                drop(st);
+                if h.has(flags::FIN) {
+                    self.on_fin(id);
+                }
+            }
+            FrameType::Data => {
+                let keep = s.reset.is_none();
+                if keep {
+                    if h.length > s.recv_credit {
+                        return Err(ProtocolError(format!(
+                            "stream {id} sent {} bytes with {} bytes of window",
+                            h.length, s.recv_credit
+                        )));
+                    }
+                    s.recv_credit -= h.length;
+                }
+                drop(st);
+                let fin = h.has(flags::FIN);
+                if h.length == 0 {
+                    if fin {
+                        self.on_fin(id);
+                    }
+                } else {
+                    self.read_state = ReadState::Body {
+                        stream: keep.then_some(id),
+                        remaining: h.length,
+                        fin,
+                    };
+                }
+            }
+            FrameType::Ping | FrameType::GoAway => {}
+        }
+        Ok(())
+    }
+
+    /// Drops the next `len` body bytes.
+    fn skip_body(&mut self, stream: Option<u32>, len: u32) {
+        if len > 0 {
+            self.read_state = ReadState::Body {
+                stream,
+                remaining: len,
+                fin: false,
             };
         }
-        self.poll_inbound(cx)
     }
 
-    /// Stops taking open requests; the callers still waiting learn the end from the
-    /// announcement.
-    fn start_closing(&mut self, run: &mut Run) {
-        run.closing = Some(Box::pin(tokio::time::sleep(self.close_timeout)));
-        run.pending_opens.clear();
-        self.open_rx.close();
+    fn on_fin(&mut self, id: u32) {
+        let mut st = self.session.lock();
+        if let Some(s) = st.streams.get_mut(&id) {
+            s.remote_fin = true;
+            if let Some(w) = s.read_waker.take() {
+                w.wake();
+            }
+        }
     }
 
-    /// Takes new open requests and serves as many as yamux allows. Returns the reason
-    /// when opening showed that the connection has ended.
-    fn poll_opens(&mut self, cx: &mut Context<'_>, run: &mut Run) -> Option<CloseReason> {
+    /// Writes queued frames until the socket pushes back, then flushes.
+    fn poll_write_side(&mut self, cx: &mut Context<'_>) -> std::io::Result<()> {
+        let limit = self.session.config.write_queue_limit();
         loop {
-            match self.open_rx.poll_recv(cx) {
-                Poll::Ready(Some(reply)) => run.pending_opens.push_back(reply),
-                Poll::Ready(None) => {
-                    // Every handle to the connection is gone: nobody can use it again.
-                    tracing::debug!(peer = %self.peer, "all yamux handles dropped; closing");
-                    self.start_closing(run);
-                    return None;
+            if self.writing.is_empty() {
+                let mut st = self.session.lock();
+                if st.out.is_empty() {
+                    break;
                 }
-                Poll::Pending => break,
+                std::mem::swap(&mut self.writing, &mut st.out);
+                st.pong_queued = false;
+            }
+            let slices: Vec<IoSlice<'_>> = self
+                .writing
+                .iter()
+                .take(WRITE_BATCH)
+                .map(|b| IoSlice::new(b))
+                .collect();
+            match Pin::new(&mut *self.io).poll_write_vectored(cx, &slices) {
+                Poll::Ready(Ok(0)) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Poll::Ready(Ok(n)) => {
+                    self.advance_written(n);
+                    self.session.lock().written(n, limit);
+                    self.needs_flush = true;
+                }
+                Poll::Ready(Err(e)) => return Err(e),
+                Poll::Pending => return Ok(()),
             }
         }
-        while let Some(reply) = run.pending_opens.front() {
-            if reply.is_closed() {
-                // The caller gave up waiting.
-                run.pending_opens.pop_front();
-                continue;
-            }
-            if self.shared.live.load(Ordering::Acquire) >= self.max_streams {
-                if let Some(reply) = run.pending_opens.pop_front() {
-                    let _ = reply.send(Err(ConnError::StreamLimit { peer: self.peer }));
-                }
-                continue;
-            }
-            match self.conn.poll_new_outbound(cx) {
-                Poll::Ready(Ok(stream)) => {
-                    let stream = YamuxStream::new(stream, &self.shared);
-                    if let Some(reply) = run.pending_opens.pop_front() {
-                        // If the caller left meanwhile, the stream drops here, resetting
-                        // it (the remote never heard of it: yamux sends SYN lazily).
-                        let _ = reply.send(Ok(stream));
-                    }
-                }
-                Poll::Ready(Err(e)) => {
-                    // yamux has torn the connection down.
-                    return Some(match e {
-                        yamux::ConnectionError::Closed => CloseReason::Remote,
-                        e => CloseReason::Error(format!("yamux: {e}")),
-                    });
-                }
-                // Too many streams wait for the remote's ACK; yamux wakes us when one comes.
-                Poll::Pending => break,
+        if self.needs_flush {
+            match Pin::new(&mut *self.io).poll_flush(cx) {
+                Poll::Ready(Ok(())) => self.needs_flush = false,
+                Poll::Ready(Err(e)) => return Err(e),
+                Poll::Pending => {}
             }
         }
-        None
+        Ok(())
     }
 
-    /// Drives all I/O and hands out inbound streams.
-    fn poll_inbound(&mut self, cx: &mut Context<'_>) -> Poll<CloseReason> {
-        loop {
-            match self.conn.poll_next_inbound(cx) {
-                Poll::Ready(Some(Ok(stream))) => self.deliver_inbound(stream),
-                Poll::Ready(Some(Err(e))) => {
-                    return Poll::Ready(CloseReason::Error(format!("yamux: {e}")))
-                }
-                // GoAway from the remote, or EOF on the socket.
-                Poll::Ready(None) => return Poll::Ready(CloseReason::Remote),
-                Poll::Pending => return Poll::Pending,
+    fn advance_written(&mut self, mut n: usize) {
+        while n > 0 {
+            let Some(front) = self.writing.front_mut() else {
+                return;
+            };
+            if n >= front.len() {
+                n -= front.len();
+                self.writing.pop_front();
+            } else {
+                front.advance(n);
+                n = 0;
             }
         }
     }
+}
 
-    fn deliver_inbound(&mut self, stream: yamux::Stream) {
-        if self.shared.live.load(Ordering::Acquire) >= self.max_streams {
-            tracing::debug!(
-                peer = %self.peer,
-                "yamux stream limit ({}) reached; resetting inbound stream",
-                self.max_streams
-            );
-            // Dropping it open resets it.
-            drop(stream);
-            return;
-        }
-        let stream = YamuxStream::new(stream, &self.shared);
-        match self.inbound_tx.try_send(stream) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(stream)) => {
-                tracing::warn!(
-                    peer = %self.peer,
-                    "yamux inbound backlog full; resetting inbound stream"
-                );
-                drop(stream);
-            }
-            // Nobody accepts any more (all handles are gone); the close follows.
-            Err(mpsc::error::TrySendError::Closed(stream)) => drop(stream),
-        }
+/// Reserves the driver's buffers from the connection's scope.
+fn st_scope_reserve(
+    st: &super::session::State,
+    size: usize,
+) -> Result<(), strata_core::ResourceError> {
+    match st.scope() {
+        Some(scope) => scope.reserve_memory(size, priority::ALWAYS),
+        None => Ok(()),
     }
 }

@@ -1,203 +1,207 @@
-//! One yamux stream as a [`StreamIo`]: tokio I/O over yamux's futures I/O, a reset that
-//! yamux lacks, and reads and writes that end when the connection ends.
+//! One yamux stream as a [`StreamIo`].
+//!
+//! How the remote's actions show here: a FIN reads as EOF once everything sent before it
+//! has been read; a reset reads as an error at once (what was buffered is dropped, as the
+//! remote asked); the connection ending reads as an error once the buffer is drained, so
+//! nothing that arrived before a graceful close is lost.
 
-use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use bytes::Buf;
 use strata_core::{CloseReason, StreamIo};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::watch;
-use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt};
-use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
-/// What every stream of a connection shares with the connection's driver.
-#[derive(Clone)]
-pub(crate) struct ConnShared {
-    /// Cancelled by the driver once the connection has ended. yamux does not wake a
-    /// stream's pending read or write when its connection is closed gracefully (only on
-    /// errors), so streams watch this as well.
-    pub(crate) ended: CancellationToken,
-    /// Why the connection ended, once it has.
-    pub(crate) reason: watch::Receiver<Option<CloseReason>>,
-    /// Live stream handles (ours, both directions), for the stream limit.
-    pub(crate) live: Arc<AtomicUsize>,
-}
+use super::frame::{flags, FrameType, Header};
+use super::session::{Reset, Session};
 
-/// Counts one live stream for as long as it is held.
-struct LiveGuard(Arc<AtomicUsize>);
-
-impl LiveGuard {
-    fn new(live: &Arc<AtomicUsize>) -> Self {
-        live.fetch_add(1, Ordering::AcqRel);
-        LiveGuard(live.clone())
-    }
-}
-
-impl Drop for LiveGuard {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// A yamux stream, as handed out inside a [`strata_core::Stream`].
-///
-/// How the remote's actions show here: a clean end of its write side (FIN) reads as EOF; a
-/// reset, or the connection ending while our side is still open, reads as an error. yamux
-/// reports both FIN and reset as end of stream and keeps no record of which it was, so the
-/// error is inferred: the stream is fully closed although we never closed our write side.
-/// Once we have closed our write side, a later reset by the remote cannot be told from a
-/// FIN and reads as EOF.
+/// A yamux stream, as handed out inside a [`strata_core::Stream`]. Dropping it resets
+/// the stream if neither side finished it, and finishes it if only the remote did.
 pub(crate) struct YamuxStream {
-    /// `None` once reset: dropping a yamux stream that is still open sends RST, which is
-    /// the only way yamux offers to reset one.
-    inner: Option<Compat<yamux::Stream>>,
-    guard: Option<LiveGuard>,
-    conn: ConnShared,
-    /// We shut our write side down (sent FIN).
-    write_closed: bool,
-    /// A read returned a clean EOF; later reads keep returning it.
-    read_eof: bool,
-    /// Separate waits for the read and the write side: a split stream polls them from two
-    /// tasks, and one wait keeps only the waker that polled it last.
-    read_end: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
-    write_end: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
+    session: Arc<Session>,
+    id: u32,
 }
 
 impl YamuxStream {
-    pub(crate) fn new(stream: yamux::Stream, conn: &ConnShared) -> Self {
-        YamuxStream {
-            inner: Some(stream.compat()),
-            guard: Some(LiveGuard::new(&conn.live)),
-            conn: conn.clone(),
-            write_closed: false,
-            read_eof: false,
-            read_end: None,
-            write_end: None,
-        }
+    pub(crate) fn new(session: Arc<Session>, id: u32) -> Self {
+        YamuxStream { session, id }
     }
+}
 
-    fn reset_error() -> io::Error {
-        io::Error::new(io::ErrorKind::ConnectionReset, "stream reset")
-    }
+fn reset_error(by: Reset) -> io::Error {
+    let text = match by {
+        Reset::Local => "stream reset",
+        Reset::Remote => "stream reset by the remote",
+    };
+    io::Error::new(io::ErrorKind::ConnectionReset, text)
+}
 
-    fn conn_ended_error(&self) -> io::Error {
-        let reason = self.conn.reason.borrow().clone();
-        let text = match reason {
-            Some(reason) => format!("yamux connection ended ({reason})"),
-            None => "yamux connection ended".to_owned(),
-        };
-        io::Error::new(io::ErrorKind::ConnectionAborted, text)
-    }
+fn ended_error(reason: &CloseReason) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::ConnectionAborted,
+        format!("yamux connection ended ({reason})"),
+    )
+}
 
-    /// After the inner stream returned `Pending`: an error if the connection has ended
-    /// (yamux may never wake us then), else `Pending` with the waker registered for the
-    /// connection's end too.
-    fn poll_conn_end<T>(&mut self, cx: &mut Context<'_>, read_side: bool) -> Poll<io::Result<T>> {
-        if self.conn.ended.is_cancelled() {
-            return Poll::Ready(Err(self.conn_ended_error()));
-        }
-        let ended = &self.conn.ended;
-        let wait = if read_side {
-            &mut self.read_end
-        } else {
-            &mut self.write_end
-        };
-        let wait = wait.get_or_insert_with(|| Box::pin(ended.clone().cancelled_owned()));
-        match wait.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Err(self.conn_ended_error())),
-            Poll::Pending => Poll::Pending,
-        }
+fn gone_error() -> io::Error {
+    io::Error::new(io::ErrorKind::NotConnected, "yamux stream no longer exists")
+}
+
+impl Drop for YamuxStream {
+    fn drop(&mut self) {
+        self.session.drop_stream(self.id);
     }
 }
 
 impl StreamIo for YamuxStream {
     fn reset(&mut self) {
-        // Dropping the open yamux stream makes the connection send RST for it. (If we had
-        // already sent FIN, yamux sends nothing more: the remote saw our clean end.)
-        self.inner = None;
-        self.guard = None;
+        let mut st = self.session.lock();
+        let ended = st.ended.is_some();
+        let Some(s) = st.streams.get_mut(&self.id) else {
+            return;
+        };
+        if s.reset.is_some() {
+            return;
+        }
+        s.reset = Some(Reset::Local);
+        s.recv.clear();
+        s.wake();
+        let announce = !ended && s.open_flag != flags::SYN && !(s.local_fin && s.remote_fin);
+        let open_flag = std::mem::take(&mut s.open_flag);
+        if announce {
+            st.queue_control(Header::new(
+                FrameType::WindowUpdate,
+                flags::RST | open_flag,
+                self.id,
+                0,
+            ));
+        }
     }
 }
 
 impl AsyncRead for YamuxStream {
     fn poll_read(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let this = &mut *self;
-        if this.read_eof {
+        let this = self.get_mut();
+        let session = &this.session;
+        let mut st = session.lock();
+        let ended = st.ended.clone();
+        let Some(s) = st.streams.get_mut(&this.id) else {
+            return Poll::Ready(Err(gone_error()));
+        };
+        if let Some(by) = s.reset {
+            return Poll::Ready(Err(reset_error(by)));
+        }
+        if !s.recv.is_empty() {
+            let n = buf.remaining().min(s.recv.len());
+            buf.put_slice(&s.recv[..n]);
+            s.recv.advance(n);
+            s.consumed += n as u32;
+            st.maybe_grant(&session.config, this.id);
             return Poll::Ready(Ok(()));
         }
-        let Some(inner) = this.inner.as_mut() else {
-            return Poll::Ready(Err(Self::reset_error()));
-        };
-        let before = buf.filled().len();
-        match Pin::new(&mut *inner).poll_read(cx, buf) {
-            Poll::Ready(Ok(())) if buf.filled().len() == before && buf.remaining() > 0 => {
-                // End of stream: clean (FIN) unless the stream is fully closed while we
-                // never closed our side, which only a reset or the connection's end does.
-                if inner.get_ref().is_closed() && !this.write_closed {
-                    if this.conn.ended.is_cancelled() {
-                        return Poll::Ready(Err(this.conn_ended_error()));
-                    }
-                    return Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::ConnectionReset,
-                        "stream reset by the remote",
-                    )));
-                }
-                this.read_eof = true;
-                Poll::Ready(Ok(()))
-            }
-            Poll::Ready(result) => Poll::Ready(result),
-            Poll::Pending => this.poll_conn_end(cx, true),
+        if s.remote_fin {
+            return Poll::Ready(Ok(()));
         }
+        if let Some(reason) = ended {
+            return Poll::Ready(Err(ended_error(&reason)));
+        }
+        s.read_waker = Some(cx.waker().clone());
+        Poll::Pending
     }
 }
 
 impl AsyncWrite for YamuxStream {
     fn poll_write(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let this = &mut *self;
-        let Some(inner) = this.inner.as_mut() else {
-            return Poll::Ready(Err(Self::reset_error()));
+        let this = self.get_mut();
+        let session = &this.session;
+        let limit = session.config.write_queue_limit();
+        let mut st = session.lock();
+        if let Some(reason) = st.ended.clone() {
+            return Poll::Ready(Err(ended_error(&reason)));
+        }
+        let Some(s) = st.streams.get_mut(&this.id) else {
+            return Poll::Ready(Err(gone_error()));
         };
-        match Pin::new(inner).poll_write(cx, buf) {
-            Poll::Pending => this.poll_conn_end(cx, false),
-            ready => ready,
+        if let Some(by) = s.reset {
+            return Poll::Ready(Err(reset_error(by)));
+        }
+        if s.local_fin {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "write after the stream was closed for writing",
+            )));
+        }
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        if s.send_credit == 0 {
+            s.write_waker = Some(cx.waker().clone());
+            return Poll::Pending;
+        }
+        let n = buf
+            .len()
+            .min(s.send_credit as usize)
+            .min(session.config.split_send_size);
+        if !st.has_room(limit, cx.waker()) {
+            return Poll::Pending;
+        }
+        let Some(s) = st.streams.get_mut(&this.id) else {
+            return Poll::Ready(Err(gone_error()));
+        };
+        s.send_credit -= n as u32;
+        let open_flag = std::mem::take(&mut s.open_flag);
+        st.queue_data(
+            Header::new(FrameType::Data, open_flag, this.id, n as u32),
+            &buf[..n],
+        );
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // Frames are queued for the connection's driver, which writes and flushes them
+        // as soon as it can; there is nothing more to push from here.
+        let this = self.get_mut();
+        let st = this.session.lock();
+        match st.streams.get(&this.id) {
+            Some(s) if s.reset.is_some() => Poll::Ready(Err(reset_error(Reset::Local))),
+            _ => Poll::Ready(Ok(())),
         }
     }
 
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = &mut *self;
-        let Some(inner) = this.inner.as_mut() else {
-            return Poll::Ready(Err(Self::reset_error()));
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let mut st = this.session.lock();
+        let ended = st.ended.clone();
+        let Some(s) = st.streams.get_mut(&this.id) else {
+            return Poll::Ready(Err(gone_error()));
         };
-        match Pin::new(inner).poll_flush(cx) {
-            Poll::Pending => this.poll_conn_end(cx, false),
-            ready => ready,
+        if let Some(by) = s.reset {
+            return Poll::Ready(Err(reset_error(by)));
         }
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = &mut *self;
-        let Some(inner) = this.inner.as_mut() else {
-            return Poll::Ready(Err(Self::reset_error()));
-        };
-        match Pin::new(inner).poll_shutdown(cx) {
-            Poll::Ready(Ok(())) => {
-                this.write_closed = true;
-                Poll::Ready(Ok(()))
-            }
-            Poll::Pending => this.poll_conn_end(cx, false),
-            ready => ready,
+        if s.local_fin {
+            return Poll::Ready(Ok(()));
         }
+        if let Some(reason) = ended {
+            return Poll::Ready(Err(ended_error(&reason)));
+        }
+        s.local_fin = true;
+        let open_flag = std::mem::take(&mut s.open_flag);
+        st.queue_control(Header::new(
+            FrameType::WindowUpdate,
+            flags::FIN | open_flag,
+            this.id,
+            0,
+        ));
+        Poll::Ready(Ok(()))
     }
 }

@@ -1,0 +1,485 @@
+//! What one yamux connection shares between its handle, its streams and its driver task:
+//! one short lock over the streams, the queue of frames to send, the windows reserved
+//! from the resource scope, and the wakers.
+//!
+//! Nothing here does I/O or waits. Streams and the handle queue frames and read what the
+//! driver delivered; the driver moves bytes between the queue, the socket and the
+//! streams' buffers.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::Waker;
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use strata_core::rcmgr::priority;
+use strata_core::{CloseReason, ConnScope, Direction, PeerId, ResourceError};
+use tokio::sync::{watch, Notify};
+use tokio::time::Instant;
+
+use super::config::YamuxConfig;
+use super::frame::{flags, FrameType, Header, HEADER_LEN, INITIAL_WINDOW};
+
+/// Who reset a stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reset {
+    Local,
+    Remote,
+}
+
+/// One stream's state.
+pub(crate) struct StreamState {
+    /// Received and not yet read.
+    pub(crate) recv: BytesMut,
+    /// Bytes the remote may still send before our next window update.
+    pub(crate) recv_credit: u32,
+    /// The stream's current receive window (what `recv_credit`, `recv` and `consumed`
+    /// add up to).
+    pub(crate) recv_window: u32,
+    /// Read by the application since the last window update.
+    pub(crate) consumed: u32,
+    /// When the last window update went out (window growth compares it with the RTT).
+    pub(crate) window_epoch: Instant,
+    /// Bytes we may still send.
+    pub(crate) send_credit: u32,
+    pub(crate) read_waker: Option<Waker>,
+    pub(crate) write_waker: Option<Waker>,
+    /// SYN (an outbound stream the remote has not heard of yet) or ACK (an inbound
+    /// stream not yet acknowledged), carried by the next frame we send on it; else 0.
+    pub(crate) open_flag: u16,
+    /// We sent FIN.
+    pub(crate) local_fin: bool,
+    /// The remote sent FIN.
+    pub(crate) remote_fin: bool,
+    pub(crate) reset: Option<Reset>,
+    /// Window bytes reserved for this stream.
+    pub(crate) reserved: usize,
+}
+
+impl StreamState {
+    fn new(open_flag: u16, send_credit: u32) -> Self {
+        StreamState {
+            recv: BytesMut::new(),
+            recv_credit: INITIAL_WINDOW,
+            recv_window: INITIAL_WINDOW,
+            consumed: 0,
+            window_epoch: Instant::now(),
+            send_credit,
+            read_waker: None,
+            write_waker: None,
+            open_flag,
+            local_fin: false,
+            remote_fin: false,
+            reset: None,
+            reserved: INITIAL_WINDOW as usize,
+        }
+    }
+
+    pub(crate) fn wake(&mut self) {
+        if let Some(w) = self.read_waker.take() {
+            w.wake();
+        }
+        if let Some(w) = self.write_waker.take() {
+            w.wake();
+        }
+    }
+}
+
+/// Everything under the lock.
+pub(crate) struct State {
+    pub(crate) streams: HashMap<u32, StreamState>,
+    next_id: u32,
+    /// Frames waiting for the driver, each a whole frame (header and body).
+    pub(crate) out: VecDeque<Bytes>,
+    /// Bytes in `out` plus those the driver has taken and not yet written.
+    pub(crate) out_bytes: usize,
+    driver: Option<Waker>,
+    /// Writers waiting for room in the queue.
+    space: Vec<Waker>,
+    /// Inbound streams waiting for `accept_stream`.
+    pub(crate) inbound: VecDeque<u32>,
+    /// Stream handles alive (inbound ones in the backlog included).
+    pub(crate) live: usize,
+    /// Window bytes reserved across all streams.
+    pub(crate) reserved: usize,
+    pub(crate) ended: Option<CloseReason>,
+    /// We are closing: Go Away is (or will be) sent, no new streams either way.
+    pub(crate) closing: bool,
+    /// The remote sent Go Away: it accepts no new streams from us.
+    pub(crate) remote_go_away: bool,
+    pub(crate) rtt: Option<Duration>,
+    /// Our ping in flight (its value and when it left), for the RTT.
+    pub(crate) ping: Option<(u32, Instant)>,
+    /// An answer to the remote's ping is queued: one at a time, so that a ping flood
+    /// cannot grow the queue.
+    pub(crate) pong_queued: bool,
+    /// The connection's resource scope until the connection ends.
+    scope: Option<Arc<ConnScope>>,
+}
+
+/// The shared part of a connection.
+pub(crate) struct Session {
+    pub(crate) peer: PeerId,
+    pub(crate) config: YamuxConfig,
+    /// Whether we dialed (the client opens odd stream IDs).
+    pub(crate) direction: Direction,
+    state: Mutex<State>,
+    /// Wakes `accept_stream` callers.
+    pub(crate) accept: Notify,
+    /// Why the connection ended, once it has.
+    pub(crate) reason: watch::Sender<Option<CloseReason>>,
+}
+
+/// Why opening a stream failed.
+pub(crate) enum OpenError {
+    Closed(CloseReason),
+    Limit,
+    Resource(ResourceError),
+    Exhausted,
+}
+
+impl Session {
+    pub(crate) fn new(
+        peer: PeerId,
+        config: YamuxConfig,
+        direction: Direction,
+        scope: Arc<ConnScope>,
+    ) -> Self {
+        Session {
+            peer,
+            direction,
+            state: Mutex::new(State {
+                streams: HashMap::new(),
+                next_id: if direction == Direction::Outbound {
+                    1
+                } else {
+                    2
+                },
+                out: VecDeque::new(),
+                out_bytes: 0,
+                driver: None,
+                space: Vec::new(),
+                inbound: VecDeque::new(),
+                live: 0,
+                reserved: 0,
+                ended: None,
+                closing: false,
+                remote_go_away: false,
+                rtt: None,
+                ping: None,
+                pong_queued: false,
+                scope: Some(scope),
+            }),
+            accept: Notify::new(),
+            reason: watch::channel(None).0,
+            config,
+        }
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+        // Every change under the lock is made whole before it is released; a panic in a
+        // waker cannot leave the state half-changed.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// True when `id` is one the remote may open (the other parity than ours).
+    pub(crate) fn is_remote_id(&self, id: u32) -> bool {
+        let ours_odd = self.direction == Direction::Outbound;
+        id != 0 && (id % 2 == 1) != ours_odd
+    }
+
+    /// Opens an outbound stream: checks the limits and reserves its initial window. The
+    /// remote hears of it with its first frame.
+    pub(crate) fn open(&self) -> Result<u32, OpenError> {
+        let mut st = self.lock();
+        if let Some(reason) = &st.ended {
+            return Err(OpenError::Closed(reason.clone()));
+        }
+        if st.closing || st.remote_go_away {
+            return Err(OpenError::Closed(if st.closing {
+                CloseReason::Local
+            } else {
+                CloseReason::Remote
+            }));
+        }
+        if st.live >= self.config.max_streams {
+            return Err(OpenError::Limit);
+        }
+        let id = st.next_id;
+        if id > u32::MAX - 2 {
+            return Err(OpenError::Exhausted);
+        }
+        st.reserve_window(&self.config, INITIAL_WINDOW as usize, priority::ALWAYS)
+            .map_err(OpenError::Resource)?;
+        st.next_id = id + 2;
+        st.live += 1;
+        st.streams
+            .insert(id, StreamState::new(flags::SYN, INITIAL_WINDOW));
+        Ok(id)
+    }
+
+    /// Takes the next inbound stream from the backlog and acknowledges it.
+    pub(crate) fn take_inbound(&self) -> Result<Option<u32>, CloseReason> {
+        let mut st = self.lock();
+        if let Some(id) = st.inbound.pop_front() {
+            st.send_open_ack(id);
+            return Ok(Some(id));
+        }
+        match &st.ended {
+            Some(reason) => Err(reason.clone()),
+            None => Ok(None),
+        }
+    }
+
+    /// The stream handle `id` is gone: tell the remote what it needs to know and forget
+    /// the stream.
+    pub(crate) fn drop_stream(&self, id: u32) {
+        let mut st = self.lock();
+        let Some(s) = st.streams.remove(&id) else {
+            return;
+        };
+        st.live = st.live.saturating_sub(1);
+        st.release_window(s.reserved);
+        if st.ended.is_some() || s.reset.is_some() || s.open_flag == flags::SYN {
+            // Nothing to say: the connection is gone, the stream was reset, or the remote
+            // never heard of it.
+            return;
+        }
+        match (s.local_fin, s.remote_fin) {
+            // Dropped while open: the remote must not wait for more.
+            (false, false) => st.queue_control(Header::new(
+                FrameType::WindowUpdate,
+                flags::RST | s.open_flag,
+                id,
+                0,
+            )),
+            // The remote finished; finish our side cleanly too.
+            (false, true) => st.queue_control(Header::new(
+                FrameType::WindowUpdate,
+                flags::FIN | s.open_flag,
+                id,
+                0,
+            )),
+            // We finished: whatever the remote still sends is answered with RST, as for
+            // any stream we no longer know.
+            (true, _) => {}
+        }
+    }
+
+    /// Records the end and wakes everyone: readers drain what they have, then fail.
+    /// Returns the scope for the caller to drop outside the lock.
+    pub(crate) fn end(&self, reason: CloseReason) -> Option<Arc<ConnScope>> {
+        let scope = {
+            let mut st = self.lock();
+            if st.ended.is_none() {
+                st.ended = Some(reason.clone());
+            }
+            for s in st.streams.values_mut() {
+                s.wake();
+            }
+            for w in st.space.drain(..) {
+                w.wake();
+            }
+            st.out.clear();
+            // Every window goes back to the scope now; streams outliving the connection
+            // hold nothing.
+            let total = st.reserved;
+            st.release_window(total);
+            for s in st.streams.values_mut() {
+                s.reserved = 0;
+            }
+            st.scope.take()
+        };
+        self.reason.send_replace(Some(reason));
+        self.accept.notify_waiters();
+        scope
+    }
+
+    /// Registers the driver's waker.
+    pub(crate) fn set_driver_waker(&self, waker: &Waker) {
+        let mut st = self.lock();
+        match &st.driver {
+            Some(w) if w.will_wake(waker) => {}
+            _ => st.driver = Some(waker.clone()),
+        }
+    }
+}
+
+impl State {
+    /// The connection's resource scope, until the connection ends.
+    pub(crate) fn scope(&self) -> Option<&Arc<ConnScope>> {
+        self.scope.as_ref()
+    }
+
+    /// Reserves `size` bytes of window: within the connection's cap, then from the scope.
+    pub(crate) fn reserve_window(
+        &mut self,
+        config: &YamuxConfig,
+        size: usize,
+        prio: u8,
+    ) -> Result<(), ResourceError> {
+        if let Some(cap) = config.max_connection_receive_window {
+            if self.reserved.saturating_add(size) > cap {
+                return Err(ResourceError {
+                    scope: "yamux connection window".into(),
+                    resource: strata_core::rcmgr::Resource::Memory,
+                    limit: cap as u64,
+                });
+            }
+        }
+        if let Some(scope) = &self.scope {
+            scope.reserve_memory(size, prio)?;
+        }
+        self.reserved += size;
+        Ok(())
+    }
+
+    pub(crate) fn release_window(&mut self, size: usize) {
+        let size = size.min(self.reserved);
+        self.reserved -= size;
+        if let Some(scope) = &self.scope {
+            scope.release_memory(size);
+        }
+    }
+
+    pub(crate) fn wake_driver(&mut self) {
+        if let Some(w) = &self.driver {
+            w.wake_by_ref();
+        }
+    }
+
+    /// Queues a frame without a body. Control frames are never held back by the queue
+    /// limit: each is tied to a stream or rate-limited by its sender.
+    pub(crate) fn queue_control(&mut self, header: Header) {
+        self.out_bytes += HEADER_LEN;
+        self.out.push_back(Bytes::copy_from_slice(&header.encode()));
+        self.wake_driver();
+    }
+
+    /// Queues a data frame: header and body in one buffer, so they leave in one write.
+    pub(crate) fn queue_data(&mut self, header: Header, body: &[u8]) {
+        let mut frame = BytesMut::with_capacity(HEADER_LEN + body.len());
+        frame.put_slice(&header.encode());
+        frame.put_slice(body);
+        self.out_bytes += frame.len();
+        self.out.push_back(frame.freeze());
+        self.wake_driver();
+    }
+
+    /// Room in the queue for data, for a writer; registers `waker` when there is none.
+    pub(crate) fn has_room(&mut self, limit: usize, waker: &Waker) -> bool {
+        if self.out_bytes < limit {
+            return true;
+        }
+        self.space.push(waker.clone());
+        false
+    }
+
+    /// The driver wrote `n` bytes: wakes writers once the queue is half empty.
+    pub(crate) fn written(&mut self, n: usize, limit: usize) {
+        self.out_bytes = self.out_bytes.saturating_sub(n);
+        if self.out_bytes <= limit / 2 {
+            for w in self.space.drain(..) {
+                w.wake();
+            }
+        }
+    }
+
+    /// Acknowledges an inbound stream the application took.
+    fn send_open_ack(&mut self, id: u32) {
+        let Some(s) = self.streams.get_mut(&id) else {
+            return;
+        };
+        if s.open_flag != flags::ACK {
+            return;
+        }
+        s.open_flag = 0;
+        if s.reset.is_none() && self.ended.is_none() {
+            self.queue_control(Header::new(FrameType::WindowUpdate, flags::ACK, id, 0));
+        }
+    }
+
+    /// After the application read from stream `id`: once half its window is consumed,
+    /// gives the credit back, growing the window when the stream is read fast (within four
+    /// round trips) and memory allows.
+    pub(crate) fn maybe_grant(&mut self, config: &YamuxConfig, id: u32) {
+        let rtt = self.rtt;
+        let Some(s) = self.streams.get_mut(&id) else {
+            return;
+        };
+        if s.remote_fin || s.reset.is_some() || s.consumed < s.recv_window / 2 {
+            return;
+        }
+        let now = Instant::now();
+        let fast = rtt.is_some_and(|rtt| now.duration_since(s.window_epoch) < rtt * 4);
+        let mut grow = 0;
+        if fast && s.recv_window < config.max_stream_receive_window {
+            let target = s
+                .recv_window
+                .saturating_mul(2)
+                .min(config.max_stream_receive_window);
+            grow = target - s.recv_window;
+        }
+        let delta_base = s.consumed;
+        s.consumed = 0;
+        s.window_epoch = now;
+        let open_flag = std::mem::take(&mut s.open_flag);
+        if grow > 0
+            && self
+                .reserve_window(config, grow as usize, priority::LOW)
+                .is_ok()
+        {
+            if let Some(s) = self.streams.get_mut(&id) {
+                s.recv_window += grow;
+                s.reserved += grow as usize;
+            }
+        } else {
+            grow = 0;
+        }
+        if let Some(s) = self.streams.get_mut(&id) {
+            s.recv_credit += delta_base + grow;
+        }
+        self.queue_control(Header::new(
+            FrameType::WindowUpdate,
+            open_flag,
+            id,
+            delta_base + grow,
+        ));
+    }
+
+    /// A new inbound stream `id` (its SYN just arrived with `extra_credit` beyond the
+    /// initial window). False when it is refused: a reset is queued.
+    pub(crate) fn accept_new(
+        &mut self,
+        config: &YamuxConfig,
+        id: u32,
+        extra_credit: u32,
+    ) -> Result<bool, &'static str> {
+        let refuse = |st: &mut State, why: &str| {
+            tracing::debug!(stream = id, "refusing an inbound yamux stream: {why}");
+            st.queue_control(Header::new(FrameType::WindowUpdate, flags::RST, id, 0));
+            Ok(false)
+        };
+        if self.closing {
+            return refuse(self, "the connection is closing");
+        }
+        if self.live >= config.max_streams {
+            return refuse(self, "the stream limit is reached");
+        }
+        if self.inbound.len() >= config.inbound_backlog {
+            tracing::warn!("yamux inbound backlog full; resetting inbound stream");
+            return refuse(self, "the inbound backlog is full");
+        }
+        let credit = INITIAL_WINDOW
+            .checked_add(extra_credit)
+            .ok_or("window credit overflows")?;
+        if let Err(e) = self.reserve_window(config, INITIAL_WINDOW as usize, priority::ALWAYS) {
+            return refuse(self, &format!("no memory for its window: {e}"));
+        }
+        self.streams
+            .insert(id, StreamState::new(flags::ACK, credit));
+        self.live += 1;
+        self.inbound.push_back(id);
+        Ok(true)
+    }
+}
