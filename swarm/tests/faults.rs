@@ -275,12 +275,14 @@ async fn listener_failing_on_its_own_is_removed_reported_and_replaceable() {
     let b = swarm(602, Kind::Mem);
     let conn = t(b.dial_addr(addr.clone())).await.unwrap();
     assert_eq!(conn.remote_peer(), s.local_peer());
-    let listens = rec
-        .seen()
-        .iter()
-        .filter(|x| **x == Seen::Listen(addr.clone()))
-        .count();
-    assert_eq!(listens, 2);
+    // Both listens are announced (delivery is asynchronous: wait for it).
+    rec.wait_for(|seen| {
+        seen.iter()
+            .filter(|x| **x == Seen::Listen(addr.clone()))
+            .count()
+            == 2
+    })
+    .await;
     t(b.close()).await;
     t(s.close()).await;
 }

@@ -80,16 +80,21 @@ impl StreamMuxer for Yamux {
         ));
         let close = CancellationToken::new();
         let abort = CancellationToken::new();
-        let driver = Driver::new(session.clone(), io, close.clone(), abort.clone());
+        let mut driver = Driver::new(session.clone(), io, close.clone(), abort.clone());
         let tasks = TaskTracker::new();
-        if tokio::runtime::Handle::try_current().is_ok() {
-            tasks.spawn(driver.run());
-        } else {
-            tracing::warn!(peer = %remote_peer, "yamux connection made outside a tokio runtime");
-            drop(driver);
-            drop(session.end(CloseReason::Error(
+        let ready = match tokio::runtime::Handle::try_current() {
+            Ok(_) => driver.reserve_buffers(),
+            Err(_) => Err(CloseReason::Error(
                 "no tokio runtime to drive the yamux connection".to_owned(),
-            )));
+            )),
+        };
+        match ready {
+            Ok(()) => drop(tasks.spawn(driver.run())),
+            Err(reason) => {
+                tracing::warn!(peer = %remote_peer, %reason, "yamux connection cannot start");
+                drop(driver);
+                drop(session.end(reason));
+            }
         }
         tasks.close();
         Arc::new(YamuxConn {

@@ -128,19 +128,28 @@ impl Driver {
         }
     }
 
-    /// Reserves the buffers and sends the ping that measures the round trip.
+    /// Memory the driver's buffers take: the read buffer and the write queue.
+    pub(crate) fn buffer_size(config: &super::YamuxConfig) -> usize {
+        READ_CHUNK * 2 + config.write_queue_limit()
+    }
+
+    /// Reserves the buffers (before the task starts, so that what the connection holds
+    /// is accounted from its first moment); on failure the connection cannot run.
+    pub(crate) fn reserve_buffers(&mut self) -> Result<(), CloseReason> {
+        let buffers = Self::buffer_size(&self.session.config);
+        let st = self.session.lock();
+        if let Some(scope) = st.scope() {
+            scope
+                .reserve_memory(buffers, priority::ALWAYS)
+                .map_err(|e| CloseReason::Error(format!("no memory for the yamux buffers: {e}")))?;
+        }
+        self.buffers = buffers;
+        Ok(())
+    }
+
+    /// Sends the ping that measures the round trip.
     fn start(&mut self) -> Result<(), CloseReason> {
-        let buffers = READ_CHUNK * 2 + self.session.config.write_queue_limit();
         let mut st = self.session.lock();
-        let reserved = match st_scope_reserve(&st, buffers) {
-            Ok(()) => buffers,
-            Err(e) => {
-                return Err(CloseReason::Error(format!(
-                    "no memory for the yamux buffers: {e}"
-                )))
-            }
-        };
-        self.buffers = reserved;
         let nonce: u32 = rand::random();
         st.ping = Some((nonce, Instant::now()));
         st.queue_control(Header::new(FrameType::Ping, flags::SYN, 0, nonce));
@@ -504,16 +513,5 @@ impl Driver {
                 n = 0;
             }
         }
-    }
-}
-
-/// Reserves the driver's buffers from the connection's scope.
-fn st_scope_reserve(
-    st: &super::session::State,
-    size: usize,
-) -> Result<(), strata_core::ResourceError> {
-    match st.scope() {
-        Some(scope) => scope.reserve_memory(size, priority::ALWAYS),
-        None => Ok(()),
     }
 }

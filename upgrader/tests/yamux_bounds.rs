@@ -1,0 +1,384 @@
+//! The yamux muxer against tight memory and hostile peers: windows reserved from the
+//! resource scope (a connection short of memory gets a smaller window, never a failed
+//! transfer), streams refused when their window cannot be reserved, data that arrived
+//! before a close still read, and a raw peer sending frames that break the protocol,
+//! flood pings or write to streams that do not exist.
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use strata_core::{
+    CloseReason, ConnError, ConnScope, Direction, Multiaddr, PeerId, ResourceManager,
+};
+use strata_rcmgr::{BasicResourceManager, LimitConfig, ScopeLimit};
+use strata_upgrader::muxer::yamux::frame::{flags, FrameType, Header, HEADER_LEN};
+use strata_upgrader::{MuxedConn, SecureStream, StreamMuxer, Yamux, YamuxConfig};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+
+const LIMIT: Duration = Duration::from_secs(20);
+
+async fn within<F: std::future::Future>(what: &str, f: F) -> F::Output {
+    tokio::time::timeout(LIMIT, f)
+        .await
+        .unwrap_or_else(|_| panic!("timed out: {what}"))
+}
+
+fn muxed(
+    config: YamuxConfig,
+    io: impl SecureStream,
+    direction: Direction,
+    scope: ConnScope,
+) -> Arc<dyn MuxedConn> {
+    Yamux::new(config)
+        .unwrap()
+        .new_conn(Box::new(io), direction, PeerId::random(), Arc::new(scope))
+}
+
+fn some_addr() -> Multiaddr {
+    "/ip4/10.0.0.1/tcp/1".parse().unwrap()
+}
+
+/// A resource manager whose connections may hold `conn_memory` bytes.
+fn tight(conn_memory: u64) -> BasicResourceManager {
+    let mut limits = LimitConfig::unlimited();
+    limits.conn = ScopeLimit::memory_only(conn_memory);
+    BasicResourceManager::new(limits).unwrap()
+}
+
+fn scope_of(m: &BasicResourceManager) -> ConnScope {
+    m.open_connection(Direction::Inbound, true, &some_addr())
+        .unwrap()
+}
+
+/// Buffers the driver reserves for itself (read buffer and write queue, defaults).
+const DRIVER_BUFFERS: u64 = 128 * 1024 + 512 * 1024;
+const WINDOW: u64 = 256 * 1024;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_short_of_memory_moves_64_mib_with_a_small_window() {
+    // The receiver may hold its buffers and two initial windows: no room to grow.
+    let receiver_rcmgr = tight(DRIVER_BUFFERS + 2 * WINDOW);
+    let generous = tight(u64::MAX);
+    let (x, y) = tokio::io::duplex(1 << 20);
+    let a = muxed(
+        YamuxConfig::default(),
+        x,
+        Direction::Outbound,
+        scope_of(&generous),
+    );
+    let b = muxed(
+        YamuxConfig::default(),
+        y,
+        Direction::Inbound,
+        scope_of(&receiver_rcmgr),
+    );
+    const TOTAL: usize = 64 << 20;
+    let sink = tokio::spawn({
+        let b = b.clone();
+        let rcmgr = receiver_rcmgr.clone();
+        async move {
+            let mut s = b.accept_stream().await.unwrap();
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut got = 0usize;
+            let mut peak = 0u64;
+            loop {
+                let n = s.read(&mut buf).await.unwrap();
+                if n == 0 {
+                    break;
+                }
+                for (i, byte) in buf[..n].iter().enumerate() {
+                    assert_eq!(*byte, ((got + i) % 251) as u8, "corrupt at {}", got + i);
+                }
+                got += n;
+                peak = peak.max(rcmgr.stat().system.memory);
+            }
+            (got, peak)
+        }
+    });
+    let mut s = within("open", a.open_stream()).await.unwrap();
+    let chunk: Vec<u8> = (0..TOTAL).map(|i| (i % 251) as u8).collect();
+    within("send", s.write_all(&chunk)).await.unwrap();
+    s.close_write().await.unwrap();
+    let (got, peak) = within("receive", sink).await.unwrap();
+    assert_eq!(got, TOTAL);
+    assert!(
+        peak <= DRIVER_BUFFERS + 2 * WINDOW,
+        "the receiver held {peak} bytes"
+    );
+    a.close().await;
+    assert!(receiver_rcmgr.stat().system.is_empty());
+}
+
+#[tokio::test]
+async fn a_stream_that_cannot_reserve_its_window_is_refused() {
+    // Room for the buffers and exactly two stream windows on each side.
+    let ra = tight(DRIVER_BUFFERS + 2 * WINDOW);
+    let rb = tight(DRIVER_BUFFERS + 2 * WINDOW);
+    let (x, y) = tokio::io::duplex(1 << 20);
+    let a = muxed(
+        YamuxConfig::default(),
+        x,
+        Direction::Outbound,
+        scope_of(&ra),
+    );
+    let b = muxed(YamuxConfig::default(), y, Direction::Inbound, scope_of(&rb));
+    // b opens one stream itself, so it can take only one from a.
+    let _own = within("b opens", b.open_stream()).await.unwrap();
+    let mut s1 = a.open_stream().await.unwrap();
+    let mut s2 = a.open_stream().await.unwrap();
+    // A third outbound stream is a typed resource error, not a failure of the connection.
+    let err = a.open_stream().await.unwrap_err();
+    assert!(matches!(err, ConnError::Resource { .. }), "{err}");
+    s1.write_all(b"first").await.unwrap();
+    s2.write_all(b"second").await.unwrap();
+    let mut first = within("accept", b.accept_stream()).await.unwrap();
+    let mut buf = [0u8; 5];
+    within("read", first.read_exact(&mut buf)).await.unwrap();
+    // The second is reset: b has no memory for its window.
+    let err = within("refused stream", s2.read(&mut [0u8; 1]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::ConnectionReset);
+    assert!(!a.is_closed() && !b.is_closed());
+    // Freeing a stream frees its window.
+    drop(first);
+    drop(s1);
+    let mut s3 = within("open again", async {
+        loop {
+            match a.open_stream().await {
+                Ok(s) => return s,
+                Err(_) => tokio::task::yield_now().await,
+            }
+        }
+    })
+    .await;
+    s3.write_all(b"third").await.unwrap();
+    let mut third = within("accept again", b.accept_stream()).await.unwrap();
+    let mut buf = [0u8; 5];
+    within("read third", third.read_exact(&mut buf))
+        .await
+        .unwrap();
+    assert_eq!(&buf, b"third");
+}
+
+#[tokio::test]
+async fn data_sent_just_before_a_close_is_still_read() {
+    for _ in 0..20 {
+        let (x, y) = tokio::io::duplex(1 << 20);
+        let a = muxed(
+            YamuxConfig::default(),
+            x,
+            Direction::Outbound,
+            ConnScope::unlimited(),
+        );
+        let b = muxed(
+            YamuxConfig::default(),
+            y,
+            Direction::Inbound,
+            ConnScope::unlimited(),
+        );
+        let mut s = a.open_stream().await.unwrap();
+        s.write_all(b"last words").await.unwrap();
+        s.close_write().await.unwrap();
+        // Close at once, as a peer that says its piece and leaves.
+        within("close", a.close()).await;
+        let mut inb = within("accept", b.accept_stream()).await.unwrap();
+        let mut got = Vec::new();
+        within("read", inb.read_to_end(&mut got)).await.unwrap();
+        assert_eq!(got, b"last words");
+        assert_eq!(within("closed", b.closed()).await, CloseReason::Remote);
+    }
+}
+
+/// A connection driven by us against a raw peer whose bytes the test writes.
+fn against_raw() -> (Arc<dyn MuxedConn>, DuplexStream) {
+    let (x, y) = tokio::io::duplex(64 * 1024);
+    let conn = muxed(
+        YamuxConfig::default(),
+        x,
+        Direction::Inbound,
+        ConnScope::unlimited(),
+    );
+    (conn, y)
+}
+
+fn frame(typ: FrameType, fl: u16, stream: u32, length: u32) -> [u8; HEADER_LEN] {
+    Header::new(typ, fl, stream, length).encode()
+}
+
+async fn ends_with_error(conn: &Arc<dyn MuxedConn>, needle: &str) {
+    match within("the connection ends", conn.closed()).await {
+        CloseReason::Error(text) => assert!(text.contains(needle), "{text}"),
+        other => panic!("expected an error mentioning {needle:?}, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn frames_that_break_the_protocol_end_the_connection_with_a_typed_error() {
+    // A header of another version.
+    let (conn, mut raw) = against_raw();
+    let mut bad = frame(FrameType::Ping, flags::SYN, 0, 1);
+    bad[0] = 7;
+    raw.write_all(&bad).await.unwrap();
+    ends_with_error(&conn, "version").await;
+
+    // More data than the stream's window.
+    let (conn, mut raw) = against_raw();
+    raw.write_all(&frame(FrameType::Data, flags::SYN, 1, 0))
+        .await
+        .unwrap();
+    raw.write_all(&frame(FrameType::Data, 0, 1, 256 * 1024 + 1))
+        .await
+        .unwrap();
+    ends_with_error(&conn, "window").await;
+
+    // A stream of our parity (we are the server: even IDs are ours).
+    let (conn, mut raw) = against_raw();
+    raw.write_all(&frame(FrameType::WindowUpdate, flags::SYN, 2, 0))
+        .await
+        .unwrap();
+    ends_with_error(&conn, "parity").await;
+
+    // The same stream opened twice.
+    let (conn, mut raw) = against_raw();
+    for _ in 0..2 {
+        raw.write_all(&frame(FrameType::WindowUpdate, flags::SYN, 3, 0))
+            .await
+            .unwrap();
+    }
+    ends_with_error(&conn, "twice").await;
+
+    // A window credit that overflows.
+    let (conn, mut raw) = against_raw();
+    raw.write_all(&frame(FrameType::WindowUpdate, flags::SYN, 5, 0))
+        .await
+        .unwrap();
+    raw.write_all(&frame(FrameType::WindowUpdate, 0, 5, u32::MAX))
+        .await
+        .unwrap();
+    ends_with_error(&conn, "overflow").await;
+
+    // A connection that ends inside a frame.
+    let (conn, mut raw) = against_raw();
+    raw.write_all(&frame(FrameType::Data, flags::SYN, 7, 100))
+        .await
+        .unwrap();
+    raw.write_all(b"only part").await.unwrap();
+    drop(raw);
+    ends_with_error(&conn, "inside a frame").await;
+}
+
+#[tokio::test]
+async fn a_ping_flood_from_a_peer_that_never_reads_queues_one_answer() {
+    let (conn, raw) = against_raw();
+    let (mut rd, mut wr) = tokio::io::split(raw);
+    // 200,000 pings (2.4 MB) while reading nothing: our answers wait in the pipe (64 KiB)
+    // and at most one more waits in our queue.
+    let ping = frame(FrameType::Ping, flags::SYN, 0, 42);
+    let flood: Vec<u8> = ping
+        .iter()
+        .copied()
+        .cycle()
+        .take(HEADER_LEN * 200_000)
+        .collect();
+    within("flood", wr.write_all(&flood)).await.unwrap();
+    // Our own RTT ping is the first frame; then the answers.
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match tokio::time::timeout(Duration::from_millis(200), rd.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => got.extend_from_slice(&buf[..n]),
+            _ => break,
+        }
+    }
+    let frames = got.len() / HEADER_LEN;
+    assert!(
+        frames <= 64 * 1024 / HEADER_LEN + 8,
+        "{frames} frames answered 200,000 pings"
+    );
+    assert!(!conn.is_closed());
+}
+
+#[tokio::test]
+async fn data_for_unknown_streams_is_dropped_and_answered_with_a_reset() {
+    let (conn, raw) = against_raw();
+    let (mut rd, mut wr) = tokio::io::split(raw);
+    // Data on stream 9, never opened, then a real stream that must still work.
+    wr.write_all(&frame(FrameType::Data, 0, 9, 4))
+        .await
+        .unwrap();
+    wr.write_all(b"junk").await.unwrap();
+    wr.write_all(&frame(FrameType::Data, flags::SYN, 11, 2))
+        .await
+        .unwrap();
+    wr.write_all(b"ok").await.unwrap();
+    let mut s = within("accept", conn.accept_stream()).await.unwrap();
+    let mut two = [0u8; 2];
+    within("read", s.read_exact(&mut two)).await.unwrap();
+    assert_eq!(&two, b"ok");
+    // Among what we sent back: a reset for stream 9.
+    let mut seen_rst = false;
+    let mut buf = [0u8; HEADER_LEN];
+    while !seen_rst {
+        within("read a frame", rd.read_exact(&mut buf))
+            .await
+            .unwrap();
+        let h = Header::decode(&buf).unwrap();
+        seen_rst = h.stream == 9 && h.has(flags::RST);
+    }
+}
+
+#[tokio::test]
+async fn a_body_larger_than_any_buffer_arrives_whole() {
+    // go-yamux sends a whole window in one frame; grant 4 MiB, then send it at once.
+    let (conn, raw) = against_raw();
+    let (mut rd, mut wr) = tokio::io::split(raw);
+    let body: Vec<u8> = (0..(4usize << 20)).map(|i| (i % 253) as u8).collect();
+    let reader = tokio::spawn({
+        let conn = conn.clone();
+        async move {
+            let mut s = conn.accept_stream().await.unwrap();
+            let mut got = Vec::new();
+            s.read_to_end(&mut got).await.unwrap();
+            got
+        }
+    });
+    // Open with 256 KiB in the SYN frame, then read our window updates until the
+    // remaining 3.75 MiB fit, and send them as one frame with FIN.
+    let first = 256 * 1024;
+    wr.write_all(&frame(FrameType::Data, flags::SYN, 1, first as u32))
+        .await
+        .unwrap();
+    wr.write_all(&body[..first]).await.unwrap();
+    let mut credit = 0u64;
+    let mut buf = [0u8; HEADER_LEN];
+    let rest = (body.len() - first) as u64;
+    let mut sent = first;
+    while sent < body.len() {
+        within("a window update", rd.read_exact(&mut buf))
+            .await
+            .unwrap();
+        let h = Header::decode(&buf).unwrap();
+        if h.typ == FrameType::WindowUpdate && h.stream == 1 {
+            credit += u64::from(h.length);
+        }
+        let n = credit.min(rest - (sent - first) as u64) as usize;
+        if n > 0 {
+            let fin = if sent + n == body.len() {
+                flags::FIN
+            } else {
+                0
+            };
+            wr.write_all(&frame(FrameType::Data, fin, 1, n as u32))
+                .await
+                .unwrap();
+            wr.write_all(&body[sent..sent + n]).await.unwrap();
+            sent += n;
+            credit -= n as u64;
+        }
+    }
+    let got = within("the stream's whole body", reader).await.unwrap();
+    assert_eq!(got.len(), body.len());
+    assert!(got == body, "the body arrived corrupted");
+}
