@@ -400,3 +400,106 @@ async fn the_resource_manager_counts_nothing_once_everything_is_closed() {
     assert_eq!(idle.tracked_ips, 0);
     host.close().await;
 }
+
+/// Forwards every datagram that reaches `front` to `target`, from a socket bound to
+/// `source`, and drops whatever comes back: a flooder whose handshakes never complete.
+async fn one_way_udp_relay(
+    source: IpAddr,
+    target: SocketAddr,
+) -> (SocketAddr, tokio::task::JoinHandle<u64>) {
+    let front = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let back = tokio::net::UdpSocket::bind(SocketAddr::new(source, 0))
+        .await
+        .unwrap();
+    let addr = front.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let mut buf = vec![0u8; 2048];
+        let mut sink = vec![0u8; 2048];
+        let mut forwarded = 0u64;
+        loop {
+            tokio::select! {
+                r = front.recv_from(&mut buf) => match r {
+                    Ok((n, _)) => {
+                        if back.send_to(&buf[..n], target).await.is_ok() {
+                            forwarded += 1;
+                        }
+                    }
+                    Err(_) => return forwarded,
+                },
+                // Answers from the server are read and dropped.
+                _ = back.recv_from(&mut sink) => {}
+                _ = tokio::time::sleep(Duration::from_secs(3)) => return forwarded,
+            }
+        }
+    });
+    (addr, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_quic_initials_from_one_address_does_not_stop_a_real_peer() {
+    let _serial = SERIAL.lock().await;
+    let (host, outcomes) = HostBuilder::new()
+        .no_tcp()
+        .listen_on("/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap())
+        .build()
+        .await
+        .unwrap();
+    serve_echo(&host);
+    let listen = outcomes[0].result.as_ref().unwrap().clone();
+    let target = strata_core::addr::quic_socket_addr(&listen).unwrap();
+    let (relay, relay_task) = one_way_udp_relay("127.0.0.2".parse().unwrap(), target).await;
+    // 2,000 dials through the relay: 2,000 Initial packets from 127.0.0.2, none of
+    // whose handshakes can complete.
+    let flooder = strata_transport::QuicTransport::new(
+        strata_core::identity::generate_ed25519(),
+        strata_transport::QuicConfig::default().handshake_timeout(Duration::from_secs(2)),
+    )
+    .unwrap();
+    let relay_addr = strata_core::addr::quic_multiaddr(relay);
+    let dials = (0..2000).map(|_| {
+        let flooder = flooder.clone();
+        let relay_addr = relay_addr.clone();
+        async move { flooder.dial_quic(&relay_addr, None).await.is_ok() }
+    });
+    let flood = tokio::spawn(futures::future::join_all(dials));
+    // Wait until the listener has seen the burst.
+    timeout(LIMIT, async {
+        while host.resource_manager().stat().refused_admissions < 1000 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the burst reaches the listener");
+    let cap = LimitConfig::autoscaled().admission.handshakes_per_ip;
+    assert!(host.resource_manager().stat().pending_handshakes <= cap);
+    // A real peer from 127.0.0.1 connects and echoes meanwhile.
+    let (client, _) = HostBuilder::new().no_tcp().build().await.unwrap();
+    let start = Instant::now();
+    timeout(
+        Duration::from_secs(5),
+        client.connect(host.id(), std::slice::from_ref(&listen)),
+    )
+    .await
+    .expect("the real peer connects")
+    .unwrap();
+    let mut s = client.new_stream(host.id(), &[ECHO]).await.unwrap();
+    s.write_all(b"quic through the flood").await.unwrap();
+    s.close_write().await.unwrap();
+    let mut back = Vec::new();
+    timeout(LIMIT, s.read_to_end(&mut back))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(back, b"quic through the flood");
+    let took = start.elapsed();
+    assert!(took < Duration::from_secs(1), "connect took {took:?}");
+    let completed = flood.await.unwrap().into_iter().filter(|ok| *ok).count();
+    assert_eq!(
+        completed, 0,
+        "no flood handshake can complete through the relay"
+    );
+    assert!(relay_task.await.unwrap() >= 2000);
+    flooder.close().await;
+    client.close().await;
+    host.close().await;
+}

@@ -31,8 +31,11 @@ use super::frame::{flags, go_away, FrameError, FrameType, Header, HEADER_LEN};
 use super::session::{Reset, Session};
 use crate::security::SecureStream;
 
-/// Room kept free in the read buffer before each read.
+/// The most room a read is given; the buffer starts small and doubles towards this while
+/// reads fill it, and is freed when the connection goes quiet.
 const READ_CHUNK: usize = 64 * 1024;
+/// The room a quiet connection's first read gets.
+const READ_START: usize = 4 * 1024;
 /// Reads, then writes, per turn of the driver before it lets other tasks run.
 const READS_PER_TURN: usize = 32;
 /// Frames handed to one vectored write.
@@ -70,6 +73,8 @@ pub(crate) struct Driver {
     session: Arc<Session>,
     io: Box<dyn SecureStream>,
     read_buf: BytesMut,
+    /// The room the next read gets.
+    read_size: usize,
     read_state: ReadState,
     read_eof: bool,
     /// Frames taken from the queue and not yet written.
@@ -95,6 +100,7 @@ impl Driver {
             session,
             io,
             read_buf: BytesMut::new(),
+            read_size: READ_START,
             read_state: ReadState::Header,
             read_eof: false,
             writing: VecDeque::new(),
@@ -221,9 +227,10 @@ impl Driver {
             if self.read_eof {
                 return Ok(());
             }
-            if self.read_buf.capacity() - self.read_buf.len() < READ_CHUNK / 2 {
-                self.read_buf.reserve(READ_CHUNK);
+            if self.read_buf.capacity() - self.read_buf.len() < self.read_size / 2 {
+                self.read_buf.reserve(self.read_size);
             }
+            let room = self.read_buf.capacity() - self.read_buf.len();
             match tokio_util::io::poll_read_buf(Pin::new(&mut *self.io), cx, &mut self.read_buf) {
                 Poll::Ready(Ok(0)) => {
                     self.read_eof = true;
@@ -235,7 +242,12 @@ impl Driver {
                     }
                     return Ok(());
                 }
-                Poll::Ready(Ok(_)) => continue,
+                Poll::Ready(Ok(n)) => {
+                    if n == room {
+                        self.read_size = (self.read_size * 2).min(READ_CHUNK);
+                    }
+                    continue;
+                }
                 Poll::Ready(Err(e)) => {
                     // A reset or broken socket: the remote is gone.
                     tracing::debug!(peer = %self.session.peer, "yamux read failed: {e}");
@@ -245,7 +257,14 @@ impl Driver {
                     }
                     return Ok(());
                 }
-                Poll::Pending => return Ok(()),
+                Poll::Pending => {
+                    if self.read_buf.is_empty() {
+                        // Quiet: hold no buffer while waiting, however long that is.
+                        self.read_buf = BytesMut::new();
+                        self.read_size = READ_START;
+                    }
+                    return Ok(());
+                }
             }
         }
         cx.waker().wake_by_ref();

@@ -77,14 +77,20 @@ fn invalid_data(msg: impl Into<String>) -> io::Error {
 /// buffered is sealed straight from the caller's slice. Reads open whole frames; when the
 /// caller's buffer can hold a frame's plaintext it is decrypted straight into it,
 /// otherwise into an internal buffer that serves partial reads.
+///
+/// The frame-sized buffers are allocated when traffic needs them and freed once the
+/// stream is idle again (nothing buffered when a read has to wait, nothing left to send
+/// after a flush), so a thousand idle connections do not hold a quarter MiB each.
 pub struct NoiseStream<T> {
     inner: T,
     state: snow::TransportState,
     /// Raw bytes read from `inner`: `read_buf[read_start..read_end]` is not yet consumed.
+    /// Empty while idle.
     read_buf: Box<[u8]>,
     read_start: usize,
     read_end: usize,
-    /// Opened plaintext not yet handed out: `plain[plain_start..plain_end]`.
+    /// Opened plaintext not yet handed out: `plain[plain_start..plain_end]`. Empty
+    /// while idle.
     plain: Box<[u8]>,
     plain_start: usize,
     plain_end: usize,
@@ -93,6 +99,7 @@ pub struct NoiseStream<T> {
     /// Plaintext gathered for the next frame.
     write_plain: Vec<u8>,
     /// A sealed frame (prefix included): `write_frame[write_start..write_end]` is unsent.
+    /// Empty while idle.
     write_frame: Box<[u8]>,
     write_start: usize,
     write_end: usize,
@@ -105,15 +112,15 @@ impl<T> NoiseStream<T> {
         NoiseStream {
             inner,
             state,
-            read_buf: vec![0; LEN_PREFIX + MAX_FRAME_LEN].into_boxed_slice(),
+            read_buf: Box::default(),
             read_start: 0,
             read_end: 0,
-            plain: vec![0; MAX_PLAINTEXT_LEN].into_boxed_slice(),
+            plain: Box::default(),
             plain_start: 0,
             plain_end: 0,
             read_failed: false,
-            write_plain: Vec::with_capacity(MAX_PLAINTEXT_LEN),
-            write_frame: vec![0; LEN_PREFIX + MAX_FRAME_LEN].into_boxed_slice(),
+            write_plain: Vec::new(),
+            write_frame: Box::default(),
             write_start: 0,
             write_end: 0,
         }
@@ -125,17 +132,35 @@ impl<T> NoiseStream<T> {
     }
 
     /// Seals `plaintext` (at most [`MAX_PLAINTEXT_LEN`] bytes) into the frame buffer,
-    /// which must be empty.
+    /// which must be empty (allocated here if the stream was idle).
     fn seal(
         state: &mut snow::TransportState,
-        frame: &mut [u8],
+        frame: &mut Box<[u8]>,
         plaintext: &[u8],
     ) -> io::Result<usize> {
+        if frame.is_empty() {
+            *frame = vec![0; LEN_PREFIX + MAX_FRAME_LEN].into_boxed_slice();
+        }
         let len = state
             .write_message(plaintext, &mut frame[LEN_PREFIX..])
             .map_err(|e| io::Error::other(format!("noise encryption failed: {e}")))?;
         frame[..LEN_PREFIX].copy_from_slice(&encode_len(len));
         Ok(LEN_PREFIX + len)
+    }
+
+    /// Frees the read-side buffers when they hold nothing: the stream waits for the
+    /// peer and may wait long.
+    fn release_idle_read_buffers(&mut self) {
+        if self.read_start == self.read_end {
+            self.read_buf = Box::default();
+            self.read_start = 0;
+            self.read_end = 0;
+        }
+        if self.plain_start == self.plain_end {
+            self.plain = Box::default();
+            self.plain_start = 0;
+            self.plain_end = 0;
+        }
     }
 
     fn fail_read(&mut self, err: io::Error) -> Poll<io::Result<()>> {
@@ -238,6 +263,10 @@ impl<T: AsyncRead + Unpin> AsyncRead for NoiseStream<T> {
                         // Hand out what we have; this frame waits for the next read.
                         return Poll::Ready(Ok(()));
                     }
+                    if this.plain.is_empty() {
+                        this.plain = vec![0; MAX_PLAINTEXT_LEN].into_boxed_slice();
+                    }
+                    let body = &this.read_buf[body_start..body_start + body_len];
                     match this.state.read_message(body, &mut this.plain) {
                         Ok(n) => {
                             this.plain_start = 0;
@@ -263,6 +292,9 @@ impl<T: AsyncRead + Unpin> AsyncRead for NoiseStream<T> {
                         this.read_start = 0;
                         this.read_end = 0;
                     }
+                    if this.read_buf.is_empty() {
+                        this.read_buf = vec![0; LEN_PREFIX + MAX_FRAME_LEN].into_boxed_slice();
+                    }
                     let pending = &this.read_buf[this.read_start..this.read_end];
                     let frame_len = pending
                         .first_chunk::<LEN_PREFIX>()
@@ -282,8 +314,15 @@ impl<T: AsyncRead + Unpin> AsyncRead for NoiseStream<T> {
                         None => this.read_buf.len(),
                     };
                     let mut raw = ReadBuf::new(&mut this.read_buf[this.read_end..limit]);
-                    ready!(Pin::new(&mut this.inner).poll_read(cx, &mut raw))?;
+                    let polled = Pin::new(&mut this.inner).poll_read(cx, &mut raw);
                     let n = raw.filled().len();
+                    if polled.is_pending() {
+                        this.release_idle_read_buffers();
+                        return Poll::Pending;
+                    }
+                    if let Poll::Ready(Err(e)) = polled {
+                        return Poll::Ready(Err(e));
+                    }
                     if n == 0 {
                         if this.read_start == this.read_end {
                             // A clean end of stream between frames.
@@ -365,6 +404,9 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for NoiseStream<T> {
             }
             this.seal_gathered()?;
         }
+        // Everything is out: the write buffers go until the next write needs them.
+        this.write_frame = Box::default();
+        this.write_plain = Vec::new();
         Pin::new(&mut this.inner).poll_flush(cx)
     }
 
