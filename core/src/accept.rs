@@ -5,7 +5,7 @@
 //! One task takes pending connections from the source, as fast as they come: misbehaving
 //! peers never make it stop (only the source itself pauses, on descriptor exhaustion).
 //! Each new connection is admitted by the resource manager
-//! ([`ResourceManager::open_connection`]: per-IP and per-subnet caps, the inbound and
+//! ([`ResourceManager::open_connection`](crate::rcmgr::ResourceManager::open_connection): per-IP and per-subnet caps, the inbound and
 //! pending limits) and checked against the listener's own bound on handshakes in flight;
 //! one over a limit is refused at once (a TCP reset, a QUIC refusal) and no handshake
 //! starts for it. A pending handshake costs its socket and a small task.
