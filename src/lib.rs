@@ -4,6 +4,7 @@
 //! tokio. This facade re-exports the layers:
 //!
 //! * [`core`]: identity, multiaddr helpers, the traits the layers meet on, errors;
+//! * [`rcmgr`]: the resource manager (limits per scope, admission per source address);
 //! * [`transport`]: TCP (with SO_REUSEPORT), QUIC and in-memory transports;
 //! * [`upgrader`]: multistream-select, TLS and Noise, yamux, the accept queue;
 //! * [`swarm`]: listeners, connections, dialing, notifiees;
@@ -11,6 +12,7 @@
 
 pub use strata_core as core;
 pub use strata_host as host;
+pub use strata_rcmgr as rcmgr;
 pub use strata_swarm as swarm;
 pub use strata_transport as transport;
 pub use strata_upgrader as upgrader;
