@@ -220,22 +220,26 @@ impl AcceptQueue {
                 continue;
             }
             if Instant::now() > deadline {
-                // Closing may wait on the remote; do not make the caller wait for it.
-                self.tasks.spawn(async move { conn.close().await });
+                // Nobody has seen it yet: reset it rather than wait on the remote.
+                conn.abort();
                 continue;
             }
             return Ok(conn);
         }
     }
 
-    /// Stops taking connections, closes those not yet accepted, and returns when every
-    /// task has ended.
+    /// Stops taking connections, resets those not yet accepted (nobody has seen them, so
+    /// nothing is owed to them but a prompt end), and returns when every task has ended.
+    /// Nothing here waits on a remote: it returns promptly whatever the peers do.
     pub async fn close(&mut self) {
         self.cancel.cancel();
         self.queue.close();
+        let mut queued = Vec::new();
         while let Some(Queued { conn, .. }) = self.queue.recv().await {
-            conn.close().await;
+            conn.abort();
+            queued.push(conn);
         }
+        futures::future::join_all(queued.iter().map(|c| c.closed())).await;
         self.queued.send_replace(0);
         self.tasks.close();
         self.tasks.wait().await;
@@ -330,22 +334,30 @@ async fn accept_loop<S: IncomingSource>(mut source: S, ctx: LoopCtx<S::Pending>)
                     return;
                 }
             };
+            // A connection nobody has taken yet is reset, not closed gracefully: closing
+            // the listener must not wait on remotes.
             tokio::select! {
-                _ = cancel.cancelled() => conn.close().await,
+                _ = cancel.cancelled() => abort(conn).await,
                 _ = tokio::time::sleep_until(deadline) => {
-                    tracing::debug!(%remote, "accept queue stayed full past the deadline; closing");
-                    conn.close().await;
+                    tracing::debug!(%remote, "accept queue stayed full past the deadline; resetting");
+                    abort(conn).await;
                 }
                 room = queue.tx.reserve() => match room {
                     Ok(room) => {
                         room.send(Queued { conn, deadline });
                         queue.queued.send_modify(|n| *n += 1);
                     }
-                    Err(_) => conn.close().await,
+                    Err(_) => abort(conn).await,
                 },
             }
         });
     }
+}
+
+/// Resets `conn` and waits for it to have let go of its socket.
+async fn abort(conn: BoxCapableConn) {
+    conn.abort();
+    conn.closed().await;
 }
 
 /// Waits until the queue has room (the permit is released at once: this is a signal, not

@@ -213,8 +213,16 @@ pub trait CapableConn: Send + Sync + 'static {
     async fn open_stream(&self) -> Result<Stream, ConnError>;
     /// Waits for the next inbound stream.
     async fn accept_stream(&self) -> Result<Stream, ConnError>;
-    /// Closes the connection and all its streams; returns once it is closed.
+    /// Tells the remote that no new streams will be accepted or opened (yamux Go Away),
+    /// while the streams already open go on. A graceful shutdown starts with this.
+    fn go_away(&self);
+    /// Closes the connection and all its streams gracefully; returns once it is closed.
+    /// How long that may take is bounded by the muxer's own close timeout.
     async fn close(&self);
+    /// Drops the connection at once: the socket is reset, nothing more is sent or waited
+    /// for. [`CapableConn::closed`] resolves promptly afterwards. This is the forced
+    /// phase of a shutdown.
+    fn abort(&self);
     /// Waits until the connection has ended, for whatever reason, and says why.
     async fn closed(&self) -> CloseReason;
     /// True once the connection has ended.

@@ -11,13 +11,14 @@ use strata_swarm::{Conn, DisconnectReason};
 
 use crate::host::Host;
 
-/// Watermarks and grace period.
+/// Watermarks, grace period and how long a trim may take.
 ///
 /// | field | default |
 /// |---|---|
 /// | `low_water` | 160 |
 /// | `high_water` | 192 |
 /// | `grace_period` | 20 s |
+/// | `trim_deadline` | 2 s: trimmed connections close together, gracefully, and any still closing then is reset |
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConnManagerConfig {
     /// Trimming stops once this many connections remain.
@@ -26,6 +27,9 @@ pub struct ConnManagerConfig {
     pub high_water: usize,
     /// New connections are not trimmed for this long.
     pub grace_period: Duration,
+    /// How long one trim may take: the connections it closes are closed at once, each
+    /// gracefully, and those whose peers have not let go by then are reset.
+    pub trim_deadline: Duration,
 }
 
 impl Default for ConnManagerConfig {
@@ -34,6 +38,7 @@ impl Default for ConnManagerConfig {
             low_water: 160,
             high_water: 192,
             grace_period: Duration::from_secs(20),
+            trim_deadline: Duration::from_secs(2),
         }
     }
 }
@@ -148,13 +153,17 @@ impl ConnManager {
         let host2 = host.clone();
         host.0.tasks.spawn(async move {
             if let Some(cm) = host2.conn_manager() {
-                cm.trim(&host2).await;
+                tokio::select! {
+                    _ = host2.0.cancel.cancelled() => {}
+                    _ = cm.trim(&host2) => {}
+                }
                 cm.trimming.store(false, Ordering::Release);
             }
         });
     }
 
-    /// Closes the least valuable connections until at most `low_water` remain.
+    /// Closes the least valuable connections until at most `low_water` remain: all at
+    /// once, each gracefully, and within `trim_deadline` whatever their peers do.
     pub async fn trim(&self, host: &Host) {
         let conns = host.network().conns();
         let open: Vec<Conn> = conns.into_iter().filter(|c| !c.is_closed()).collect();
@@ -169,8 +178,13 @@ impl ConnManager {
             .collect();
         // Lowest value first; among equals the oldest first.
         candidates.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
-        for (_, _, conn) in candidates.into_iter().take(excess) {
-            conn.close_with(DisconnectReason::ConnManager).await;
-        }
+        let deadline = self.config.trim_deadline;
+        futures::future::join_all(candidates.into_iter().take(excess).map(
+            |(_, _, conn)| async move {
+                conn.close_within(DisconnectReason::ConnManager, deadline)
+                    .await
+            },
+        ))
+        .await;
     }
 }

@@ -48,7 +48,7 @@ pub(crate) struct HostInner {
     settings: HostSettings,
     events: broadcast::Sender<HostEvent>,
     pub(crate) tasks: TaskTracker,
-    cancel: CancellationToken,
+    pub(crate) cancel: CancellationToken,
     own_notifiee: Mutex<Option<NotifyHandle>>,
     pub(crate) connmgr: Option<Arc<crate::connmgr::ConnManager>>,
     quic: Option<Arc<strata_transport::QuicTransport>>,
@@ -198,7 +198,11 @@ impl Host {
                     for peer in host.0.swarm.peers() {
                         let h = host.clone();
                         host.0.tasks.spawn(async move {
-                            match h.ping(peer).await {
+                            let ping = tokio::select! {
+                                _ = h.0.cancel.cancelled() => return,
+                                r = h.ping(peer) => r,
+                            };
+                            match ping {
                                 Ok(rtt) => {
                                     let _ = h.0.events.send(HostEvent::Pinged { peer, rtt });
                                 }
@@ -402,30 +406,37 @@ impl Host {
         self.0.connmgr.as_ref()
     }
 
-    /// Closes the host: its services, then the swarm (every listener, connection and
-    /// task). Idempotent; returns when everything has ended.
+    /// Closes the host now: its services, then the swarm (every listener, connection and
+    /// task; see [`Swarm::close`]) and the QUIC endpoints, within the swarm's
+    /// `close_deadline` (1 s by default); what is still closing then is reset.
+    /// Idempotent; returns when everything has ended.
     pub async fn close(&self) {
-        self.0.cancel.cancel();
-        self.0.swarm.close().await;
-        if let Some(q) = &self.0.quic {
-            q.close().await;
-        }
-        self.0.tasks.close();
-        self.0.tasks.wait().await;
-        self.0
-            .own_notifiee
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
+        let deadline = self.0.swarm.config().close_deadline;
+        self.stop(deadline, false).await
     }
 
-    /// Like [`Host::close`], but lets open streams finish until `deadline`.
+    /// Graceful shutdown within `deadline`: stops listening and taking new work, lets open
+    /// streams finish, then closes everything; what is left at the deadline is forced
+    /// (connections reset, tasks cancelled). Returns by the deadline plus a small margin,
+    /// however the peers behave, with every task and socket of the host gone.
     pub async fn shutdown(&self, deadline: Duration) {
+        self.stop(deadline, true).await
+    }
+
+    async fn stop(&self, deadline: Duration, let_streams_finish: bool) {
+        let hard = tokio::time::Instant::now() + deadline;
         self.0.cancel.cancel();
-        self.0.swarm.shutdown(deadline).await;
-        if let Some(q) = &self.0.quic {
-            q.close().await;
+        if let_streams_finish {
+            self.0.swarm.shutdown(deadline).await;
+        } else {
+            self.0.swarm.close().await;
         }
+        if let Some(q) = &self.0.quic {
+            let left = hard.saturating_duration_since(tokio::time::Instant::now());
+            q.close_within(left).await;
+        }
+        // Every host task watches the cancellation; none waits on a remote once the swarm
+        // is closed, so this wait is short.
         self.0.tasks.close();
         self.0.tasks.wait().await;
         self.0

@@ -251,6 +251,7 @@ async fn connection_manager_trims_with_its_own_reason() {
         low_water: 1,
         high_water: 2,
         grace_period: Duration::ZERO,
+        ..ConnManagerConfig::default()
     };
     let (hub, _) = memory_builder()
         .conn_manager(cm)
@@ -285,6 +286,7 @@ async fn protected_peers_are_not_trimmed() {
         low_water: 0,
         high_water: 0,
         grace_period: Duration::ZERO,
+        ..ConnManagerConfig::default()
     };
     let (trimmed_tx, mut trimmed) = tokio::sync::mpsc::unbounded_channel();
     let (hub, _) = memory_builder()
@@ -363,6 +365,7 @@ async fn connections_in_their_grace_period_are_not_trimmed() {
         low_water: 0,
         high_water: 1,
         grace_period: Duration::from_secs(3600),
+        ..ConnManagerConfig::default()
     };
     let (hub, _) = memory_builder().conn_manager(cm).build().await.unwrap();
     let mut opened = hub.network().events();

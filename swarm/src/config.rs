@@ -20,7 +20,8 @@ use crate::peerstore::PeerstoreConfig;
 /// | `events_capacity` | 1024 | events buffered for each [`crate::Swarm::events`] receiver before it lags |
 /// | `notifiee_queue_len` | 1024 | `connected` notifications queued for one notifiee; past it they are dropped (and that connection's `disconnected` with them) and counted as lag |
 /// | `notifiee_connected_bound` | 1 s | how long a connection's inbound streams, and a dial's caller, wait for the notifiees' `connected` before going on without them |
-/// | `notifiee_close_grace` | 500 ms | how long `close()` lets notifiees drain what is queued before cancelling them |
+/// | `close_deadline` | 1 s | how long [`crate::Swarm::close`] lets connections close gracefully before it resets them |
+/// | `notifiee_close_grace` | 500 ms | how long `close()` lets notifiees drain what is queued before cancelling them (never past the close's deadline) |
 /// | `maintenance_interval` | 10 s | how often the peerstore is cleaned and old back-off entries dropped |
 /// | `peerstore` | [`PeerstoreConfig::default`] | the peerstore's bounds |
 ///
@@ -55,6 +56,8 @@ pub struct SwarmConfig {
     /// How long a new connection's inbound streams (and the caller of a dial) wait for
     /// the notifiees to return from `connected`.
     pub notifiee_connected_bound: Duration,
+    /// How long `close()` lets connections close gracefully before resetting them.
+    pub close_deadline: Duration,
     /// How long `close()` lets notifiees work through events already queued before it
     /// cancels them; bounds how long a slow notifiee can hold up `close()`.
     pub notifiee_close_grace: Duration,
@@ -79,6 +82,7 @@ impl Default for SwarmConfig {
             events_capacity: 1024,
             notifiee_queue_len: 1024,
             notifiee_connected_bound: Duration::from_secs(1),
+            close_deadline: Duration::from_secs(1),
             notifiee_close_grace: Duration::from_millis(500),
             maintenance_interval: Duration::from_secs(10),
             peerstore: PeerstoreConfig::default(),

@@ -176,6 +176,34 @@ impl Conn {
         self.0.conn.close().await
     }
 
+    /// Closes the connection gracefully, reporting `reason`, but no longer than
+    /// `deadline`: a peer that does not let go by then gets a reset.
+    pub async fn close_within(&self, reason: DisconnectReason, deadline: std::time::Duration) {
+        if tokio::time::timeout(deadline, self.close_with(reason.clone()))
+            .await
+            .is_err()
+        {
+            self.abort_with(reason);
+            self.0.conn.closed().await;
+        }
+    }
+
+    /// Resets the connection at once (the socket goes, nothing more is sent or waited
+    /// for), reporting `reason` unless another was given first.
+    pub fn abort_with(&self, reason: DisconnectReason) {
+        {
+            let mut slot = self
+                .0
+                .local_reason
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if slot.is_none() && !self.0.conn.is_closed() {
+                *slot = Some(reason);
+            }
+        }
+        self.0.conn.abort()
+    }
+
     /// Why it ended: the reason given locally, else what the connection reports.
     pub(crate) async fn final_reason(&self) -> DisconnectReason {
         let closed = self.0.conn.closed().await;

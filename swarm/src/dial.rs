@@ -205,7 +205,7 @@ impl Swarm {
                         self.0.backoff.clear(&peer);
                         if capable.remote_peer() != peer {
                             let actual = capable.remote_peer();
-                            self.0.tracker.spawn(async move { capable.close().await });
+                            self.close_untracked_conn(capable);
                             return Err(SwarmError::PeerIdMismatch { expected: peer, actual });
                         }
                         let (conn, ack) = self.add_conn(capable)?;

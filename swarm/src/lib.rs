@@ -25,6 +25,7 @@ mod limiter;
 pub mod listen;
 pub mod notify;
 pub mod peerstore;
+mod shutdown;
 pub mod swarm;
 
 pub use config::SwarmConfig;

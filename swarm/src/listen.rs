@@ -108,10 +108,17 @@ impl Swarm {
         let told = self.notifier().listen(&real);
         let real_out = real.clone();
         let swarm = self.clone();
+        let force = self.0.force.clone();
         self.0.tracker.spawn(async move {
             let _ended = ended.drop_guard();
             let error = swarm.accept_loop(&mut listener, &stop).await;
-            listener.close().await;
+            // A listener's close may wait on its endpoint draining (QUIC); past a
+            // shutdown's deadline the listener is dropped instead, which lets go at once.
+            tokio::select! {
+                _ = listener.close() => {}
+                _ = force.cancelled() => {}
+            }
+            drop(listener);
             let removed = swarm.0.listeners.lock().remove(&id);
             drop(removed);
             if let Some(e) = &error {

@@ -52,26 +52,37 @@ pub(crate) struct Inner {
     pub(crate) dial_sync: DialSync,
     pub(crate) listeners: Listeners,
     handler: RwLock<Option<StreamHandler>>,
-    notifier: Notifier,
+    pub(crate) notifier: Notifier,
     events: Events,
     next_conn: AtomicU64,
     streams: StreamTotal,
     /// Connections, listeners, dials, stream handlers.
     pub(crate) tracker: TaskTracker,
     /// The event task, stopped after every connection task has reported.
-    aux: TaskTracker,
+    pub(crate) aux: TaskTracker,
     /// Set when close or shutdown starts: refuse every new operation.
-    stopping: AtomicBool,
+    pub(crate) stopping: AtomicBool,
     /// Cancels every task in `tracker`.
     pub(crate) cancel: CancellationToken,
     /// Stops every listener (before `cancel`, for a graceful shutdown).
     pub(crate) listeners_stop: CancellationToken,
-    events_stop: CancellationToken,
-    close_started: Mutex<bool>,
-    close_done: CancellationToken,
+    pub(crate) events_stop: CancellationToken,
+    /// Cancelled when a shutdown reaches its deadline: whatever is still closing
+    /// gracefully is reset.
+    pub(crate) force: CancellationToken,
+    /// Whether a close or shutdown has started, and the deadline it must meet (the
+    /// earliest any caller asked for).
+    pub(crate) stop_started: Mutex<bool>,
+    pub(crate) stop_deadline: watch::Sender<Option<tokio::time::Instant>>,
+    pub(crate) close_done: CancellationToken,
 }
 
 impl Inner {
+    /// The count of streams open across the swarm.
+    pub(crate) fn streams_total(&self) -> &StreamTotal {
+        &self.streams
+    }
+
     /// True when the application's address filter refuses `addr`.
     pub(crate) fn addr_filter_refuses(&self, addr: &Multiaddr) -> bool {
         let filter = self
@@ -166,7 +177,9 @@ impl Swarm {
             listeners_stop: cancel.child_token(),
             cancel,
             events_stop,
-            close_started: Mutex::new(false),
+            force: CancellationToken::new(),
+            stop_started: Mutex::new(false),
+            stop_deadline: watch::channel(None).0,
             close_done: CancellationToken::new(),
             config,
         }));
@@ -385,7 +398,7 @@ impl Swarm {
     pub(crate) fn add_conn(&self, capable: BoxCapableConn) -> Result<(Conn, Ack), SwarmError> {
         let refuse = |capable: BoxCapableConn, e: SwarmError| {
             tracing::debug!(peer = %capable.remote_peer(), error = %e, "refusing a connection");
-            self.0.tracker.spawn(async move { capable.close().await });
+            self.close_untracked_conn(capable);
             Err(e)
         };
         if self.is_closed() {
@@ -425,6 +438,34 @@ impl Swarm {
             .tracker
             .spawn(self.clone().run_conn(conn.clone(), ack.clone()));
         Ok((conn, ack))
+    }
+
+    /// Closes a connection the swarm does not keep (refused, or to the wrong peer) on a
+    /// tracked task: gracefully, unless a shutdown reaches its deadline first.
+    pub(crate) fn close_untracked_conn(&self, capable: BoxCapableConn) {
+        let force = self.0.force.clone();
+        if self.is_closed() {
+            // Shutting down: nothing is owed to a connection we never took.
+            capable.abort();
+        }
+        self.0.tracker.spawn(async move {
+            tokio::select! {
+                _ = capable.close() => {}
+                _ = force.cancelled() => {
+                    capable.abort();
+                    capable.closed().await;
+                }
+            }
+        });
+    }
+
+    /// Every connection the swarm holds, closed or not.
+    pub(crate) fn all_conns(&self) -> Vec<Conn> {
+        self.0
+            .conns
+            .iter()
+            .flat_map(|e| e.value().clone())
+            .collect()
     }
 
     /// Waits, at most `notifiee_connected_bound`, for the notifiees to return from
@@ -532,57 +573,6 @@ impl Swarm {
                 _ = cancel.cancelled() => reset.store(true, Ordering::Release),
             }
         });
-    }
-
-    /// Closes the swarm: stops the listeners, closes every connection (reason
-    /// [`DisconnectReason::Shutdown`]), ends every task it started, and returns when they
-    /// have all ended. Idempotent; concurrent calls all wait for the one close. Notifiees
-    /// get at most `notifiee_close_grace` to drain; event consumers are never waited on.
-    pub async fn close(&self) {
-        let first = {
-            let mut started = self
-                .0
-                .close_started
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            !std::mem::replace(&mut *started, true)
-        };
-        if first {
-            // The close runs on its own task, so that it completes even when the caller
-            // is cancelled: a notifiee or a handler that calls close() is itself cancelled
-            // by it, and every other caller waits on `close_done`.
-            let swarm = self.clone();
-            drop(tokio::spawn(async move { swarm.close_inner().await }));
-        }
-        self.0.close_done.cancelled().await;
-    }
-
-    async fn close_inner(&self) {
-        self.0.stopping.store(true, Ordering::Release);
-        self.0.listeners_stop.cancel();
-        self.0.cancel.cancel();
-        self.0.tracker.close();
-        self.0.tracker.wait().await;
-        // Every connection and listener task has reported; publish and deliver that.
-        self.0.events_stop.cancel();
-        self.0.aux.close();
-        self.0.aux.wait().await;
-        self.0
-            .notifier
-            .close(self.0.config.notifiee_close_grace)
-            .await;
-        self.0.close_done.cancel();
-    }
-
-    /// Graceful shutdown: stops listening and refuses new connections, dials and streams,
-    /// lets open streams finish until `deadline` has passed, then closes everything as
-    /// [`Swarm::close`] does.
-    pub async fn shutdown(&self, deadline: Duration) {
-        self.0.stopping.store(true, Ordering::Release);
-        self.0.listeners_stop.cancel();
-        let mut streams = self.0.streams.subscribe();
-        let _ = tokio::time::timeout(deadline, streams.wait_for(|n| *n == 0)).await;
-        self.close().await;
     }
 
     /// Streams open across the swarm right now.

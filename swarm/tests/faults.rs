@@ -200,8 +200,14 @@ impl CapableConn for FaultyConn {
             },
         }
     }
+    fn go_away(&self) {
+        self.0.inner.go_away()
+    }
     async fn close(&self) {
         self.0.inner.close().await
+    }
+    fn abort(&self) {
+        self.0.inner.abort()
     }
     async fn closed(&self) -> CloseReason {
         let mut rx = self.0.fault.subscribe();

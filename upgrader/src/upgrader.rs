@@ -323,8 +323,14 @@ impl CapableConn for UpgradedConn {
     async fn accept_stream(&self) -> Result<Stream, ConnError> {
         self.muxed.accept_stream().await
     }
+    fn go_away(&self) {
+        self.muxed.go_away()
+    }
     async fn close(&self) {
         self.muxed.close().await
+    }
+    fn abort(&self) {
+        self.muxed.abort()
     }
     async fn closed(&self) -> CloseReason {
         self.muxed.closed().await

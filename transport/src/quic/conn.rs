@@ -177,10 +177,20 @@ impl CapableConn for QuicConn {
         ))
     }
 
+    /// QUIC has no Go Away short of closing: the streams already open go on, and the
+    /// swarm refuses new ones itself while it shuts down.
+    fn go_away(&self) {}
+
     async fn close(&self) {
         self.conn.close(CLOSE_NORMAL, b"");
         // Resolves at once after a local close; the endpoint sends CONNECTION_CLOSE.
         self.conn.closed().await;
+    }
+
+    /// A QUIC close is already immediate: CONNECTION_CLOSE goes out and the connection
+    /// state is dropped; the endpoint merely remembers it for a few round trips.
+    fn abort(&self) {
+        self.conn.close(CLOSE_NORMAL, b"");
     }
 
     async fn closed(&self) -> CloseReason {

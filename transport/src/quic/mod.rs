@@ -369,6 +369,12 @@ impl QuicTransport {
     /// RTT (a refused dial) drains for about 3 s, which is why the wait is bounded.
     /// Idempotent; later dials and listens fail with [`TransportError::TransportClosed`].
     pub async fn close(&self) {
+        self.close_within(self.shared.config.close_timeout).await
+    }
+
+    /// [`QuicTransport::close`], waiting at most `within` (and at most `close_timeout`)
+    /// for the endpoints to drain before stopping them.
+    pub async fn close_within(&self, within: std::time::Duration) {
         let _serial = self.shared.close_lock.lock().await;
         self.shared.cancel.cancel();
         let endpoints = self.shared.endpoints.close_all();
@@ -380,7 +386,7 @@ impl QuicTransport {
         drop(endpoints);
         self.shared
             .runtime
-            .shutdown(self.shared.config.close_timeout)
+            .shutdown(within.min(self.shared.config.close_timeout))
             .await;
     }
 }

@@ -20,6 +20,8 @@ pub trait MuxedConn: Send + Sync + 'static {
     async fn open_stream(&self) -> Result<Stream, ConnError>;
     /// Waits for the next inbound stream.
     async fn accept_stream(&self) -> Result<Stream, ConnError>;
+    /// Sends Go Away: no new streams either way; open streams go on.
+    fn go_away(&self);
     /// Closes the connection (yamux: GoAway), ends its streams, and returns once the
     /// connection's task has ended.
     async fn close(&self);

@@ -167,6 +167,10 @@ impl MuxedConn for YamuxConn {
         }
     }
 
+    fn go_away(&self) {
+        self.session.go_away();
+    }
+
     async fn close(&self) {
         self.close.cancel();
         self.closed().await;

@@ -214,9 +214,7 @@ impl Driver {
         self.closing = Some(Box::pin(tokio::time::sleep(
             self.session.config.close_timeout,
         )));
-        let mut st = self.session.lock();
-        st.closing = true;
-        st.queue_control(Header::new(FrameType::GoAway, 0, 0, go_away::NORMAL));
+        self.session.go_away();
     }
 
     /// Reads and parses until the socket has nothing more, or for a bounded number of

@@ -103,7 +103,7 @@ pub(crate) struct State {
     /// Window bytes reserved across all streams.
     pub(crate) reserved: usize,
     pub(crate) ended: Option<CloseReason>,
-    /// We are closing: Go Away is (or will be) sent, no new streams either way.
+    /// Go Away is queued (or sent): no new streams either way.
     pub(crate) closing: bool,
     /// The remote sent Go Away: it accepts no new streams from us.
     pub(crate) remote_go_away: bool,
@@ -293,6 +293,21 @@ impl Session {
         self.reason.send_replace(Some(reason));
         self.accept.notify_waiters();
         scope
+    }
+
+    /// Queues Go Away (once): no new streams either way, open ones go on.
+    pub(crate) fn go_away(&self) {
+        let mut st = self.lock();
+        if st.closing || st.ended.is_some() {
+            return;
+        }
+        st.closing = true;
+        st.queue_control(Header::new(
+            FrameType::GoAway,
+            0,
+            0,
+            super::frame::go_away::NORMAL,
+        ));
     }
 
     /// Registers the driver's waker.
