@@ -59,6 +59,10 @@ enum Command {
         /// Print one line per listener and connection event.
         #[arg(long)]
         events: bool,
+        /// Seconds a SIGINT or SIGTERM gives open streams to finish before everything
+        /// is forced closed; a second signal forces it at once.
+        #[arg(long, value_name = "SECS", default_value_t = 2.0, value_parser = parse_secs)]
+        shutdown_timeout: f64,
     },
     /// Connects to a peer, does what is asked, prints one JSON line.
     Dial {
@@ -102,7 +106,16 @@ async fn main() -> ExitCode {
             seed,
             security,
             events,
-        } => listen(tcp, quic, seed, security, events).await,
+            shutdown_timeout,
+        } => {
+            let opts = ListenOpts {
+                seed,
+                security,
+                events,
+                shutdown: Duration::from_secs_f64(shutdown_timeout),
+            };
+            listen(tcp, quic, opts).await
+        }
         Command::Dial {
             addr,
             seed,
@@ -198,13 +211,57 @@ impl Notifiee for PrintEvents {
     }
 }
 
-async fn listen(
-    tcp: Vec<Multiaddr>,
-    quic: Vec<Multiaddr>,
+/// A non-negative number of seconds.
+fn parse_secs(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && (0.0..=86_400.0).contains(&v) => Ok(v),
+        _ => Err(format!(
+            "{s:?} is not a number of seconds between 0 and 86400"
+        )),
+    }
+}
+
+/// How `listen` runs.
+struct ListenOpts {
     seed: Option<u64>,
     security: Option<SecurityArg>,
     events: bool,
+    shutdown: Duration,
+}
+
+/// Resolves on the next SIGINT or SIGTERM.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Self> {
+        Ok(Signals {
+            term: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?,
+        })
+    }
+
+    async fn next(&mut self) {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = self.term.recv() => {}
+        }
+    }
+}
+
+async fn listen(
+    tcp: Vec<Multiaddr>,
+    quic: Vec<Multiaddr>,
+    opts: ListenOpts,
 ) -> Result<(), CliError> {
+    let ListenOpts {
+        seed,
+        security,
+        events,
+        shutdown,
+    } = opts;
+    // Set up before anything listens, so that no signal can slip by unhandled.
+    let mut signals = Signals::new()?;
     let mut b = builder(seed, security);
     let (tcp, quic) = if tcp.is_empty() && quic.is_empty() {
         (
@@ -234,9 +291,16 @@ async fn listen(
     for addr in host.addrs_with_peer_id() {
         print_line(format!("LISTEN {addr}"));
     }
-    tokio::signal::ctrl_c().await?;
-    host.close().await;
-    Ok(())
+    signals.next().await;
+    // Graceful, bounded by the timeout whatever the peers do; a second signal does not
+    // wait for it.
+    tokio::select! {
+        _ = host.shutdown(shutdown) => Ok(()),
+        _ = signals.next() => {
+            eprintln!("strata: second signal; exiting at once");
+            std::process::exit(130);
+        }
+    }
 }
 
 /// What `dial` was asked to do.

@@ -3,8 +3,10 @@
 //! Two phases. Graceful: listeners stop, every connection is told Go Away, open streams
 //! may finish (for [`Swarm::shutdown`]), then every connection is closed, all at once.
 //! Forced, when the deadline comes first: every connection is reset, every task
-//! cancelled, every listener dropped. Nothing in the forced phase waits on a remote, so
-//! the call returns by the deadline plus the time tasks take to notice a cancellation.
+//! cancelled, every listener dropped. Nothing in the forced phase waits on a remote; what
+//! it takes is tearing down tasks (tens of milliseconds for ten thousand streams), so it
+//! starts a little before the deadline ([`teardown_reserve`]) and the call returns by the
+//! deadline plus a small margin.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -39,15 +41,19 @@ impl Swarm {
 
     async fn stop(&self, deadline: Duration, let_streams_finish: bool) {
         let hard = Instant::now() + deadline;
+        let reserve = teardown_reserve(deadline);
         let first = {
             let mut started = self
                 .0
                 .stop_started
                 .lock()
                 .unwrap_or_else(|p| p.into_inner());
-            self.0
-                .stop_deadline
-                .send_modify(|d| *d = Some(d.map_or(hard, |d| d.min(hard))));
+            self.0.stop_deadline.send_modify(|d| {
+                *d = Some(match *d {
+                    Some((end, r)) if end - r <= hard - reserve => (end, r),
+                    _ => (hard, reserve),
+                })
+            });
             !std::mem::replace(&mut *started, true)
         };
         if first {
@@ -103,9 +109,13 @@ impl Swarm {
         self.0.events_stop.cancel();
         self.0.aux.close();
         self.0.aux.wait().await;
-        let left = self.0.stop_deadline.borrow().map_or(Duration::ZERO, |d| {
-            d.saturating_duration_since(Instant::now())
-        });
+        let left = self
+            .0
+            .stop_deadline
+            .borrow()
+            .map_or(Duration::ZERO, |(end, _)| {
+                end.saturating_duration_since(Instant::now())
+            });
         self.0
             .notifier
             .close(left.min(self.0.config.notifiee_close_grace))
@@ -114,15 +124,24 @@ impl Swarm {
     }
 }
 
-/// Sleeps until the stop deadline, following it when a later caller brings it closer.
-async fn sleep_until_deadline(mut deadline: watch::Receiver<Option<Instant>>) {
+/// How long before the deadline the forced phase starts: a tenth of the deadline, at
+/// most 50 ms. Resetting connections and cancelling tasks is quick but not free, and the
+/// deadline bounds when the call returns, not when the forcing starts.
+pub(crate) fn teardown_reserve(deadline: Duration) -> Duration {
+    (deadline / 10).min(Duration::from_millis(50))
+}
+
+/// Sleeps until the stop deadline (less the teardown reserve), following it when a
+/// later caller brings it closer.
+async fn sleep_until_deadline(mut deadline: watch::Receiver<Option<(Instant, Duration)>>) {
     loop {
-        let Some(at) = *deadline.borrow_and_update() else {
+        let Some((end, reserve)) = *deadline.borrow_and_update() else {
             if deadline.changed().await.is_err() {
                 return;
             }
             continue;
         };
+        let at = end.checked_sub(reserve).unwrap_or(end);
         tokio::select! {
             _ = tokio::time::sleep_until(at) => return,
             changed = deadline.changed() => if changed.is_err() {

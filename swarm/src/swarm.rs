@@ -73,7 +73,8 @@ pub(crate) struct Inner {
     /// Whether a close or shutdown has started, and the deadline it must meet (the
     /// earliest any caller asked for).
     pub(crate) stop_started: Mutex<bool>,
-    pub(crate) stop_deadline: watch::Sender<Option<tokio::time::Instant>>,
+    /// The deadline and its teardown reserve.
+    pub(crate) stop_deadline: watch::Sender<Option<(tokio::time::Instant, Duration)>>,
     pub(crate) close_done: CancellationToken,
 }
 
@@ -573,6 +574,11 @@ impl Swarm {
                 _ = cancel.cancelled() => reset.store(true, Ordering::Release),
             }
         });
+    }
+
+    /// The number of streams open across the swarm, as it changes.
+    pub fn stream_count_watch(&self) -> watch::Receiver<usize> {
+        self.0.streams.subscribe()
     }
 
     /// Streams open across the swarm right now.
