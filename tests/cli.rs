@@ -240,3 +240,106 @@ fn listen_and_dial_over_quic() {
         .unwrap()
         .contains("/quic-v1"));
 }
+
+fn signal(child: &Child, sig: libc::c_int) {
+    // SAFETY: kill takes a process ID and a signal number and touches no memory of ours;
+    // the child is ours and has not been reaped, so its PID names it.
+    let rc = unsafe { libc::kill(child.id() as libc::pid_t, sig) };
+    assert_eq!(rc, 0, "kill({}, {sig}) failed", child.id());
+}
+
+/// Starts `strata dial ADDR --perf-down HUGE`: a download that never ends by itself.
+fn downloader(addr: &str) -> Running {
+    Running(
+        Command::new(BIN)
+            .args(["dial", addr, "--perf-down", "1000000000000"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// Waits for the child to exit, at most `limit`; returns its status and how long it took.
+fn wait_exit(child: &mut Child, limit: Duration) -> (std::process::ExitStatus, Duration) {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return (status, start.elapsed());
+        }
+        assert!(
+            start.elapsed() < limit,
+            "the process did not exit within {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Four peers download with perf and freeze (SIGSTOP) mid-transfer; SIGINT ends the
+/// listener within its shutdown timeout plus 100 ms, with exit code 0.
+#[test]
+fn sigint_ends_listen_within_its_shutdown_timeout_despite_frozen_peers() {
+    let (mut listener, lines) = listen(&[
+        "--tcp",
+        "/ip4/127.0.0.1/tcp/0",
+        "--events",
+        "--shutdown-timeout",
+        "1",
+    ]);
+    let addr = next_line(&lines, "LISTEN ")
+        .strip_prefix("LISTEN ")
+        .unwrap()
+        .to_string();
+    let peers: Vec<Running> = (0..4).map(|_| downloader(&addr)).collect();
+    for _ in 0..4 {
+        next_line(&lines, "EVENT connected ");
+    }
+    // Let the downloads get going, then freeze the peers mid-transfer.
+    std::thread::sleep(Duration::from_millis(300));
+    for p in &peers {
+        signal(&p.0, libc::SIGSTOP);
+    }
+    signal(&listener.0, libc::SIGINT);
+    let (status, took) = wait_exit(&mut listener.0, Duration::from_secs(10));
+    assert!(status.success(), "exit status {status:?}");
+    assert!(
+        took <= Duration::from_millis(1100),
+        "exited {took:?} after SIGINT, the timeout being 1 s"
+    );
+    for p in &peers {
+        signal(&p.0, libc::SIGCONT);
+    }
+}
+
+/// A second signal does not wait for the graceful shutdown: the listener exits at once.
+#[test]
+fn a_second_signal_forces_listen_to_exit_at_once() {
+    let (mut listener, lines) = listen(&[
+        "--tcp",
+        "/ip4/127.0.0.1/tcp/0",
+        "--events",
+        "--shutdown-timeout",
+        "30",
+    ]);
+    let addr = next_line(&lines, "LISTEN ")
+        .strip_prefix("LISTEN ")
+        .unwrap()
+        .to_string();
+    // A peer with a stream that stays open keeps the graceful phase waiting.
+    let peer = downloader(&addr);
+    next_line(&lines, "EVENT connected ");
+    // Let its download stream open (it does within milliseconds of connecting).
+    std::thread::sleep(Duration::from_millis(300));
+    signal(&peer.0, libc::SIGSTOP);
+    signal(&listener.0, libc::SIGTERM);
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        listener.0.try_wait().unwrap().is_none(),
+        "still shutting down gracefully"
+    );
+    signal(&listener.0, libc::SIGINT);
+    let (status, took) = wait_exit(&mut listener.0, Duration::from_secs(5));
+    assert_eq!(status.code(), Some(130));
+    assert!(took < Duration::from_millis(500), "{took:?}");
+    signal(&peer.0, libc::SIGCONT);
+}

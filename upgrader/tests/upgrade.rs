@@ -541,3 +541,69 @@ async fn local_close_is_a_clean_remote_close_for_a_busy_peer() {
         }
     }
 }
+
+#[test]
+fn a_full_queue_of_connections_whose_peers_never_answer_closes_at_once() {
+    // The peers run on a runtime of their own that freezes once they are queued: they
+    // will never answer a Go Away or read a byte again.
+    let peers_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (mut lb, addr, queued) = rt.block_on(async {
+        let raw = TcpTransport::new(TcpConfig::default().reuseport(false));
+        let up = Arc::new(upgrader(
+            &keypair_from_seed(2),
+            &[Sec::Noise],
+            UpgraderConfig::default(),
+        ));
+        let raw_listener = strata_core::RawTransport::listen(&raw, &loopback())
+            .await
+            .unwrap();
+        let lb = strata_upgrader::UpgradedListener::new(raw_listener, up, "tcp");
+        let addr = strata_core::Listener::multiaddr(&lb).clone();
+        let queued = lb.queued();
+        (lb, addr, queued)
+    });
+    let dialed = peers_rt.block_on(async {
+        let (_, a) = node(1, &[Sec::Noise]);
+        let mut dialed = Vec::new();
+        for _ in 0..16 {
+            dialed.push(timeout(LIMIT, a.dial(&addr, None)).await.unwrap().unwrap());
+        }
+        dialed
+    });
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let (frozen_tx, frozen_rx) = std::sync::mpsc::channel::<()>();
+    peers_rt.spawn(async move {
+        frozen_tx.send(()).unwrap();
+        let _ = release_rx.recv();
+    });
+    frozen_rx.recv().unwrap();
+    rt.block_on(async {
+        let mut queued = queued;
+        timeout(LIMIT, queued.wait_for(|n| *n == 16))
+            .await
+            .unwrap()
+            .unwrap();
+        let start = std::time::Instant::now();
+        strata_core::Listener::close(&mut lb).await;
+        let took = start.elapsed();
+        assert!(took < Duration::from_millis(200), "close took {took:?}");
+        assert_eq!(lb.task_count(), 0);
+    });
+    release_tx.send(()).unwrap();
+    peers_rt.block_on(async {
+        for c in &dialed {
+            timeout(LIMIT, c.closed())
+                .await
+                .expect("the peers see their connections end");
+        }
+    });
+}
