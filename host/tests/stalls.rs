@@ -252,7 +252,7 @@ fn host_shutdown_with_frozen_peers_mid_transfer_returns_by_its_deadline() {
                 .build()
                 .await
                 .unwrap();
-            client.connect(server, &[addr.clone()]).await.unwrap();
+            client.connect(server, std::slice::from_ref(&addr)).await.unwrap();
             let mut s = client
                 .new_stream(server, &["/firehose/1.0.0"])
                 .await
