@@ -1,0 +1,51 @@
+#![no_main]
+//! Ping: the service echoing whatever 32-byte chunks arrive (and a trailing partial
+//! one), and the client checking an answer made of the input.
+
+use std::sync::Arc;
+
+use libfuzzer_sys::fuzz_target;
+use strata_core::{ConnScope, Direction, PeerId};
+use strata_host::ping::{ping_once, ping_service};
+use strata_upgrader::{StreamMuxer, Yamux};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fuzz_target!(|data: &[u8]| {
+    let data = data.to_vec();
+    strata_fuzz::block_on(async move {
+        let (x, y) = tokio::io::duplex(1 << 16);
+        let scope = || Arc::new(ConnScope::unlimited());
+        let a = Yamux::default().new_conn(Box::new(x), Direction::Outbound, PeerId::random(), scope());
+        let b = Yamux::default().new_conn(Box::new(y), Direction::Inbound, PeerId::random(), scope());
+        let client = async {
+            let Ok(mut s) = a.open_stream().await else { return };
+            let _ = s.write_all(&data).await;
+            let _ = s.close_write().await;
+            let mut back = Vec::new();
+            let _ = s.read_to_end(&mut back).await;
+        };
+        let server = async {
+            if let Ok(s) = b.accept_stream().await {
+                let _ = ping_service(s).await;
+            }
+        };
+        let _ = tokio::time::timeout(strata_fuzz::RUN_LIMIT, async { tokio::join!(client, server) }).await;
+        // The client against an answer made of the input.
+        let answer = async {
+            if let Ok(mut s) = a.accept_stream().await {
+                let mut req = [0u8; 32];
+                let _ = s.read_exact(&mut req).await;
+                let _ = s.write_all(&data).await;
+                let _ = s.close_write().await;
+            }
+        };
+        let ask = async {
+            if let Ok(mut s) = b.open_stream().await {
+                let _ = ping_once(&mut s).await;
+            }
+        };
+        let _ = tokio::time::timeout(strata_fuzz::RUN_LIMIT, async { tokio::join!(answer, ask) }).await;
+        a.close().await;
+        b.close().await;
+    });
+});
