@@ -10,6 +10,14 @@ use strata::identity::keypair_from_seed;
 
 const BIN: &str = env!("CARGO_BIN_EXE_strata");
 
+/// One test at a time: two of them time a process's exit, which the others' processes
+/// would slow on a machine with two cores.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Kills the child when dropped, so a failing test leaves no process behind.
 struct Running(Child);
 
@@ -54,6 +62,7 @@ fn next_line(rx: &mpsc::Receiver<String>, prefix: &str) -> String {
 
 #[test]
 fn listen_prints_addresses_and_dial_prints_one_json_line() {
+    let _serial = serial();
     let listener_id = keypair_from_seed(1).public().to_peer_id();
     let dialer_id = keypair_from_seed(2).public().to_peer_id();
     let (_listener, lines) = listen(&["--tcp", "/ip4/127.0.0.1/tcp/0", "--seed", "1", "--events"]);
@@ -140,6 +149,7 @@ fn listen_prints_addresses_and_dial_prints_one_json_line() {
 
 #[test]
 fn only_the_requested_keys_are_printed() {
+    let _serial = serial();
     let (_listener, lines) = listen(&["--tcp", "/ip4/127.0.0.1/tcp/0", "--security", "noise"]);
     let addr = next_line(&lines, "LISTEN ")
         .strip_prefix("LISTEN ")
@@ -162,6 +172,7 @@ fn only_the_requested_keys_are_printed() {
 
 #[test]
 fn dial_failures_exit_non_zero_with_a_message() {
+    let _serial = serial();
     let nobody = keypair_from_seed(9).public().to_peer_id();
     // A closed port.
     let out = Command::new(BIN)
@@ -182,6 +193,7 @@ fn dial_failures_exit_non_zero_with_a_message() {
 
 #[test]
 fn demo_runs_the_whole_stack_three_ways() {
+    let _serial = serial();
     let out = Command::new(BIN).arg("demo").output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -214,6 +226,7 @@ fn demo_runs_the_whole_stack_three_ways() {
 
 #[test]
 fn listen_and_dial_over_quic() {
+    let _serial = serial();
     let (_listener, lines) = listen(&["--quic", "/ip4/127.0.0.1/udp/0/quic-v1"]);
     let addr = next_line(&lines, "LISTEN ")
         .strip_prefix("LISTEN ")
@@ -279,6 +292,7 @@ fn wait_exit(child: &mut Child, limit: Duration) -> (std::process::ExitStatus, D
 /// listener within its shutdown timeout plus 100 ms, with exit code 0.
 #[test]
 fn sigint_ends_listen_within_its_shutdown_timeout_despite_frozen_peers() {
+    let _serial = serial();
     let (mut listener, lines) = listen(&[
         "--tcp",
         "/ip4/127.0.0.1/tcp/0",
@@ -314,6 +328,7 @@ fn sigint_ends_listen_within_its_shutdown_timeout_despite_frozen_peers() {
 /// A second signal does not wait for the graceful shutdown: the listener exits at once.
 #[test]
 fn a_second_signal_forces_listen_to_exit_at_once() {
+    let _serial = serial();
     let (mut listener, lines) = listen(&[
         "--tcp",
         "/ip4/127.0.0.1/tcp/0",

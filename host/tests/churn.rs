@@ -260,3 +260,57 @@ async fn identify_address_floods_are_capped_and_junk_is_never_stored_or_dialed()
     }
     host.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_address_filter_keeps_refused_addresses_out_of_the_store_and_off_the_wire() {
+    let mut limits = strata_rcmgr::LimitConfig::autoscaled();
+    limits.admission.allowlist = vec!["127.0.0.0/8".parse().unwrap()];
+    let (host, outcomes) = HostBuilder::new()
+        .no_quic()
+        .resource_limits(limits)
+        .addr_filter(|a: &Multiaddr| !a.to_string().starts_with("/ip4/10."))
+        .listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
+        .build()
+        .await
+        .unwrap();
+    let addr = outcomes[0].result.as_ref().unwrap().clone();
+    let key = generate_ed25519();
+    let peer = key.public().to_peer_id();
+    let conn = bare_client(&key)
+        .dial(&addr, Some(host.id()))
+        .await
+        .unwrap();
+    let mut events = host.events();
+    let announced: Vec<Multiaddr> = vec![
+        "/ip4/10.1.2.3/tcp/4001".parse().unwrap(),
+        "/ip4/127.0.0.1/tcp/4001".parse().unwrap(),
+    ];
+    answer_identify(conn.as_ref(), &info_of(&key, announced)).await;
+    timeout(LIMIT, async {
+        loop {
+            if let Ok(HostEvent::Identified { peer: p, .. }) = events.recv().await {
+                if p == peer {
+                    return;
+                }
+            }
+        }
+    })
+    .await
+    .unwrap();
+    let stored = host.peerstore().addrs(&peer);
+    assert!(stored.contains(&"/ip4/127.0.0.1/tcp/4001".parse().unwrap()));
+    assert!(
+        !stored.iter().any(|a| a.to_string().starts_with("/ip4/10.")),
+        "{stored:?}"
+    );
+    // An address given to connect by hand is refused unsent, too.
+    let other = generate_ed25519().public().to_peer_id();
+    let err = host
+        .connect(other, &["/ip4/10.9.9.9/tcp/4001".parse().unwrap()])
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("address filtered out"), "{err}");
+    conn.close().await;
+    host.close().await;
+}

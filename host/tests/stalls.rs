@@ -21,6 +21,10 @@ use tokio::time::timeout;
 const ECHO: &str = "/echo/1.0.0";
 const LIMIT: Duration = Duration::from_secs(20);
 
+/// One test at a time: each measures how long something takes, and the others would
+/// compete for the two cores.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn serve_echo(host: &Host) {
     host.set_stream_handler(ECHO, |mut stream| async move {
         let mut buf = Vec::new();
@@ -93,6 +97,7 @@ async fn bare_peers(n: usize, addr: &Multiaddr, host: PeerId) -> Vec<BoxCapableC
 
 #[test]
 fn a_trim_of_a_hundred_unresponsive_peers_ends_within_its_deadline() {
+    let _serial = SERIAL.blocking_lock();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -145,6 +150,7 @@ impl Notifiee for Sleeper {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_notifiee_sleeping_in_connected_delays_streams_by_at_most_the_bound() {
+    let _serial = SERIAL.lock().await;
     let bound = SwarmConfig::default().notifiee_connected_bound;
     let (server, addr) =
         tcp_host(HostBuilder::new().notifiee(Arc::new(Sleeper(Duration::from_secs(5))))).await;
@@ -208,6 +214,7 @@ impl Notifiee for EchoOnConnect {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn notifiees_opening_streams_to_each_other_in_connected_both_get_through() {
+    let _serial = SERIAL.lock().await;
     let (a_tx, mut a_rx) = tokio::sync::mpsc::unbounded_channel();
     let (b_tx, mut b_rx) = tokio::sync::mpsc::unbounded_channel();
     let (a, _) = tcp_host(HostBuilder::new().notifiee(Arc::new(EchoOnConnect(a_tx)))).await;
@@ -227,12 +234,14 @@ async fn notifiees_opening_streams_to_each_other_in_connected_both_get_through()
 
 #[test]
 fn host_shutdown_with_frozen_peers_mid_transfer_returns_by_its_deadline() {
+    let _serial = SERIAL.blocking_lock();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
     let peers_rt = peer_runtime();
+    let tasks_before = rt.metrics().num_alive_tasks();
     let (host, addr) = rt.block_on(async {
         let (host, addr) = tcp_host(HostBuilder::new()).await;
         // Sends until the peer stops reading, then blocks.
@@ -252,7 +261,10 @@ fn host_shutdown_with_frozen_peers_mid_transfer_returns_by_its_deadline() {
                 .build()
                 .await
                 .unwrap();
-            client.connect(server, std::slice::from_ref(&addr)).await.unwrap();
+            client
+                .connect(server, std::slice::from_ref(&addr))
+                .await
+                .unwrap();
             let mut s = client
                 .new_stream(server, &["/firehose/1.0.0"])
                 .await
@@ -273,6 +285,8 @@ fn host_shutdown_with_frozen_peers_mid_transfer_returns_by_its_deadline() {
             "shutdown(1 s) took {took:?}"
         );
     });
+    // Nothing the host started is left running on its runtime.
+    assert_eq!(rt.metrics().num_alive_tasks(), tasks_before);
     drop(release);
     peers_rt.block_on(async {
         for (client, _) in &peers {
