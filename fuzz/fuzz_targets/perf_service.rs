@@ -2,22 +2,15 @@
 //! The perf server reading a client's request (an 8-byte size, then an upload to EOF)
 //! from whatever bytes arrive, and the perf client reading a server's answer.
 
-use std::sync::Arc;
-
 use libfuzzer_sys::fuzz_target;
-use strata_core::{ConnScope, Direction, PeerId};
 use strata_host::perf::{perf_client, perf_service};
-use strata_upgrader::{StreamMuxer, Yamux};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fuzz_target!(|data: &[u8]| {
     let data = data.to_vec();
     strata_fuzz::block_on(async move {
         // A real yamux pair gives the service a real Stream.
-        let (x, y) = tokio::io::duplex(1 << 16);
-        let scope = || Arc::new(ConnScope::unlimited());
-        let a = Yamux::default().new_conn(Box::new(x), Direction::Outbound, PeerId::random(), scope());
-        let b = Yamux::default().new_conn(Box::new(y), Direction::Inbound, PeerId::random(), scope());
+        let (a, b) = strata_fuzz::yamux_pair();
         let client = async {
             let Ok(mut s) = a.open_stream().await else { return };
             let _ = s.write_all(&data).await;
@@ -39,9 +32,7 @@ fuzz_target!(|data: &[u8]| {
         };
         let _ = tokio::time::timeout(strata_fuzz::RUN_LIMIT, async { tokio::join!(client, server) }).await;
         // The other way: a server that answers with the input.
-        let (x, y) = tokio::io::duplex(1 << 16);
-        let c = Yamux::default().new_conn(Box::new(x), Direction::Outbound, PeerId::random(), scope());
-        let d = Yamux::default().new_conn(Box::new(y), Direction::Inbound, PeerId::random(), scope());
+        let (c, d) = strata_fuzz::yamux_pair();
         let answer = async {
             if let Ok(mut s) = d.accept_stream().await {
                 let mut req = Vec::new();

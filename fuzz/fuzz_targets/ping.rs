@@ -2,21 +2,14 @@
 //! Ping: the service echoing whatever 32-byte chunks arrive (and a trailing partial
 //! one), and the client checking an answer made of the input.
 
-use std::sync::Arc;
-
 use libfuzzer_sys::fuzz_target;
-use strata_core::{ConnScope, Direction, PeerId};
 use strata_host::ping::{ping_once, ping_service};
-use strata_upgrader::{StreamMuxer, Yamux};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fuzz_target!(|data: &[u8]| {
     let data = data.to_vec();
     strata_fuzz::block_on(async move {
-        let (x, y) = tokio::io::duplex(1 << 16);
-        let scope = || Arc::new(ConnScope::unlimited());
-        let a = Yamux::default().new_conn(Box::new(x), Direction::Outbound, PeerId::random(), scope());
-        let b = Yamux::default().new_conn(Box::new(y), Direction::Inbound, PeerId::random(), scope());
+        let (a, b) = strata_fuzz::yamux_pair();
         let client = async {
             let Ok(mut s) = a.open_stream().await else { return };
             let _ = s.write_all(&data).await;

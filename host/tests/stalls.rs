@@ -55,6 +55,15 @@ async fn tcp_host(builder: HostBuilder) -> (Host, Multiaddr) {
     (host, addr)
 }
 
+/// The host's runtime: two workers, as the machine has two cores.
+fn host_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 /// A runtime of its own for peers that will freeze.
 fn peer_runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -98,11 +107,7 @@ async fn bare_peers(n: usize, addr: &Multiaddr, host: PeerId) -> Vec<BoxCapableC
 #[test]
 fn a_trim_of_a_hundred_unresponsive_peers_ends_within_its_deadline() {
     let _serial = SERIAL.blocking_lock();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = host_runtime();
     let peers_rt = peer_runtime();
     let trim_deadline = Duration::from_millis(500);
     let cm = ConnManagerConfig {
@@ -235,11 +240,7 @@ async fn notifiees_opening_streams_to_each_other_in_connected_both_get_through()
 #[test]
 fn host_shutdown_with_frozen_peers_mid_transfer_returns_by_its_deadline() {
     let _serial = SERIAL.blocking_lock();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = host_runtime();
     let peers_rt = peer_runtime();
     let tasks_before = rt.metrics().num_alive_tasks();
     let (host, addr) = rt.block_on(async {
