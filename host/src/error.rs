@@ -20,6 +20,17 @@ pub enum HostError {
         /// What went wrong.
         message: String,
     },
+    /// The resource manager refused the stream for its protocol (that protocol's
+    /// stream limit); the stream was reset.
+    #[error("stream to {peer} for {protocol} refused by the resource manager: {source}")]
+    Resource {
+        /// The remote peer.
+        peer: PeerId,
+        /// The protocol negotiated.
+        protocol: String,
+        /// The limit that refused it.
+        source: strata_core::ResourceError,
+    },
     /// A ping failed.
     #[error(transparent)]
     Ping(#[from] crate::ping::PingError),

@@ -351,6 +351,7 @@ impl Host {
             .new_stream_with(peer, StreamOptions::default())
             .await?;
         if let Some(known) = self.peerstore().first_supported_protocol(&peer, protocols) {
+            charge_protocol(&mut stream, peer, &known)?;
             let lazy =
                 dialer_select_lazy(stream, &known)
                     .await
@@ -376,6 +377,7 @@ impl Host {
             message: e.to_string(),
         })?;
         let _ = self.peerstore().add_protocols(peer, &[picked.as_str()]);
+        charge_protocol(&mut stream, peer, &picked)?;
         stream.set_protocol(picked);
         Ok(stream)
     }
@@ -534,6 +536,19 @@ impl Host {
             });
         }
     }
+}
+
+/// Charges `stream` to `protocol`'s resource scope; over that protocol's limit the stream
+/// is reset and the caller gets a typed error.
+fn charge_protocol(stream: &mut Stream, peer: PeerId, protocol: &str) -> Result<(), HostError> {
+    stream.scope().set_protocol(protocol).map_err(|source| {
+        stream.reset();
+        HostError::Resource {
+            peer,
+            protocol: protocol.to_owned(),
+            source,
+        }
+    })
 }
 
 fn user_handler<F, Fut>(handler: F) -> ConnHandler

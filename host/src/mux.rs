@@ -95,6 +95,13 @@ impl ProtocolMux {
             stream.reset();
             return;
         };
+        // The protocol's own stream limit: over it, this stream is reset and other
+        // protocols are unaffected.
+        if let Err(e) = stream.scope().set_protocol(&protocol) {
+            tracing::debug!(peer = %conn.remote_peer(), %protocol, "inbound stream refused: {e}");
+            stream.reset();
+            return;
+        }
         stream.set_protocol(protocol);
         handler(stream, conn).await;
     }

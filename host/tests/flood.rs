@@ -486,3 +486,62 @@ async fn a_burst_of_quic_initials_from_one_address_does_not_stop_a_real_peer() {
     flooder.close().await;
     host.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_past_a_protocols_limit_are_reset_and_other_protocols_go_on() {
+    let _serial = SERIAL.lock().await;
+    let mut limits = LimitConfig::unlimited();
+    limits.protocol_overrides.insert(
+        "/hold/1.0.0".into(),
+        strata_rcmgr::ScopeLimit {
+            streams: 3,
+            streams_inbound: 3,
+            streams_outbound: 3,
+            ..strata_rcmgr::ScopeLimit::UNLIMITED
+        },
+    );
+    let (host, _) = server(limits, UpgraderConfig::default()).await;
+    host.set_stream_handler("/hold/1.0.0", |mut stream| async move {
+        let mut buf = [0u8; 16];
+        while let Ok(n) = stream.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+        }
+    });
+    let (client, _) = HostBuilder::new().no_quic().build().await.unwrap();
+    client.connect(host.id(), &host.addrs()).await.unwrap();
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for _ in 0..8 {
+        let mut s = client
+            .new_stream(host.id(), &["/hold/1.0.0"])
+            .await
+            .unwrap();
+        s.write_all(b"x").await.unwrap_or(());
+        let mut buf = [0u8; 1];
+        match timeout(Duration::from_millis(300), s.read(&mut buf)).await {
+            Err(_) => held.push(s),
+            Ok(_) => refused += 1,
+        }
+    }
+    assert_eq!(held.len(), 3, "the protocol's limit");
+    assert_eq!(refused, 5);
+    let stat = host.resource_manager().stat();
+    assert_eq!(stat.protocols["/hold/1.0.0"].streams_inbound, 3);
+    // Negotiated streams leave the transient scope.
+    assert_eq!(stat.transient.streams(), 0, "{stat:?}");
+    // Another protocol on the same connection is unaffected.
+    let mut s = client.new_stream(host.id(), &[ECHO]).await.unwrap();
+    s.write_all(b"fine").await.unwrap();
+    s.close_write().await.unwrap();
+    let mut back = Vec::new();
+    timeout(LIMIT, s.read_to_end(&mut back))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(back, b"fine");
+    drop(held);
+    client.close().await;
+    host.close().await;
+}
