@@ -60,6 +60,17 @@ pub trait RawTransport: Send + Sync + 'static {
     fn can_listen(&self, addr: &Multiaddr) -> bool;
     /// Opens a connection to the address.
     async fn dial(&self, addr: &Multiaddr) -> Result<BoxRawConn, TransportError>;
+    /// Whether `dial` may leave from a listening port, so that two peers dialing each
+    /// other at once can meet in one TCP connection (simultaneous open) where both act as
+    /// the dialer and the upgrade fails. The upgrader then retries once with
+    /// [`RawTransport::dial_fresh`].
+    fn dials_from_listen_port(&self) -> bool {
+        false
+    }
+    /// Opens a connection from a port of its own (not a listening one).
+    async fn dial_fresh(&self, addr: &Multiaddr) -> Result<BoxRawConn, TransportError> {
+        self.dial(addr).await
+    }
     /// Listens on the address.
     async fn listen(&self, addr: &Multiaddr) -> Result<BoxRawListener, TransportError>;
 }

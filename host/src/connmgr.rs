@@ -2,7 +2,6 @@
 //! trimming the least valuable ones, as go-libp2p's `BasicConnMgr`.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -65,7 +64,7 @@ struct PeerInfo {
 pub struct ConnManager {
     config: ConnManagerConfig,
     peers: Mutex<HashMap<PeerId, PeerInfo>>,
-    trimming: AtomicBool,
+    trim_request: tokio::sync::Notify,
 }
 
 impl ConnManager {
@@ -80,7 +79,7 @@ impl ConnManager {
         Ok(ConnManager {
             config,
             peers: Mutex::new(HashMap::new()),
-            trimming: AtomicBool::new(false),
+            trim_request: tokio::sync::Notify::new(),
         })
     }
 
@@ -144,22 +143,24 @@ impl ConnManager {
     }
 
     pub(crate) fn on_connected(&self, host: &Host, _conn: &Conn) {
-        if host.network().conns().len() <= self.config.high_water {
-            return;
+        if host.network().conns().len() > self.config.high_water {
+            self.trim_request.notify_one();
         }
-        if self.trimming.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        let host2 = host.clone();
-        host.0.tasks.spawn(async move {
-            if let Some(cm) = host2.conn_manager() {
-                tokio::select! {
-                    _ = host2.0.cancel.cancelled() => {}
-                    _ = cm.trim(&host2) => {}
-                }
-                cm.trimming.store(false, Ordering::Release);
+    }
+
+    /// The connection manager's service: trims when asked (a new connection took the
+    /// count above the high watermark), one trim at a time, until cancelled.
+    pub(crate) async fn run(&self, host: &Host, cancel: &tokio_util::sync::CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = self.trim_request.notified() => {}
             }
-        });
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = self.trim(host) => {}
+            }
+        }
     }
 
     /// Closes the least valuable connections until at most `low_water` remain: all at

@@ -31,6 +31,12 @@ pub enum HostError {
         /// The limit that refused it.
         source: strata_core::ResourceError,
     },
+    /// A message protocol of this name is registered already.
+    #[error("message protocol {0} is registered already")]
+    ProtocolExists(String),
+    /// A service of this name is already running.
+    #[error("a service named {0:?} exists already")]
+    ServiceExists(String),
     /// A ping failed.
     #[error(transparent)]
     Ping(#[from] crate::ping::PingError),

@@ -31,6 +31,25 @@ pub enum HostEvent {
         /// The round-trip time.
         rtt: std::time::Duration,
     },
+    /// A supervised service failed and its policy does not restart it (a `Required`
+    /// one shuts the host down).
+    ServiceFailed {
+        /// The service.
+        name: String,
+        /// Why.
+        error: String,
+    },
+    /// A supervised service failed and is restarted after `backoff`.
+    ServiceRestarted {
+        /// The service.
+        name: String,
+        /// Its restarts so far, this one included.
+        restarts: u64,
+        /// Why it failed.
+        error: String,
+        /// How long until it starts again.
+        backoff: std::time::Duration,
+    },
     /// This many swarm events were dropped because the host fell behind.
     Missed(u64),
 }

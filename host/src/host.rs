@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use strata_core::addr::with_peer_id;
 use strata_core::{Direction, Keypair, Multiaddr, PeerId, Stream, StreamIo};
-use strata_swarm::{Conn, Notifiee, NotifyHandle, StreamOptions, Swarm, SwarmError};
+use strata_swarm::{
+    Conn, Connectedness, DisconnectReason, Notifiee, NotifyHandle, StreamOptions, Swarm, SwarmError,
+};
 use strata_upgrader::multistream::{dialer_select, dialer_select_lazy, LazyNegotiated};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::broadcast;
@@ -26,6 +28,7 @@ use crate::mux::{ConnHandler, ProtocolMatch, ProtocolMux};
 use crate::peerstore::{Peerstore, TEMP_ADDR_TTL};
 use crate::perf::{perf_service, PERF_PROTOCOL};
 use crate::ping::{ping_once, ping_service, PING_PROTOCOL};
+use crate::services::ServicePolicy;
 
 /// How long opening a stream may spend negotiating its protocol.
 pub const STREAM_NEGOTIATION_TIMEOUT: Duration = Duration::from_secs(10);
@@ -46,9 +49,15 @@ pub(crate) struct HostInner {
     pub(crate) swarm: Swarm,
     mux: Arc<ProtocolMux>,
     settings: HostSettings,
-    events: broadcast::Sender<HostEvent>,
+    pub(crate) events: broadcast::Sender<HostEvent>,
     pub(crate) tasks: TaskTracker,
     pub(crate) cancel: CancellationToken,
+    /// Cancelled when a shutdown reaches its deadline: services still running are dropped.
+    pub(crate) force: CancellationToken,
+    pub(crate) services: crate::services::Services,
+    /// Wakes the identify push service.
+    push_request: tokio::sync::Notify,
+    pub(crate) messaging: crate::messaging::Messaging,
     own_notifiee: Mutex<Option<NotifyHandle>>,
     pub(crate) connmgr: Option<Arc<crate::connmgr::ConnManager>>,
     quic: Option<Arc<strata_transport::QuicTransport>>,
@@ -67,8 +76,9 @@ impl std::fmt::Debug for Host {
     }
 }
 
-/// Runs identify on every new connection, and lets the connection manager count it.
-/// (The swarm keeps the peerstore in step with connections itself.)
+/// Runs identify on every new connection, lets the connection manager count it, and
+/// ends a peer's message sessions when its last connection closes. (The swarm keeps the
+/// peerstore in step with connections itself.)
 struct HostNotifiee(Weak<HostInner>);
 
 #[async_trait]
@@ -90,6 +100,16 @@ impl Notifiee for HostNotifiee {
             }
         });
     }
+
+    async fn disconnected(&self, swarm: &Swarm, conn: &Conn, reason: &DisconnectReason) {
+        let Some(inner) = self.0.upgrade() else {
+            return;
+        };
+        let peer = conn.remote_peer();
+        if swarm.connectedness(&peer) == Connectedness::NotConnected {
+            Host(inner).messaging_disconnected(peer, reason);
+        }
+    }
 }
 
 impl Host {
@@ -109,6 +129,10 @@ impl Host {
             events: broadcast::channel(events_capacity.max(1)).0,
             tasks: TaskTracker::new(),
             cancel: CancellationToken::new(),
+            force: CancellationToken::new(),
+            services: crate::services::Services::default(),
+            push_request: tokio::sync::Notify::new(),
+            messaging: crate::messaging::Messaging::default(),
             own_notifiee: Mutex::new(None),
             connmgr,
             quic,
@@ -185,33 +209,53 @@ impl Host {
                 }),
             );
         }
+        // The host's own background work runs as supervised services.
+        let restart = ServicePolicy::restart();
+        let _ = self.spawn_service("identify push", restart, |ctx| async move {
+            ctx.host.run_identify_push(&ctx.cancel).await;
+            Ok(())
+        });
         if let Some(interval) = self.0.settings.ping_interval {
-            let host = self.clone();
-            self.0.tasks.spawn(async move {
-                let mut tick = tokio::time::interval(interval);
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                loop {
-                    tokio::select! {
-                        _ = host.0.cancel.cancelled() => return,
-                        _ = tick.tick() => {}
-                    }
-                    for peer in host.0.swarm.peers() {
-                        let h = host.clone();
-                        host.0.tasks.spawn(async move {
-                            let ping = tokio::select! {
-                                _ = h.0.cancel.cancelled() => return,
-                                r = h.ping(peer) => r,
-                            };
-                            match ping {
-                                Ok(rtt) => {
-                                    let _ = h.0.events.send(HostEvent::Pinged { peer, rtt });
-                                }
-                                Err(e) => tracing::debug!(%peer, "keep-alive ping failed: {e}"),
-                            }
-                        });
-                    }
-                }
+            let _ = self.spawn_service("keep-alive pings", restart, move |ctx| async move {
+                ctx.host.run_keep_alive(interval, &ctx.cancel).await;
+                Ok(())
             });
+        }
+        if self.0.connmgr.is_some() {
+            let _ = self.spawn_service("connection manager", restart, |ctx| async move {
+                if let Some(cm) = ctx.host.conn_manager() {
+                    cm.run(&ctx.host, &ctx.cancel).await;
+                }
+                Ok(())
+            });
+        }
+    }
+
+    /// Pings every connected peer at `interval`, each on a task of its own.
+    async fn run_keep_alive(&self, interval: Duration, cancel: &CancellationToken) {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            for peer in self.0.swarm.peers() {
+                let h = self.clone();
+                let cancel = cancel.clone();
+                self.0.tasks.spawn(async move {
+                    let ping = tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        r = h.ping(peer) => r,
+                    };
+                    match ping {
+                        Ok(rtt) => {
+                            let _ = h.0.events.send(HostEvent::Pinged { peer, rtt });
+                        }
+                        Err(e) => tracing::debug!(%peer, "keep-alive ping failed: {e}"),
+                    }
+                });
+            }
         }
     }
 
@@ -309,7 +353,7 @@ impl Host {
         }
     }
 
-    fn set_conn_handler(
+    pub(crate) fn set_conn_handler(
         &self,
         protocol: &str,
         matcher: Option<ProtocolMatch>,
@@ -437,10 +481,16 @@ impl Host {
             let left = hard.saturating_duration_since(tokio::time::Instant::now());
             q.close_within(left).await;
         }
-        // Every host task watches the cancellation; none waits on a remote once the swarm
-        // is closed, so this wait is short.
+        // Every host task watches the cancellation and none waits on a remote once the
+        // swarm is closed; a service that ignores its token is dropped at the deadline.
         self.0.tasks.close();
-        self.0.tasks.wait().await;
+        if tokio::time::timeout_at(hard, self.0.tasks.wait())
+            .await
+            .is_err()
+        {
+            self.0.force.cancel();
+            self.0.tasks.wait().await;
+        }
         self.0
             .own_notifiee
             .lock()
@@ -504,36 +554,48 @@ impl Host {
             peer,
             info: Box::new(info),
         });
+        self.messaging_identified(peer);
     }
 
-    /// Tells every connected peer our current protocols and addresses.
+    /// Asks the identify push service to tell every connected peer our current protocols
+    /// and addresses (several requests before it runs make one push).
     pub(crate) fn push_identify(&self) {
-        if self.0.cancel.is_cancelled() {
-            return;
-        }
-        for peer in self.0.swarm.peers() {
-            let Some(conn) = self.0.swarm.best_conn(&peer) else {
-                continue;
-            };
-            let host = self.clone();
-            self.0.tasks.spawn(async move {
-                let push = async {
-                    let mut stream = conn.new_stream().await.map_err(|e| e.to_string())?;
-                    dialer_select(&mut stream, &[IDENTIFY_PUSH_PROTOCOL])
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    let info = host.identify_info(Some(conn.remote_multiaddr().clone()));
-                    send_identify(&mut stream, &info)
-                        .await
-                        .map_err(|e| e.to_string())
+        self.0.push_request.notify_one();
+    }
+
+    /// The identify push service: on each request, pushes to every connected peer, each
+    /// on a task of its own.
+    async fn run_identify_push(&self, cancel: &CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = self.0.push_request.notified() => {}
+            }
+            for peer in self.0.swarm.peers() {
+                let Some(conn) = self.0.swarm.best_conn(&peer) else {
+                    continue;
                 };
-                tokio::select! {
-                    _ = host.0.cancel.cancelled() => {}
-                    r = push => if let Err(e) = r {
-                        tracing::debug!(%peer, "identify push failed: {e}");
+                let host = self.clone();
+                let cancel = cancel.clone();
+                self.0.tasks.spawn(async move {
+                    let push = async {
+                        let mut stream = conn.new_stream().await.map_err(|e| e.to_string())?;
+                        dialer_select(&mut stream, &[IDENTIFY_PUSH_PROTOCOL])
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        let info = host.identify_info(Some(conn.remote_multiaddr().clone()));
+                        send_identify(&mut stream, &info)
+                            .await
+                            .map_err(|e| e.to_string())
+                    };
+                    tokio::select! {
+                        _ = cancel.cancelled() => {}
+                        r = push => if let Err(e) = r {
+                            tracing::debug!(%peer, "identify push failed: {e}");
+                        }
                     }
-                }
-            });
+                });
+            }
         }
     }
 }

@@ -25,9 +25,11 @@ pub mod error;
 pub mod events;
 pub mod host;
 pub mod identify;
+pub mod messaging;
 mod mux;
 pub mod perf;
 pub mod ping;
+pub mod services;
 
 pub use builder::{BuildError, HostBuilder, ListenOutcome, Security, DEFAULT_AGENT_VERSION};
 pub use connmgr::{ConnManager, ConnManagerConfig};
@@ -38,9 +40,11 @@ pub use identify::{
     apply_to_peerstore, recv_identify, send_identify, IdentifyError, IdentifyInfo,
     IDENTIFY_PROTOCOL, IDENTIFY_PUSH_PROTOCOL, MAX_IDENTIFY_MSG_LEN,
 };
+pub use messaging::{MessageConfig, MessageHandler, MessageStats, SendError};
 pub use mux::{ProtocolMatch, NEGOTIATION_TIMEOUT};
 pub use perf::{perf_client, perf_service, PerfError, PerfResult, PerfServed, PERF_PROTOCOL};
 pub use ping::{ping_once, ping_service, PingError, PING_PROTOCOL};
+pub use services::{ServiceContext, ServiceError, ServiceInfo, ServicePolicy, ServiceState};
 /// The peerstore lives with the swarm, which dials from it; the host re-exports it.
 pub use strata_swarm::peerstore;
 pub use strata_swarm::peerstore::{

@@ -5,7 +5,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use strata_core::addr::peer_id_of;
 use strata_core::{
-    BoxCapableConn, BoxListener, Multiaddr, PeerId, RawTransport, Transport, TransportError,
+    BoxCapableConn, BoxListener, Multiaddr, PeerId, RawTransport, SecurityError, Transport,
+    TransportError, UpgradeError,
 };
 
 use crate::listener::UpgradedListener;
@@ -36,6 +37,18 @@ impl<T: RawTransport> Upgraded<T> {
     fn name(&self) -> &'static str {
         self.raw.protocols().first().copied().unwrap_or("unknown")
     }
+}
+
+/// The failures two dialers meeting in one connection produce: a negotiation or security
+/// handshake that breaks down (not a peer ID mismatch, a refusal, or a timeout).
+fn may_be_simultaneous_open(e: &UpgradeError) -> bool {
+    matches!(
+        e,
+        UpgradeError::Negotiation { .. }
+            | UpgradeError::Security(
+                SecurityError::Handshake(_) | SecurityError::InvalidPayload(_)
+            )
+    )
 }
 
 #[async_trait]
@@ -77,13 +90,41 @@ impl<T: RawTransport> Transport for Upgraded<T> {
                 source,
             })?;
         let raw = self.raw.dial(addr).await?;
-        self.upgrader
+        let upgraded = self
+            .upgrader
             .upgrade_outbound(raw, expected, self.name(), scope)
-            .await
-            .map_err(|source| TransportError::Upgrade {
-                addr: addr.clone(),
-                source,
-            })
+            .await;
+        let source = match upgraded {
+            Ok(conn) => return Ok(conn),
+            Err(source) => source,
+        };
+        // Two peers that dialed each other from their listen ports at the same moment
+        // can meet in one TCP connection where both speak first as dialers; the upgrade
+        // then fails at once. One more try from a port of our own cannot meet theirs.
+        if self.raw.dials_from_listen_port() && may_be_simultaneous_open(&source) {
+            tracing::debug!(%addr, "upgrade failed ({source}); retrying from a fresh port");
+            let scope = self
+                .upgrader
+                .resource_manager()
+                .open_connection(strata_core::Direction::Outbound, true, addr)
+                .map_err(|source| TransportError::Resource {
+                    addr: addr.clone(),
+                    source,
+                })?;
+            let raw = self.raw.dial_fresh(addr).await?;
+            return self
+                .upgrader
+                .upgrade_outbound(raw, expected, self.name(), scope)
+                .await
+                .map_err(|source| TransportError::Upgrade {
+                    addr: addr.clone(),
+                    source,
+                });
+        }
+        Err(TransportError::Upgrade {
+            addr: addr.clone(),
+            source,
+        })
     }
 
     async fn listen(&self, addr: &Multiaddr) -> Result<BoxListener, TransportError> {

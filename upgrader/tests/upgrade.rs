@@ -607,3 +607,98 @@ fn a_full_queue_of_connections_whose_peers_never_answer_closes_at_once() {
         }
     });
 }
+
+/// A raw transport whose first dial lands on a peer that speaks as a dialer too, as two
+/// dialers meeting in one TCP connection (simultaneous open) do; `dial_fresh` reaches
+/// the real listener.
+struct SimultaneousOpen {
+    tcp: TcpTransport,
+    impostor: Multiaddr,
+    listener: Multiaddr,
+    fresh_dials: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+#[async_trait::async_trait]
+impl strata_core::RawTransport for SimultaneousOpen {
+    fn protocols(&self) -> &[&'static str] {
+        &["tcp"]
+    }
+    fn can_dial(&self, _: &Multiaddr) -> bool {
+        true
+    }
+    fn can_listen(&self, _: &Multiaddr) -> bool {
+        false
+    }
+    async fn dial(&self, _: &Multiaddr) -> Result<strata_core::BoxRawConn, TransportError> {
+        Ok(Box::new(self.tcp.dial_tcp(&self.impostor).await?))
+    }
+    fn dials_from_listen_port(&self) -> bool {
+        true
+    }
+    async fn dial_fresh(&self, _: &Multiaddr) -> Result<strata_core::BoxRawConn, TransportError> {
+        self.fresh_dials
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(Box::new(self.tcp.dial_tcp(&self.listener).await?))
+    }
+    async fn listen(
+        &self,
+        addr: &Multiaddr,
+    ) -> Result<strata_core::BoxRawListener, TransportError> {
+        self.tcp.listen(addr).await
+    }
+}
+
+#[tokio::test]
+async fn a_dial_that_meets_another_dialer_retries_from_a_fresh_port() {
+    let tcp = TcpTransport::new(TcpConfig::default().reuseport(false));
+    // The impostor: whoever connects is answered as a dialer would answer.
+    let mut impostor = strata_core::RawTransport::listen(&tcp, &loopback())
+        .await
+        .unwrap();
+    let impostor_addr = impostor.multiaddr().clone();
+    let impostor_key = keypair_from_seed(9);
+    let impostor_up = Arc::new(upgrader(
+        &impostor_key,
+        &[Sec::Tls],
+        UpgraderConfig::default(),
+    ));
+    let impostor_task = tokio::spawn(async move {
+        let raw = impostor.accept().await.unwrap();
+        let scope = strata_core::ConnScope::unlimited();
+        impostor_up
+            .upgrade_outbound(raw, None, "tcp", scope)
+            .await
+            .is_err()
+    });
+    let (kb, b) = node(2, &[Sec::Tls]);
+    let mut lb = listen(&b).await;
+    let fresh_dials = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let a = Upgraded::new(
+        SimultaneousOpen {
+            tcp: tcp.clone(),
+            impostor: impostor_addr,
+            listener: lb.multiaddr().clone(),
+            fresh_dials: fresh_dials.clone(),
+        },
+        Arc::new(upgrader(
+            &keypair_from_seed(1),
+            &[Sec::Tls],
+            UpgraderConfig::default(),
+        )),
+    );
+    let target: Multiaddr = "/ip4/127.0.0.1/tcp/1".parse().unwrap();
+    let (dialed, accepted) = tokio::join!(timeout(LIMIT, a.dial(&target, None)), accept(&mut lb));
+    let conn = dialed
+        .unwrap()
+        .expect("the retry from a fresh port connects");
+    assert_eq!(conn.remote_peer(), kb.public().to_peer_id());
+    assert_eq!(
+        accepted.remote_peer(),
+        keypair_from_seed(1).public().to_peer_id()
+    );
+    assert_eq!(fresh_dials.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert!(
+        impostor_task.await.unwrap(),
+        "the two dialers could not agree"
+    );
+}

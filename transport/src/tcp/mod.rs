@@ -96,6 +96,19 @@ impl TcpTransport {
         Err(last_err)
     }
 
+    /// Dials a TCP multiaddr from an ephemeral port, whatever the port-reuse setting.
+    pub async fn dial_tcp_fresh(&self, addr: &Multiaddr) -> Result<TcpConn, TransportError> {
+        let targets = socket_addrs(addr).await?;
+        let mut last_err = unreachable_addr(addr);
+        for target in targets {
+            match self.connect(addr, target, None).await {
+                Ok(conn) => return Ok(conn),
+                Err(e) => last_err = e,
+            }
+        }
+        Err(last_err)
+    }
+
     async fn dial_socket_addr(
         &self,
         addr: &Multiaddr,
@@ -320,6 +333,14 @@ impl RawTransport for TcpTransport {
 
     async fn dial(&self, addr: &Multiaddr) -> Result<BoxRawConn, TransportError> {
         Ok(Box::new(self.dial_tcp(addr).await?))
+    }
+
+    fn dials_from_listen_port(&self) -> bool {
+        self.config.reuseport
+    }
+
+    async fn dial_fresh(&self, addr: &Multiaddr) -> Result<BoxRawConn, TransportError> {
+        Ok(Box::new(self.dial_tcp_fresh(addr).await?))
     }
 
     async fn listen(&self, addr: &Multiaddr) -> Result<BoxRawListener, TransportError> {
