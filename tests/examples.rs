@@ -202,3 +202,15 @@ fn reuseport_shares_a_port_and_dials_from_the_listen_port() {
         "{out}"
     );
 }
+
+#[test]
+fn broadcast_delivers_every_message_in_the_room() {
+    let out = run("broadcast");
+    let last = out.lines().last().expect("some output");
+    let n = numbers(after(last, "delivered "));
+    assert_eq!(n.len(), 2, "{last}");
+    assert_eq!(n[0], n[1], "{last}");
+    // 5 hosts, each sending 100 messages to 4 others.
+    assert_eq!(n[1], 2000.0, "{last}");
+    assert_eq!(out.lines().filter(|l| l.starts_with("host ")).count(), 5);
+}
