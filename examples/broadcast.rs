@@ -88,7 +88,11 @@ async fn main() -> Result<(), Error> {
     futures::future::join_all(sends).await;
 
     let should = (hosts as u64) * (hosts as u64 - 1) * messages;
-    let delivered = || room.iter().map(|(_, r)| r.load(Ordering::Relaxed)).sum::<u64>();
+    let delivered = || {
+        room.iter()
+            .map(|(_, r)| r.load(Ordering::Relaxed))
+            .sum::<u64>()
+    };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while delivered() < should && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;

@@ -50,6 +50,10 @@ enum Command {
         /// QUIC address to listen on (repeatable).
         #[arg(long)]
         quic: Vec<Multiaddr>,
+        /// WebSocket address to listen on (repeatable), for example
+        /// /ip4/127.0.0.1/tcp/0/ws.
+        #[arg(long)]
+        ws: Vec<Multiaddr>,
         /// Derive the identity from this seed (for reproducible peer IDs).
         #[arg(long)]
         seed: Option<u64>,
@@ -103,6 +107,7 @@ async fn main() -> ExitCode {
         Command::Listen {
             tcp,
             quic,
+            ws,
             seed,
             security,
             events,
@@ -114,7 +119,7 @@ async fn main() -> ExitCode {
                 events,
                 shutdown: Duration::from_secs_f64(shutdown_timeout),
             };
-            listen(tcp, quic, opts).await
+            listen(tcp, quic, ws, opts).await
         }
         Command::Dial {
             addr,
@@ -153,9 +158,11 @@ fn builder(seed: Option<u64>, security: Option<SecurityArg>) -> HostBuilder {
         Some(SecurityArg::Tls) => vec![Security::Tls],
         Some(SecurityArg::Noise) => vec![Security::Noise],
     };
+    // WebSocket is on in the CLI: `dial` takes /ws addresses, `listen --ws` serves them.
     HostBuilder::new()
         .identity(key)
         .security(security)
+        .websocket(strata::transport::WsConfig::default())
         .enable_perf()
 }
 
@@ -252,6 +259,7 @@ impl Signals {
 async fn listen(
     tcp: Vec<Multiaddr>,
     quic: Vec<Multiaddr>,
+    ws: Vec<Multiaddr>,
     opts: ListenOpts,
 ) -> Result<(), CliError> {
     let ListenOpts {
@@ -263,7 +271,7 @@ async fn listen(
     // Set up before anything listens, so that no signal can slip by unhandled.
     let mut signals = Signals::new()?;
     let mut b = builder(seed, security);
-    let (tcp, quic) = if tcp.is_empty() && quic.is_empty() {
+    let (tcp, quic) = if tcp.is_empty() && quic.is_empty() && ws.is_empty() {
         (
             vec!["/ip4/0.0.0.0/tcp/0".parse()?],
             vec!["/ip4/0.0.0.0/udp/0/quic-v1".parse()?],
@@ -271,7 +279,7 @@ async fn listen(
     } else {
         (tcp, quic)
     };
-    for a in tcp.into_iter().chain(quic) {
+    for a in tcp.into_iter().chain(quic).chain(ws) {
         b = b.listen_on(a);
     }
     if events {

@@ -358,3 +358,32 @@ fn a_second_signal_forces_listen_to_exit_at_once() {
     assert!(took < Duration::from_millis(500), "{took:?}");
     signal(&peer.0, libc::SIGCONT);
 }
+
+#[test]
+fn listen_and_dial_over_websocket() {
+    let _serial = serial();
+    let listener_id = keypair_from_seed(5).public().to_peer_id();
+    let (_listener, lines) = listen(&["--ws", "/ip4/127.0.0.1/tcp/0/ws", "--seed", "5"]);
+    let addr = next_line(&lines, "LISTEN ")
+        .strip_prefix("LISTEN ")
+        .unwrap()
+        .to_string();
+    assert!(addr.starts_with("/ip4/127.0.0.1/tcp/"), "{addr}");
+    assert!(
+        addr.ends_with(&format!("/ws/p2p/{listener_id}")),
+        "the full /ws address with /p2p: {addr}"
+    );
+    let out = Command::new(BIN)
+        .args(["dial", &addr, "--ping", "--echo", "10000"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(v["peer_id"], listener_id.to_string());
+    assert_eq!(v["echo_verified"], true);
+}

@@ -10,7 +10,9 @@ use strata_core::{
 use strata_rcmgr::{BasicResourceManager, LimitConfig, LimitError};
 use strata_swarm::{AddrFilter, Notifiee, Swarm, SwarmConfig, SwarmError};
 use strata_transport::quic::QuicError;
-use strata_transport::{MemoryTransport, QuicConfig, QuicTransport, TcpConfig, TcpTransport};
+use strata_transport::{
+    MemoryTransport, QuicConfig, QuicTransport, TcpConfig, TcpTransport, WsConfig, WsTransport,
+};
 use strata_upgrader::{
     NoiseTransport, SecureTransport, StreamMuxer, TlsTransport, Upgraded, Upgrader, UpgraderConfig,
     UpgraderConfigError, Yamux, YamuxConfig, YamuxConfigError,
@@ -50,6 +52,7 @@ enum RcmgrChoice {
 /// | identity | a new Ed25519 key | [`HostBuilder::identity`] |
 /// | TCP transport | on, [`TcpConfig::default`] (reuseport on unless `STRATA_TCP_REUSEPORT=false`) | [`HostBuilder::tcp`], [`HostBuilder::no_tcp`] |
 /// | QUIC transport | on, [`QuicConfig::default`] | [`HostBuilder::quic`], [`HostBuilder::no_quic`] |
+/// | WebSocket transport (`/tcp/N/ws`) | off | [`HostBuilder::websocket`] |
 /// | memory transport | off | [`HostBuilder::memory`] |
 /// | other transports | none | [`HostBuilder::transport`] (capable), [`HostBuilder::raw_transport`] (upgraded for you) |
 /// | security | TLS, then Noise | [`HostBuilder::security`] |
@@ -69,6 +72,7 @@ pub struct HostBuilder {
     identity: Option<Keypair>,
     tcp: Option<TcpConfig>,
     quic: Option<QuicConfig>,
+    websocket: Option<WsConfig>,
     memory: bool,
     transports: Vec<Arc<dyn Transport>>,
     raw_transports: Vec<RawFactory>,
@@ -93,6 +97,7 @@ impl Default for HostBuilder {
             identity: None,
             tcp: Some(TcpConfig::default()),
             quic: Some(QuicConfig::default()),
+            websocket: None,
             memory: false,
             transports: Vec::new(),
             raw_transports: Vec::new(),
@@ -187,6 +192,13 @@ impl HostBuilder {
     /// No QUIC transport.
     pub fn no_quic(mut self) -> Self {
         self.quic = None;
+        self
+    }
+
+    /// Adds the WebSocket transport (`/ip4|ip6|dns*/…/tcp/N/ws`), upgraded like TCP:
+    /// what browsers and most js-libp2p deployments dial.
+    pub fn websocket(mut self, config: WsConfig) -> Self {
+        self.websocket = Some(config);
         self
     }
 
@@ -303,7 +315,10 @@ impl HostBuilder {
     pub async fn build(self) -> Result<(Host, Vec<ListenOutcome>), BuildError> {
         let key = self.identity.unwrap_or_else(generate_ed25519);
         let peer = key.public().to_peer_id();
-        let no_raw = self.tcp.is_none() && !self.memory && self.raw_transports.is_empty();
+        let no_raw = self.tcp.is_none()
+            && self.websocket.is_none()
+            && !self.memory
+            && self.raw_transports.is_empty();
         if no_raw && self.quic.is_none() && self.transports.is_empty() {
             return Err(BuildError::NoTransport);
         }
@@ -340,6 +355,12 @@ impl HostBuilder {
         if let Some(tcp) = self.tcp {
             transports.push(Arc::new(Upgraded::new(
                 TcpTransport::new(tcp),
+                upgrader.clone(),
+            )));
+        }
+        if let Some(ws) = self.websocket {
+            transports.push(Arc::new(Upgraded::new(
+                WsTransport::new(ws),
                 upgrader.clone(),
             )));
         }

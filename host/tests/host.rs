@@ -203,6 +203,38 @@ async fn tcp_hosts_with_tls_and_noise() {
 }
 
 #[tokio::test]
+async fn websocket_hosts_with_tls_and_noise_echo_and_identify() {
+    for sec in [Security::Tls, Security::Noise] {
+        let build = || {
+            HostBuilder::new()
+                .no_tcp()
+                .no_quic()
+                .websocket(strata_transport::WsConfig::default())
+                .security(vec![sec.clone()])
+                .listen_on("/ip4/127.0.0.1/tcp/0/ws".parse().unwrap())
+                .build()
+        };
+        let (server, outcomes) = build().await.unwrap();
+        let listened = outcomes[0].result.as_ref().unwrap();
+        assert!(listened.to_string().ends_with("/ws"), "{listened}");
+        serve_echo(&server);
+        let (client, _) = build().await.unwrap();
+        let mut events = client.events();
+        client.connect(server.id(), &server.addrs()).await.unwrap();
+        let info = identified(&mut events, server.id()).await;
+        assert!(info.protocols.iter().any(|p| p == ECHO));
+        assert_eq!(
+            echo(&client, server.id(), b"over websocket").await,
+            b"over websocket"
+        );
+        let conn = client.network().best_conn(&server.id()).unwrap();
+        assert!(conn.remote_multiaddr().to_string().ends_with("/ws"));
+        client.close().await;
+        server.close().await;
+    }
+}
+
+#[tokio::test]
 async fn builder_refuses_contradictions_and_reports_each_listen_address() {
     assert!(matches!(
         HostBuilder::new().no_tcp().no_quic().build().await,

@@ -10,12 +10,16 @@
 //!   rides out descriptor exhaustion.
 //! * [`quic`]: QUIC v1 on quinn with the libp2p TLS certificate; listeners with the same
 //!   accept discipline as upgraded TCP, dials that leave from the listen port.
+//! * [`ws`]: WebSocket (`/tcp/N/ws`) over the TCP transport, binary messages carrying
+//!   the byte stream, for browsers and js-libp2p.
 //! * [`memory`]: in-process `/memory/N` connections for tests.
 
 pub mod memory;
 pub mod quic;
 pub mod tcp;
+pub mod ws;
 
 pub use memory::{MemoryListener, MemoryTransport};
 pub use quic::{QuicConfig, QuicTransport};
-pub use tcp::{TcpConfig, TcpListener, TcpTransport};
+pub use tcp::{TcpConfig, TcpConn, TcpListener, TcpTransport};
+pub use ws::{WsConfig, WsConn, WsListener, WsTransport};

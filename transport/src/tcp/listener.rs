@@ -66,7 +66,8 @@ impl TcpListener {
         self._registration = None;
     }
 
-    async fn accept_tcp(&mut self) -> Result<TcpConn, TransportError> {
+    /// Waits for the next connection, as the concrete [`TcpConn`].
+    pub async fn accept_conn(&mut self) -> Result<TcpConn, TransportError> {
         loop {
             let Some(inner) = &self.inner else {
                 return Err(TransportError::ListenerClosed {
@@ -127,7 +128,7 @@ impl RawListener for TcpListener {
     }
 
     async fn accept(&mut self) -> Result<BoxRawConn, TransportError> {
-        Ok(Box::new(self.accept_tcp().await?))
+        Ok(Box::new(self.accept_conn().await?))
     }
 }
 
