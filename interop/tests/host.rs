@@ -1,5 +1,6 @@
 //! Strata's host against a real rust-libp2p node (identify, ping, libp2p-stream) in this
-//! process, over TCP+TLS, TCP+Noise and QUIC, with either side dialing: identify both
+//! process, over TCP+TLS, TCP+Noise, QUIC and WebSocket (TLS and Noise), with either side
+//! dialing: identify both
 //! ways (agent versions and protocols), ping both ways, and a custom protocol echoed both
 //! ways.
 
@@ -10,6 +11,7 @@ use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{identify, noise, ping, tcp, tls, yamux, StreamProtocol, Swarm, SwarmBuilder};
 use strata_core::{Multiaddr, PeerId, Protocol};
 use strata_host::{Host, HostBuilder, HostEvent, IdentifyInfo, Security};
+use strata_transport::WsConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{broadcast, mpsc};
 use tokio::time::timeout;
@@ -28,6 +30,8 @@ enum Stack {
     TcpTls,
     TcpNoise,
     Quic,
+    WsTls,
+    WsNoise,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -81,12 +85,13 @@ impl Stack {
         match self {
             Stack::TcpTls | Stack::TcpNoise => "/ip4/127.0.0.1/tcp/0",
             Stack::Quic => "/ip4/127.0.0.1/udp/0/quic-v1",
+            Stack::WsTls | Stack::WsNoise => "/ip4/127.0.0.1/tcp/0/ws",
         }
         .parse()
         .unwrap()
     }
 
-    fn libp2p_swarm(self) -> Swarm<Behaviour> {
+    async fn libp2p_swarm(self) -> Swarm<Behaviour> {
         let builder = SwarmBuilder::with_new_identity().with_tokio();
         let idle =
             |c: libp2p::swarm::Config| c.with_idle_connection_timeout(Duration::from_secs(60));
@@ -119,6 +124,22 @@ impl Stack {
                 .unwrap()
                 .with_swarm_config(idle)
                 .build(),
+            Stack::WsTls => builder
+                .with_websocket(tls::Config::new, yamux::Config::default)
+                .await
+                .unwrap()
+                .with_behaviour(behaviour)
+                .unwrap()
+                .with_swarm_config(idle)
+                .build(),
+            Stack::WsNoise => builder
+                .with_websocket(noise::Config::new, yamux::Config::default)
+                .await
+                .unwrap()
+                .with_behaviour(behaviour)
+                .unwrap()
+                .with_swarm_config(idle)
+                .build(),
         }
     }
 
@@ -128,6 +149,16 @@ impl Stack {
             Stack::TcpTls => HostBuilder::new().no_quic().security(vec![Security::Tls]),
             Stack::TcpNoise => HostBuilder::new().no_quic().security(vec![Security::Noise]),
             Stack::Quic => HostBuilder::new().no_tcp(),
+            Stack::WsTls => HostBuilder::new()
+                .no_tcp()
+                .no_quic()
+                .websocket(WsConfig::default())
+                .security(vec![Security::Tls]),
+            Stack::WsNoise => HostBuilder::new()
+                .no_tcp()
+                .no_quic()
+                .websocket(WsConfig::default())
+                .security(vec![Security::Noise]),
         };
         let (host, outcomes) = timeout(LIMIT, builder.listen_on(self.listen_addr()).build())
             .await
@@ -147,8 +178,8 @@ impl Stack {
 
 /// Starts a rust-libp2p node on `stack` that echoes every ECHO stream; `setup` may
 /// listen or dial before the swarm runs.
-fn start_libp2p(stack: Stack, setup: impl FnOnce(&mut Swarm<Behaviour>)) -> Libp2pNode {
-    let mut swarm = stack.libp2p_swarm();
+async fn start_libp2p(stack: Stack, setup: impl FnOnce(&mut Swarm<Behaviour>)) -> Libp2pNode {
+    let mut swarm = stack.libp2p_swarm().await;
     setup(&mut swarm);
     let peer = *swarm.local_peer_id();
     let mut control = swarm.behaviour().stream.new_control();
@@ -247,7 +278,8 @@ async fn run(stack: Stack, dialer: Dialer) {
         Dialer::Strata => {
             let mut node = start_libp2p(stack, |s| {
                 s.listen_on(stack.listen_addr()).unwrap();
-            });
+            })
+            .await;
             let addr = node.listening().await;
             timeout(LIMIT, host.connect(node.peer, &[addr]))
                 .await
@@ -257,7 +289,7 @@ async fn run(stack: Stack, dialer: Dialer) {
         }
         Dialer::Libp2p => {
             let target = host.addrs()[0].clone().with(Protocol::P2p(host.id()));
-            start_libp2p(stack, |s| s.dial(target).unwrap())
+            start_libp2p(stack, |s| s.dial(target).unwrap()).await
         }
     };
 
@@ -368,4 +400,24 @@ async fn strata_dials_rust_libp2p_over_quic() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rust_libp2p_dials_strata_over_quic() {
     run(Stack::Quic, Dialer::Libp2p).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strata_dials_rust_libp2p_over_websocket_tls() {
+    run(Stack::WsTls, Dialer::Strata).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rust_libp2p_dials_strata_over_websocket_tls() {
+    run(Stack::WsTls, Dialer::Libp2p).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strata_dials_rust_libp2p_over_websocket_noise() {
+    run(Stack::WsNoise, Dialer::Strata).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rust_libp2p_dials_strata_over_websocket_noise() {
+    run(Stack::WsNoise, Dialer::Libp2p).await;
 }
