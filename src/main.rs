@@ -17,7 +17,8 @@ use strata::host::{
 use strata::swarm::{Conn, DisconnectReason, Notifiee, Swarm};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-mod json;
+mod report;
+use report::{round3, DialReport, RemoteReport};
 
 /// The echo protocol `strata listen` serves.
 const ECHO_PROTOCOL: &str = "/echo/1.0.0";
@@ -330,7 +331,7 @@ async fn dial(
     let (host, _) = builder(seed, security).build().await?;
     let result = dial_with(&host, peer, addr, asks).await;
     host.close().await;
-    print_line(result?.to_string());
+    print_line(result?.to_json_line());
     Ok(())
 }
 
@@ -360,25 +361,28 @@ async fn dial_with(
     peer: PeerId,
     addr: Multiaddr,
     asks: Asks,
-) -> Result<json::Value, CliError> {
+) -> Result<DialReport, CliError> {
     let mut events = host.events();
     let started = Instant::now();
     host.connect(peer, std::slice::from_ref(&addr)).await?;
     let connect_ms = ms(started.elapsed());
     let remote = wait_identified(&mut events, peer).await?;
-    let mut out = vec![
-        ("peer_id", json::Value::Str(peer.to_string())),
-        ("connect_ms", json::Value::Num(connect_ms)),
-    ];
+    let mut report = DialReport {
+        peer_id: peer.to_string(),
+        connect_ms: round3(connect_ms),
+        ping_rtt_ms: None,
+        echo_verified: None,
+        perf_up_gbps: None,
+        perf_down_gbps: None,
+        conns_per_sec: None,
+        remote: RemoteReport::from(&*remote),
+    };
     if asks.ping {
         let rtt = host.ping(peer).await?;
-        out.push(("ping_rtt_ms", json::Value::Num(ms(rtt))));
+        report.ping_rtt_ms = Some(round3(ms(rtt)));
     }
     if let Some(n) = asks.echo {
-        out.push((
-            "echo_verified",
-            json::Value::Bool(echo(host, peer, n).await?),
-        ));
+        report.echo_verified = Some(echo(host, peer, n).await?);
     }
     if asks.perf_up.is_some() || asks.perf_down.is_some() {
         let mut stream = host.new_stream(peer, &[PERF_PROTOCOL]).await?;
@@ -389,16 +393,10 @@ async fn dial_with(
         )
         .await?;
         if asks.perf_up.is_some() {
-            out.push((
-                "perf_up_gbps",
-                json::Value::Num(gbps(r.upload_bytes, r.upload_time)),
-            ));
+            report.perf_up_gbps = Some(round3(gbps(r.upload_bytes, r.upload_time)));
         }
         if asks.perf_down.is_some() {
-            out.push((
-                "perf_down_gbps",
-                json::Value::Num(gbps(r.download_bytes, r.download_time)),
-            ));
+            report.perf_down_gbps = Some(round3(gbps(r.download_bytes, r.download_time)));
         }
     }
     if let Some(k) = asks.conns {
@@ -408,50 +406,9 @@ async fn dial_with(
             conn.close().await;
         }
         let rate = f64::from(k) / started.elapsed().as_secs_f64();
-        out.push(("conns_per_sec", json::Value::Num(rate)));
+        report.conns_per_sec = Some(round3(rate));
     }
-    out.push((
-        "remote",
-        json::Value::Obj(vec![
-            (
-                "agent_version",
-                json::Value::Str(remote.agent_version.clone()),
-            ),
-            (
-                "protocol_version",
-                json::Value::Str(remote.protocol_version.clone()),
-            ),
-            (
-                "protocols",
-                json::Value::Arr(
-                    remote
-                        .protocols
-                        .iter()
-                        .cloned()
-                        .map(json::Value::Str)
-                        .collect(),
-                ),
-            ),
-            (
-                "listen_addrs",
-                json::Value::Arr(
-                    remote
-                        .listen_addrs
-                        .iter()
-                        .map(|a| json::Value::Str(a.to_string()))
-                        .collect(),
-                ),
-            ),
-            (
-                "observed_addr",
-                remote
-                    .observed_addr
-                    .as_ref()
-                    .map_or(json::Value::Null, |a| json::Value::Str(a.to_string())),
-            ),
-        ]),
-    ));
-    Ok(json::Value::Obj(out))
+    Ok(report)
 }
 
 async fn echo(host: &Host, peer: PeerId, bytes: usize) -> Result<bool, CliError> {
@@ -531,7 +488,7 @@ async fn demo() -> Result<(), CliError> {
         client.close().await;
         server.close().await;
         let report = report?;
-        let get = |k: &str| report.get(k).map(|v| v.to_string()).unwrap_or_default();
+        let shown = |v: Option<f64>| v.map(|v| v.to_string()).unwrap_or_default();
         if let Some(c) = conn {
             let state = c.state();
             // QUIC secures itself (TLS 1.3 inside QUIC); go-libp2p reports no security there.
@@ -549,25 +506,22 @@ async fn demo() -> Result<(), CliError> {
                 state.muxer
             );
         }
-        println!("connect  {} ms", get("connect_ms"));
-        let remote = report.get("remote");
-        let field = |k: &str| {
-            remote
-                .and_then(|r| r.get(k))
-                .map(|v| v.to_string())
-                .unwrap_or_default()
-        };
+        println!("connect  {} ms", report.connect_ms);
+        // Shown as the JSON `strata dial` prints them.
         println!(
             "identify agent {} protocols {}",
-            field("agent_version"),
-            field("protocols")
+            serde_json::Value::from(report.remote.agent_version.clone()),
+            serde_json::Value::from(report.remote.protocols.clone())
         );
-        println!("ping     {} ms", get("ping_rtt_ms"));
-        println!("echo     1048576 bytes verified={}", get("echo_verified"));
+        println!("ping     {} ms", shown(report.ping_rtt_ms));
+        println!(
+            "echo     1048576 bytes verified={}",
+            report.echo_verified.unwrap_or(false)
+        );
         println!(
             "perf     up {} Gbit/s, down {} Gbit/s (16 MiB each)",
-            get("perf_up_gbps"),
-            get("perf_down_gbps")
+            shown(report.perf_up_gbps),
+            shown(report.perf_down_gbps)
         );
     }
     Ok(())
