@@ -30,6 +30,7 @@ mod mux;
 pub mod perf;
 pub mod ping;
 pub mod services;
+mod varint;
 
 pub use builder::{BuildError, HostBuilder, ListenOutcome, Security, DEFAULT_AGENT_VERSION};
 pub use connmgr::{ConnManager, ConnManagerConfig};

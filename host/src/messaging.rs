@@ -154,8 +154,8 @@ pub async fn write_message<S>(stream: &mut S, message: &[u8]) -> std::io::Result
 where
     S: tokio::io::AsyncWrite + Unpin + ?Sized,
 {
-    let mut prefix = Vec::with_capacity(10);
-    prost::encoding::encode_varint(message.len() as u64, &mut prefix);
+    let mut prefix = Vec::with_capacity(crate::varint::MAX_UVARINT_LEN);
+    crate::varint::encode(message.len() as u64, &mut prefix);
     stream.write_all(&prefix).await?;
     stream.write_all(message).await
 }
@@ -166,26 +166,21 @@ pub async fn read_message<S>(stream: &mut S, max: usize) -> Result<Option<Bytes>
 where
     S: tokio::io::AsyncRead + Unpin + ?Sized,
 {
-    let mut len: u64 = 0;
-    for i in 0..10u32 {
-        let mut byte = [0u8; 1];
-        if stream.read(&mut byte).await? == 0 {
-            if i == 0 {
-                return Ok(None);
-            }
-            return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+    let len = match crate::varint::read(stream).await {
+        Ok(Some(len)) => len,
+        Ok(None) => return Ok(None),
+        Err(crate::varint::PrefixError::Truncated) => {
+            return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into())
         }
-        len |= u64::from(byte[0] & 0x7f) << (7 * i);
-        if byte[0] & 0x80 == 0 {
-            if len > max as u64 {
-                return Err(FrameError::TooLarge { len, max });
-            }
-            let mut body = vec![0u8; len as usize];
-            stream.read_exact(&mut body).await?;
-            return Ok(Some(Bytes::from(body)));
-        }
+        Err(crate::varint::PrefixError::Invalid) => return Err(FrameError::InvalidLength),
+        Err(crate::varint::PrefixError::Io(e)) => return Err(e.into()),
+    };
+    if len > max as u64 {
+        return Err(FrameError::TooLarge { len, max });
     }
-    Err(FrameError::InvalidLength)
+    let mut body = vec![0u8; len as usize];
+    stream.read_exact(&mut body).await?;
+    Ok(Some(Bytes::from(body)))
 }
 
 /// What the per-peer callback task delivers, in order (after `connected`, which starts

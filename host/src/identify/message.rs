@@ -29,8 +29,7 @@ pub const MAX_IDENTIFY_MSG_LEN: usize = 64 * 1024;
 pub const MAX_IDENTIFY_PARTS: usize = 10;
 /// Longest protocol ID kept from a remote's list; go's multistream refuses longer ones.
 pub const MAX_PROTOCOL_ID_LEN: usize = 1024;
-/// A uvarint for a u64 takes at most 10 bytes.
-const MAX_UVARINT_LEN: usize = 10;
+pub use crate::varint::MAX_UVARINT_LEN;
 
 /// The identify protobuf, as in the libp2p spec. The signed peer record (field 8) is not
 /// declared: the decoder skips it like any unknown field.
@@ -199,25 +198,20 @@ pub fn encode_frame(info: &IdentifyInfo) -> Result<Vec<u8>, IdentifyError> {
 }
 
 /// Decodes a uvarint at the start of `buf`: `Ok(Some((value, bytes used)))`, `Ok(None)`
-/// when `buf` ends before the varint does, an error when it runs past 10 bytes or
-/// overflows a u64.
+/// when `buf` ends before the varint does, an error when it runs past
+/// [`MAX_UVARINT_LEN`] bytes (the multiformats unsigned-varint cap) or is not minimally
+/// encoded.
 pub fn decode_uvarint(buf: &[u8]) -> Result<Option<(u64, usize)>, IdentifyError> {
-    let mut value: u64 = 0;
-    for (i, &b) in buf.iter().enumerate().take(MAX_UVARINT_LEN) {
-        let bits = u64::from(b & 0x7f);
-        // The tenth byte may only carry the top bit of a u64.
-        if i == MAX_UVARINT_LEN - 1 && bits > 1 {
-            return Err(IdentifyError::InvalidLength);
+    crate::varint::decode(buf).map_err(IdentifyError::from)
+}
+
+impl From<crate::varint::PrefixError> for IdentifyError {
+    fn from(e: crate::varint::PrefixError) -> Self {
+        match e {
+            crate::varint::PrefixError::Truncated => IdentifyError::Truncated,
+            crate::varint::PrefixError::Invalid => IdentifyError::InvalidLength,
+            crate::varint::PrefixError::Io(e) => IdentifyError::Io(e),
         }
-        value |= bits << (7 * i);
-        if b & 0x80 == 0 {
-            return Ok(Some((value, i + 1)));
-        }
-    }
-    if buf.len() >= MAX_UVARINT_LEN {
-        Err(IdentifyError::InvalidLength)
-    } else {
-        Ok(None)
     }
 }
 
@@ -296,11 +290,15 @@ mod tests {
         assert_eq!(decode_uvarint(&[0]).unwrap(), Some((0, 1)));
         assert_eq!(decode_uvarint(&[0xac, 0x02]).unwrap(), Some((300, 2)));
         assert_eq!(decode_uvarint(&[0x80]).unwrap(), None);
-        let max = [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01];
-        assert_eq!(decode_uvarint(&max).unwrap(), Some((u64::MAX, 10)));
-        let overflow = [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02];
+        let max = [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f];
+        assert_eq!(decode_uvarint(&max).unwrap(), Some((u64::MAX >> 1, 9)));
+        let past_the_cap = [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01];
         assert!(matches!(
-            decode_uvarint(&overflow),
+            decode_uvarint(&past_the_cap),
+            Err(IdentifyError::InvalidLength)
+        ));
+        assert!(matches!(
+            decode_uvarint(&[0x80, 0x00]),
             Err(IdentifyError::InvalidLength)
         ));
         assert!(matches!(

@@ -11,9 +11,7 @@ use std::time::Duration;
 use strata_core::PeerId;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use super::message::{
-    decode_uvarint, encode_frame, FrameBudget, Identify, IdentifyError, IdentifyInfo,
-};
+use super::message::{encode_frame, FrameBudget, Identify, IdentifyError, IdentifyInfo};
 use crate::peerstore::{
     Peerstore, PeerstoreError, CONNECTED_ADDR_TTL, RECENTLY_CONNECTED_ADDR_TTL, TEMP_ADDR_TTL,
 };
@@ -110,21 +108,7 @@ async fn read_length<S>(stream: &mut S) -> Result<Option<u64>, IdentifyError>
 where
     S: AsyncRead + Unpin + ?Sized,
 {
-    let mut buf = [0u8; 10];
-    for i in 0..buf.len() {
-        let n = stream.read(&mut buf[i..=i]).await?;
-        if n == 0 {
-            return if i == 0 {
-                Ok(None)
-            } else {
-                Err(IdentifyError::Truncated)
-            };
-        }
-        if let Some((len, _)) = decode_uvarint(&buf[..=i])? {
-            return Ok(Some(len));
-        }
-    }
-    Err(IdentifyError::InvalidLength)
+    Ok(crate::varint::read(stream).await?)
 }
 
 fn eof_is_truncated(e: std::io::Error) -> IdentifyError {

@@ -73,40 +73,29 @@ fn encode_line(text: &[u8], out: &mut Vec<u8>) {
     out.push(b'\n');
 }
 
-/// Appends `n` as an unsigned LEB128 varint.
-pub fn encode_uvarint(mut n: usize, out: &mut Vec<u8>) {
-    loop {
-        let byte = (n & 0x7f) as u8;
-        n >>= 7;
-        if n == 0 {
-            out.push(byte);
-            return;
-        }
-        out.push(byte | 0x80);
-    }
+/// Appends `n` as an unsigned varint (multiformats unsigned-varint, LEB128).
+pub fn encode_uvarint(n: usize, out: &mut Vec<u8>) {
+    let mut buf = unsigned_varint::encode::usize_buffer();
+    out.extend_from_slice(unsigned_varint::encode::usize(n, &mut buf));
 }
 
 /// Reads a length prefix from the start of `buf`: `Ok(Some((length, prefix bytes)))`,
 /// `Ok(None)` when more bytes are needed. Prefixes longer than two bytes (16383) are
 /// refused: no valid message is that long.
 pub fn decode_length(buf: &[u8]) -> Result<Option<(usize, usize)>, MessageError> {
-    let mut value = 0usize;
-    for (i, &byte) in buf.iter().enumerate().take(2) {
-        value |= usize::from(byte & 0x7f) << (7 * i);
-        if byte & 0x80 == 0 {
-            if i > 0 && byte == 0 {
-                return Err(MessageError::BadLength); // not minimally encoded
-            }
+    let prefix = &buf[..buf.len().min(2)];
+    match unsigned_varint::decode::u16(prefix) {
+        Ok((value, rest)) => {
+            let value = usize::from(value);
             if value > MAX_MESSAGE_LEN {
                 return Err(MessageError::TooLong(value));
             }
-            return Ok(Some((value, i + 1)));
+            Ok(Some((value, prefix.len() - rest.len())))
         }
+        Err(unsigned_varint::decode::Error::Insufficient) if buf.len() < 2 => Ok(None),
+        // Two bytes that both continue, or a trailing zero byte (not minimally encoded).
+        Err(_) => Err(MessageError::BadLength),
     }
-    if buf.len() >= 2 {
-        return Err(MessageError::BadLength);
-    }
-    Ok(None)
 }
 
 /// Decodes one message body (the bytes the length prefix announced, newline included).

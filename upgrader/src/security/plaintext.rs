@@ -61,21 +61,27 @@ pub fn decode_exchange(bytes: &[u8]) -> Result<(PeerId, PublicKey), SecurityErro
 
 /// Reads a uvarint length one byte at a time, so that nothing past the message is read.
 async fn read_len<R: AsyncRead + Unpin>(io: &mut R) -> Result<usize, SecurityError> {
-    let mut len: usize = 0;
+    let too_long = || {
+        SecurityError::InvalidPayload(format!(
+            "plaintext exchange longer than {MAX_EXCHANGE_LEN} bytes"
+        ))
+    };
     // A length up to MAX_EXCHANGE_LEN needs two varint bytes; a third means too long.
-    for i in 0..3 {
-        let byte = io.read_u8().await?;
-        len |= usize::from(byte & 0x7f) << (7 * i);
-        if byte & 0x80 == 0 {
-            if len > MAX_EXCHANGE_LEN {
-                break;
+    let mut buf = [0u8; 3];
+    for i in 0..buf.len() {
+        buf[i] = io.read_u8().await?;
+        match unsigned_varint::decode::usize(&buf[..=i]) {
+            Ok((len, _)) if len <= MAX_EXCHANGE_LEN => return Ok(len),
+            Ok(_) => return Err(too_long()),
+            Err(unsigned_varint::decode::Error::Insufficient) => {}
+            Err(e) => {
+                return Err(SecurityError::InvalidPayload(format!(
+                    "plaintext exchange length: {e}"
+                )))
             }
-            return Ok(len);
         }
     }
-    Err(SecurityError::InvalidPayload(format!(
-        "plaintext exchange longer than {MAX_EXCHANGE_LEN} bytes"
-    )))
+    Err(too_long())
 }
 
 /// The plaintext security transport. It encrypts nothing and authenticates nothing but
