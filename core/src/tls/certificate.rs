@@ -151,11 +151,11 @@ fn check(der: &[u8], cert: &X509Certificate<'_>) -> Result<PublicKey, SecurityEr
 
     let (key_bytes, signature) = decode_signed_key(signed_key)
         .ok_or_else(|| invalid("malformed libp2p public key extension"))?;
-    let host_key = PublicKey::try_decode_protobuf(key_bytes)
+    let host_key = PublicKey::try_decode_protobuf(&key_bytes)
         .map_err(|e| invalid(format!("bad host key in the libp2p extension: {e}")))?;
     let mut message = SIGNING_PREFIX.to_vec();
     message.extend_from_slice(tbs.subject_pki.raw);
-    if !host_key.verify(&message, signature) {
+    if !host_key.verify(&message, &signature) {
         return Err(invalid(
             "the libp2p extension's signature does not verify with its host key",
         ));
@@ -171,19 +171,37 @@ fn invalid(message: impl Into<String>) -> SecurityError {
 /// `signature` field. Only the inner one is signed, so they are compared as encoded bytes:
 /// any difference means the unsigned part was altered.
 fn outer_algorithm_matches_inner(der: &[u8]) -> bool {
-    let inner_and_outer = || -> Option<(&[u8], &[u8])> {
-        let (cert_body, _) = decode_tlv(der, TAG_SEQUENCE)?;
-        let (tbs_body, after_tbs) = decode_tlv(cert_body, TAG_SEQUENCE)?;
-        let outer = raw_element(after_tbs, TAG_SEQUENCE)?;
-        let mut rest = tbs_body;
-        if rest.first() == Some(&TAG_VERSION) {
-            rest = decode_tlv(rest, TAG_VERSION)?.1;
-        }
-        let (_serial, rest) = decode_tlv(rest, TAG_INTEGER)?;
-        let inner = raw_element(rest, TAG_SEQUENCE)?;
-        Some((inner, outer))
+    let Some(cert) = sequence_elements(der) else {
+        return false;
     };
-    matches!(inner_and_outer(), Some((inner, outer)) if inner == outer)
+    let [tbs, outer, _signature] = cert.as_slice() else {
+        return false;
+    };
+    let Some(tbs) = sequence_elements(tbs) else {
+        return false;
+    };
+    // TBSCertificate ::= SEQUENCE { version [0] EXPLICIT (optional), serialNumber,
+    // signature AlgorithmIdentifier, ... }
+    let version_present = tbs.first().and_then(|e| e.first()) == Some(&TAG_VERSION);
+    let inner = tbs.get(if version_present { 2 } else { 1 });
+    inner == Some(outer)
+}
+
+/// The TBS certificate's `[0] EXPLICIT Version` tag.
+const TAG_VERSION: u8 = 0xa0;
+
+/// The elements of the DER SEQUENCE `der`, each as its encoded bytes; `None` unless `der`
+/// is exactly one strict-DER SEQUENCE.
+fn sequence_elements(der: &[u8]) -> Option<Vec<Vec<u8>>> {
+    yasna::parse_der(der, |r| {
+        let mut elements = Vec::new();
+        r.read_sequence_of(|r| {
+            elements.push(r.read_der()?);
+            Ok(())
+        })?;
+        Ok(elements)
+    })
+    .ok()
 }
 
 /// Picks ring's algorithm for the certificate's self-signature from the signature
@@ -279,92 +297,24 @@ fn rsa_pss_algorithm(
 }
 
 // The extension's value is `SignedKey ::= SEQUENCE { publicKey OCTET STRING, signature
-// OCTET STRING }`. It is small and fixed, so it is encoded and decoded here by hand rather
-// than through a general ASN.1 library.
-
-const TAG_OCTET_STRING: u8 = 0x04;
-const TAG_SEQUENCE: u8 = 0x30;
-const TAG_INTEGER: u8 = 0x02;
-/// The TBS certificate's `[0] EXPLICIT Version`.
-const TAG_VERSION: u8 = 0xa0;
+// OCTET STRING }`, written and read with yasna in strict DER (minimal lengths, primitive
+// strings, nothing trailing).
 
 fn encode_signed_key(public_key: &[u8], signature: &[u8]) -> Vec<u8> {
-    let mut body = Vec::with_capacity(public_key.len() + signature.len() + 8);
-    encode_tlv(&mut body, TAG_OCTET_STRING, public_key);
-    encode_tlv(&mut body, TAG_OCTET_STRING, signature);
-    let mut out = Vec::with_capacity(body.len() + 4);
-    encode_tlv(&mut out, TAG_SEQUENCE, &body);
-    out
+    yasna::construct_der(|w| {
+        w.write_sequence(|w| {
+            w.next().write_bytes(public_key);
+            w.next().write_bytes(signature);
+        })
+    })
 }
 
-fn encode_tlv(out: &mut Vec<u8>, tag: u8, value: &[u8]) {
-    out.push(tag);
-    let len = value.len();
-    if len < 0x80 {
-        out.push(len as u8);
-    } else {
-        let bytes = len.to_be_bytes();
-        let skip = bytes.iter().take_while(|b| **b == 0).count();
-        out.push(0x80 | (bytes.len() - skip) as u8);
-        out.extend_from_slice(&bytes[skip..]);
-    }
-    out.extend_from_slice(value);
-}
-
-/// Decodes `SignedKey` strictly (DER: minimal lengths, nothing trailing); `None` if it is
-/// anything else.
-pub(crate) fn decode_signed_key(input: &[u8]) -> Option<(&[u8], &[u8])> {
-    let (body, rest) = decode_tlv(input, TAG_SEQUENCE)?;
-    if !rest.is_empty() {
-        return None;
-    }
-    let (public_key, body) = decode_tlv(body, TAG_OCTET_STRING)?;
-    let (signature, body) = decode_tlv(body, TAG_OCTET_STRING)?;
-    if !body.is_empty() {
-        return None;
-    }
-    Some((public_key, signature))
-}
-
-/// One whole DER element (header and value) with the given tag, from the start of `input`.
-fn raw_element(input: &[u8], tag: u8) -> Option<&[u8]> {
-    let (_, rest) = decode_tlv(input, tag)?;
-    Some(&input[..input.len() - rest.len()])
-}
-
-/// Reads one DER element with the given tag: its value and what follows it.
-fn decode_tlv(input: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
-    let (&first, input) = input.split_first()?;
-    if first != tag {
-        return None;
-    }
-    let (&len_byte, mut input) = input.split_first()?;
-    let len = if len_byte < 0x80 {
-        usize::from(len_byte)
-    } else {
-        let count = usize::from(len_byte & 0x7f);
-        // 0x80 is BER's indefinite length; more than 4 length bytes is absurd here.
-        if count == 0 || count > 4 || input.len() < count {
-            return None;
-        }
-        let (len_bytes, after) = input.split_at(count);
-        input = after;
-        if len_bytes[0] == 0 {
-            return None;
-        }
-        let len = len_bytes
-            .iter()
-            .fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
-        // DER uses the short form whenever it fits.
-        if len < 0x80 {
-            return None;
-        }
-        len
-    };
-    if input.len() < len {
-        return None;
-    }
-    Some(input.split_at(len))
+/// Decodes `SignedKey` strictly; `None` if it is anything else.
+pub(crate) fn decode_signed_key(input: &[u8]) -> Option<(Vec<u8>, Vec<u8>)> {
+    yasna::parse_der(input, |r| {
+        r.read_sequence(|r| Ok((r.next().read_bytes()?, r.next().read_bytes()?)))
+    })
+    .ok()
 }
 
 #[cfg(test)]
@@ -378,8 +328,7 @@ mod tests {
             (vec![3u8; 200], vec![4u8; 70000]),
         ] {
             let enc = encode_signed_key(&k, &s);
-            let (k2, s2) = decode_signed_key(&enc).unwrap();
-            assert_eq!((k2, s2), (&k[..], &s[..]));
+            assert_eq!(decode_signed_key(&enc), Some((k, s)));
         }
     }
 
