@@ -210,49 +210,22 @@ impl Swarm {
     }
 }
 
-/// The IP addresses of this host's interfaces that are up. Falls back to the loopback
-/// addresses if `getifaddrs` fails.
+/// The IP addresses of this host's interfaces that are running (link-local addresses
+/// left out). Falls back to the loopback addresses if the interfaces cannot be read.
 pub(crate) fn interface_ips() -> Vec<IpAddr> {
-    let mut out = Vec::new();
-    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: getifaddrs writes a pointer to a linked list it allocated into `head`, or
-    // returns -1 and leaves it unset. We only read the list, and free it once with
-    // freeifaddrs below.
-    let rc = unsafe { libc::getifaddrs(&mut head) };
-    if rc != 0 {
-        return vec![
+    match if_addrs::get_if_addrs() {
+        Ok(interfaces) => {
+            let mut out: Vec<IpAddr> = interfaces
+                .iter()
+                .filter(|i| i.is_oper_up())
+                .map(|i| i.ip())
+                .collect();
+            out.dedup();
+            out
+        }
+        Err(_) => vec![
             IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
             IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
-        ];
+        ],
     }
-    let mut cur = head;
-    while !cur.is_null() {
-        // SAFETY: `cur` is a non-null node of the list getifaddrs returned, not yet freed.
-        let ifa = unsafe { &*cur };
-        let up = ifa.ifa_flags & (libc::IFF_UP as libc::c_uint) != 0;
-        if up && !ifa.ifa_addr.is_null() {
-            // SAFETY: ifa_addr is non-null and points to a sockaddr whose sa_family says
-            // which concrete sockaddr type it is; we read it as that type only.
-            unsafe {
-                match (*ifa.ifa_addr).sa_family as libc::c_int {
-                    libc::AF_INET => {
-                        let sa = &*(ifa.ifa_addr as *const libc::sockaddr_in);
-                        out.push(IpAddr::V4(std::net::Ipv4Addr::from(u32::from_be(
-                            sa.sin_addr.s_addr,
-                        ))));
-                    }
-                    libc::AF_INET6 => {
-                        let sa = &*(ifa.ifa_addr as *const libc::sockaddr_in6);
-                        out.push(IpAddr::V6(std::net::Ipv6Addr::from(sa.sin6_addr.s6_addr)));
-                    }
-                    _ => {}
-                }
-            }
-        }
-        cur = ifa.ifa_next;
-    }
-    // SAFETY: `head` came from a successful getifaddrs and is freed exactly once.
-    unsafe { libc::freeifaddrs(head) };
-    out.dedup();
-    out
 }
