@@ -103,6 +103,31 @@ struct QueueTx {
     queued: Arc<watch::Sender<usize>>,
 }
 
+/// A handle on an accept queue's figures, readable while the queue runs (for metrics).
+#[derive(Clone, Debug)]
+pub struct AcceptStats {
+    queued: watch::Receiver<usize>,
+    inflight: Arc<AtomicUsize>,
+    counters: Arc<AcceptCounters>,
+}
+
+impl AcceptStats {
+    /// Finished connections waiting for `accept`.
+    pub fn queued(&self) -> usize {
+        *self.queued.borrow()
+    }
+
+    /// Handshakes running now.
+    pub fn inflight(&self) -> usize {
+        self.inflight.load(Ordering::Acquire)
+    }
+
+    /// What the loop has turned away so far.
+    pub fn counters(&self) -> &AcceptCounters {
+        &self.counters
+    }
+}
+
 /// A running accept loop and the queue of finished connections it fills.
 pub struct AcceptQueue {
     addr: Multiaddr,
@@ -190,6 +215,15 @@ impl AcceptQueue {
     /// What the loop has turned away so far.
     pub fn counters(&self) -> &AcceptCounters {
         &self.counters
+    }
+
+    /// A handle on the queue's figures that outlives borrows of the queue.
+    pub fn stats(&self) -> AcceptStats {
+        AcceptStats {
+            queued: self.queued.subscribe(),
+            inflight: self.inflight.clone(),
+            counters: self.counters.clone(),
+        }
     }
 
     /// The number of finished connections waiting for `accept`, as it changes.

@@ -128,6 +128,14 @@ impl Stream {
         self.direction
     }
 
+    /// Wraps the stream's byte-level operations, for example to count the bytes of a
+    /// protocol for metrics. Protocol, direction and scope are kept.
+    pub fn map_io(&mut self, wrap: impl FnOnce(Box<dyn StreamIo>) -> Box<dyn StreamIo>) {
+        // A stand-in for the moment of the swap; it is never read or written.
+        let io = std::mem::replace(&mut self.io, Box::new(ClosedIo));
+        self.io = wrap(io);
+    }
+
     /// Aborts the stream in both directions.
     pub fn reset(&mut self) {
         self.io.reset();
@@ -137,6 +145,41 @@ impl Stream {
     pub async fn close_write(&mut self) -> std::io::Result<()> {
         tokio::io::AsyncWriteExt::shutdown(self).await
     }
+}
+
+/// A stream that is already closed: reads end, writes fail.
+struct ClosedIo;
+
+impl AsyncRead for ClosedIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        _: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for ClosedIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        _: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Poll::Ready(Err(std::io::ErrorKind::NotConnected.into()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl StreamIo for ClosedIo {
+    fn reset(&mut self) {}
 }
 
 impl std::fmt::Debug for Stream {
@@ -200,6 +243,9 @@ pub struct ConnState {
     /// True when the muxer was picked inside the security handshake (TLS ALPN or the
     /// Noise extensions) rather than in a separate multistream-select round.
     pub used_early_muxer_negotiation: bool,
+    /// How long the upgrade took: from the raw connection (or QUIC's first packet) to
+    /// the secured, multiplexed connection.
+    pub handshake: std::time::Duration,
 }
 
 /// An authenticated, multiplexed connection to one peer: an upgraded TCP connection or a
@@ -253,6 +299,10 @@ pub trait Listener: Send + 'static {
     async fn accept(&mut self) -> Result<BoxCapableConn, TransportError>;
     /// Stops listening and closes whatever connections it holds that were not yet accepted.
     async fn close(&mut self);
+    /// The figures of the listener's accept queue, for metrics; `None` when it has none.
+    fn accept_stats(&self) -> Option<crate::accept::AcceptStats> {
+        None
+    }
 }
 
 /// A boxed capable listener.

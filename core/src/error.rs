@@ -116,6 +116,31 @@ pub enum TransportError {
 }
 
 impl TransportError {
+    /// A short, stable name for the kind of failure ("connection_refused", "timeout",
+    /// "security", "peer_id_mismatch", ...), for metrics labels and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            TransportError::Addr(_) => "bad_address",
+            TransportError::Dial { source, .. } => match source.kind() {
+                io::ErrorKind::ConnectionRefused => "connection_refused",
+                io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted => {
+                    "connection_reset"
+                }
+                io::ErrorKind::TimedOut => "timeout",
+                io::ErrorKind::AddrNotAvailable | io::ErrorKind::NetworkUnreachable => {
+                    "unreachable"
+                }
+                _ => "io",
+            },
+            TransportError::DialTimeout { .. } => "timeout",
+            TransportError::AddrInUse { .. } | TransportError::Listen { .. } => "listen",
+            TransportError::Accept { .. } => "accept",
+            TransportError::ListenerClosed { .. } | TransportError::TransportClosed => "closed",
+            TransportError::Upgrade { source, .. } => source.kind(),
+            TransportError::Resource { .. } => "resource_limit",
+        }
+    }
+
     /// The security error behind this one, if the failure was in the security handshake
     /// (for example [`SecurityError::PeerIdMismatch`]).
     pub fn security_error(&self) -> Option<&SecurityError> {
@@ -156,6 +181,20 @@ pub enum UpgradeError {
     /// this peer, or no memory left for its buffers).
     #[error(transparent)]
     Resource(#[from] crate::rcmgr::ResourceError),
+}
+
+impl UpgradeError {
+    /// A short, stable name for the kind of failure, for metrics labels and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            UpgradeError::Negotiation { .. } => "negotiation",
+            UpgradeError::Security(SecurityError::PeerIdMismatch { .. }) => "peer_id_mismatch",
+            UpgradeError::Security(_) => "security",
+            UpgradeError::Gated(_) => "gated",
+            UpgradeError::Timeout(_) | UpgradeError::NoProgress(_) => "handshake_timeout",
+            UpgradeError::Resource(_) => "resource_limit",
+        }
+    }
 }
 
 /// Why a capable connection ended.

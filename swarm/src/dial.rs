@@ -121,6 +121,9 @@ impl Swarm {
                             r.unwrap_or(Err(SwarmError::DialTimeout { peer, timeout: overall }))
                         }
                     };
+                    if let Some(m) = swarm.metrics() {
+                        m.dial_completed(result.is_ok());
+                    }
                     // Forget the dial first: a caller arriving after the result starts fresh
                     // (and finds the new connection).
                     swarm.0.dial_sync.finish(&peer);
@@ -170,6 +173,11 @@ impl Swarm {
                 candidates.push((addr, t));
             }
         }
+        if let Some(m) = self.metrics() {
+            for (addr, e) in &errors {
+                m.failed_dialing(addr, e);
+            }
+        }
         if candidates.is_empty() {
             if errors
                 .iter()
@@ -214,6 +222,9 @@ impl Swarm {
                     }
                     Err(e) => {
                         tracing::debug!(%peer, %addr, error = %e, "address dial failed");
+                        if let Some(m) = self.metrics() {
+                            m.failed_dialing(&addr, &e);
+                        }
                         self.0.backoff.add(peer, addr.clone());
                         errors.push((addr, e));
                         // A failure frees the way for the next address at once.
@@ -264,6 +275,17 @@ impl Swarm {
     /// Dials one address; the peer is the one its `/p2p` suffix names, if any, else
     /// whoever answers. Neither shared with other dials nor subject to back-off.
     pub async fn dial_addr(&self, addr: Multiaddr) -> Result<Conn, SwarmError> {
+        let result = self.dial_addr_inner(addr).await;
+        if let Some(m) = self.metrics() {
+            if let Err(SwarmError::DialAddr { addr, error }) = &result {
+                m.failed_dialing(addr, error);
+            }
+            m.dial_completed(result.is_ok());
+        }
+        result
+    }
+
+    async fn dial_addr_inner(&self, addr: Multiaddr) -> Result<Conn, SwarmError> {
         self.check_open()?;
         let peer = peer_id_of(&addr);
         if peer == Some(self.local_peer()) {

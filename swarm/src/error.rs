@@ -50,6 +50,22 @@ pub enum AddrDialError {
     Refused(String),
 }
 
+impl AddrDialError {
+    /// A short, stable name for the kind of failure ("timeout", "connection_refused",
+    /// "security", "backoff", ...), for metrics labels and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            AddrDialError::Transport(e) => e.kind(),
+            AddrDialError::Timeout(_) => "timeout",
+            AddrDialError::Gated => "gated",
+            AddrDialError::Backoff => "backoff",
+            AddrDialError::NoTransport => "no_transport",
+            AddrDialError::Filtered => "filtered",
+            AddrDialError::Refused(_) => "refused",
+        }
+    }
+}
+
 /// Lists each address tried and why it failed, one per line.
 #[derive(Debug, Clone, Default)]
 pub struct AddrErrors(pub Vec<(Multiaddr, AddrDialError)>);

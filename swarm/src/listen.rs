@@ -6,6 +6,7 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use strata_core::accept::AcceptStats;
 use strata_core::{BoxListener, Multiaddr, Protocol};
 use tokio_util::sync::CancellationToken;
 
@@ -16,6 +17,7 @@ use crate::swarm::Swarm;
 struct Entry {
     requested: Multiaddr,
     addr: Multiaddr,
+    stats: Option<AcceptStats>,
     stop: CancellationToken,
     ended: CancellationToken,
 }
@@ -99,6 +101,7 @@ impl Swarm {
                 Entry {
                     requested: addr,
                     addr: real.clone(),
+                    stats: listener.accept_stats(),
                     stop: stop.clone(),
                     ended: ended.clone(),
                 },
@@ -164,6 +167,15 @@ impl Swarm {
         stop.cancel();
         ended.cancelled().await;
         Ok(())
+    }
+
+    /// Each listener's accept queue figures (queued, handshakes in flight, refusals), by
+    /// the address it listens on.
+    pub fn accept_stats(&self) -> Vec<(Multiaddr, AcceptStats)> {
+        let map = self.0.listeners.lock();
+        map.values()
+            .filter_map(|e| Some((e.addr.clone(), e.stats.clone()?)))
+            .collect()
     }
 
     /// The addresses listened on, as the transports report them (`0.0.0.0` stays as is).

@@ -4,7 +4,7 @@
 use std::panic::AssertUnwindSafe;
 use std::pin::pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
 use dashmap::DashMap;
@@ -18,6 +18,7 @@ use strata_core::{
 use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use crate::backoff::Backoff;
 use crate::config::SwarmConfig;
@@ -27,6 +28,7 @@ use crate::error::SwarmError;
 use crate::events::{Connectedness, Events, SwarmEvent};
 use crate::limiter::DialLimiter;
 use crate::listen::Listeners;
+use crate::metrics::MetricsTracer;
 use crate::notify::{Ack, DisconnectReason, Notifiee, NotifieeStats, Notifier, NotifyHandle};
 use crate::peerstore::{Peerstore, ADDRESS_TTL};
 
@@ -53,6 +55,7 @@ pub(crate) struct Inner {
     pub(crate) listeners: Listeners,
     handler: RwLock<Option<StreamHandler>>,
     pub(crate) notifier: Notifier,
+    metrics: OnceLock<Arc<dyn MetricsTracer>>,
     events: Events,
     next_conn: AtomicU64,
     streams: StreamTotal,
@@ -169,6 +172,7 @@ impl Swarm {
             listeners: Listeners::new(),
             handler: RwLock::new(None),
             notifier: Notifier::new(config.notifiee_queue_len),
+            metrics: OnceLock::new(),
             events,
             next_conn: AtomicU64::new(1),
             streams: Arc::new(watch::channel(0).0),
@@ -247,6 +251,16 @@ impl Swarm {
     /// `connected` was given up on.
     pub fn notifiee_stats(&self) -> NotifieeStats {
         self.0.notifier.stats()
+    }
+
+    /// Sends the swarm's connection and dial outcomes to `tracer` from now on. One tracer
+    /// per swarm: `false` (and nothing changed) if one is set already.
+    pub fn set_metrics_tracer(&self, tracer: Arc<dyn MetricsTracer>) -> bool {
+        self.0.metrics.set(tracer).is_ok()
+    }
+
+    pub(crate) fn metrics(&self) -> Option<&Arc<dyn MetricsTracer>> {
+        self.0.metrics.get()
     }
 
     /// Our peer ID.
@@ -428,6 +442,9 @@ impl Swarm {
                 crate::peerstore::CONNECTED_ADDR_TTL,
             );
         }
+        if let Some(m) = self.metrics() {
+            m.opened_connection(&conn);
+        }
         self.emit(SwarmEvent::ConnectionOpened {
             peer,
             conn: id,
@@ -435,9 +452,19 @@ impl Swarm {
         });
         let (told, ack) = self.0.notifier.connected(&conn);
         *conn.0.told.lock().unwrap_or_else(|p| p.into_inner()) = told;
-        self.0
-            .tracker
-            .spawn(self.clone().run_conn(conn.clone(), ack.clone()));
+        // Everything logged on the connection's task carries who and where.
+        let span = tracing::info_span!(
+            "conn",
+            id = %id,
+            peer = %peer,
+            addr = %conn.remote_multiaddr(),
+            direction = ?direction,
+        );
+        self.0.tracker.spawn(
+            self.clone()
+                .run_conn(conn.clone(), ack.clone())
+                .instrument(span),
+        );
         Ok((conn, ack))
     }
 
@@ -517,6 +544,9 @@ impl Swarm {
         });
         drop(removed);
         self.0.peerstore.peer_disconnected(peer);
+        if let Some(m) = self.metrics() {
+            m.closed_connection(&conn, &reason);
+        }
         self.emit(SwarmEvent::ConnectionClosed {
             peer,
             conn: conn.id(),
@@ -561,7 +591,15 @@ impl Swarm {
         let stream = wrap(stream, guard, Some(reset.clone()), scope);
         let conn = conn.clone();
         let cancel = self.0.cancel.clone();
-        self.0.tracker.spawn(async move {
+        // The protocol is recorded once the host's mux has negotiated it.
+        let span = tracing::debug_span!(
+            "stream",
+            peer = %conn.remote_peer(),
+            conn = %conn.id(),
+            direction = "inbound",
+            protocol = tracing::field::Empty,
+        );
+        let task = async move {
             let peer = conn.remote_peer();
             // Kept in a local so that it (and the stream inside it) is dropped only after
             // the reset flag is set.
@@ -573,7 +611,8 @@ impl Swarm {
                 },
                 _ = cancel.cancelled() => reset.store(true, Ordering::Release),
             }
-        });
+        };
+        self.0.tracker.spawn(task.instrument(span));
     }
 
     /// The number of streams open across the swarm, as it changes.

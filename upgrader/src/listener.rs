@@ -97,4 +97,8 @@ impl Listener for UpgradedListener {
     async fn close(&mut self) {
         self.queue.close().await
     }
+
+    fn accept_stats(&self) -> Option<strata_core::accept::AcceptStats> {
+        Some(self.queue.stats())
+    }
 }

@@ -170,6 +170,7 @@ impl Upgrader {
         transport: &'static str,
         scope: ConnScope,
     ) -> Result<BoxCapableConn, UpgradeError> {
+        let started = std::time::Instant::now();
         let local_addr = raw.local_multiaddr().clone();
         let remote_addr = raw.remote_multiaddr().clone();
         let negotiation = |step| {
@@ -270,6 +271,7 @@ impl Upgrader {
                 security: security.protocol_id().to_string(),
                 muxer: muxer_id,
                 used_early_muxer_negotiation,
+                handshake: started.elapsed(),
             },
         });
         if let Some(gater) = &self.gater {

@@ -30,12 +30,13 @@ pub struct QuicConn {
 /// What Strata reports for every QUIC connection. Security and muxing are QUIC's own, so
 /// like go-libp2p (which reports only the transport) no security protocol ID is named;
 /// the muxer is "quic", as the core docs say.
-fn quic_state() -> ConnState {
+fn quic_state(handshake: std::time::Duration) -> ConnState {
     ConnState {
         transport: "quic-v1",
         security: String::new(),
         muxer: "quic".into(),
         used_early_muxer_negotiation: false,
+        handshake,
     }
 }
 
@@ -47,6 +48,7 @@ impl QuicConn {
         local_addr: Multiaddr,
         remote_addr: Multiaddr,
         direction: Direction,
+        handshake: std::time::Duration,
     ) -> Self {
         QuicConn {
             conn,
@@ -56,7 +58,7 @@ impl QuicConn {
             local_addr,
             remote_addr,
             direction,
-            state: quic_state(),
+            state: quic_state(handshake),
         }
     }
 

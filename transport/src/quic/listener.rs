@@ -175,6 +175,7 @@ async fn handshake(
     remote: Multiaddr,
     scope: ConnScope,
 ) -> Result<QuicConn, UpgradeError> {
+    let started = std::time::Instant::now();
     let tier = match ctx.shared.reserve_window(&scope) {
         Ok(tier) => tier,
         Err(e) => {
@@ -220,6 +221,7 @@ async fn handshake(
         local,
         remote,
         Direction::Inbound,
+        started.elapsed(),
     );
     // QUIC has no separate muxer step: the connection is as upgraded as it will be.
     if !ctx.gater.intercept_upgraded(&conn) {
@@ -238,6 +240,10 @@ impl Listener for QuicListener {
 
     async fn accept(&mut self) -> Result<BoxCapableConn, TransportError> {
         self.queue.accept().await
+    }
+
+    fn accept_stats(&self) -> Option<strata_core::accept::AcceptStats> {
+        Some(self.queue.stats())
     }
 
     async fn close(&mut self) {

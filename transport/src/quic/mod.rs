@@ -285,6 +285,7 @@ impl QuicTransport {
                     source,
                 },
             })?;
+        let started = std::time::Instant::now();
         let connecting = endpoint
             .connect_with(tier.client.clone(), remote, SERVER_NAME)
             .map_err(|e| match e {
@@ -353,6 +354,7 @@ impl QuicTransport {
             local,
             remote_addr,
             Direction::Outbound,
+            started.elapsed(),
         );
         // QUIC has no separate muxer step: the connection is as upgraded as it will be.
         if !self.gater.intercept_upgraded(&conn) {
