@@ -20,6 +20,7 @@ use strata_upgrader::{
 
 use crate::connmgr::{ConnManager, ConnManagerConfig, ConnManagerConfigError};
 use crate::host::{Host, HostSettings};
+use crate::metrics::HostMetrics;
 
 /// The agent version a host announces unless told otherwise.
 pub const DEFAULT_AGENT_VERSION: &str = concat!("strata/", env!("CARGO_PKG_VERSION"));
@@ -89,6 +90,7 @@ pub struct HostBuilder {
     upgrader_config: UpgraderConfig,
     enable_perf: bool,
     ping_interval: Option<Duration>,
+    metrics: Option<Arc<HostMetrics>>,
 }
 
 impl Default for HostBuilder {
@@ -114,6 +116,7 @@ impl Default for HostBuilder {
             upgrader_config: UpgraderConfig::default(),
             enable_perf: false,
             ping_interval: None,
+            metrics: None,
         }
     }
 }
@@ -192,6 +195,15 @@ impl HostBuilder {
     /// No QUIC transport.
     pub fn no_quic(mut self) -> Self {
         self.quic = None;
+        self
+    }
+
+    /// Counts the host's connections, handshakes, dials, streams and bytes into
+    /// `registry` (under the `strata_` prefix), and reads its accept queues, notifiees
+    /// and resource manager when the registry is encoded. Serve the registry with
+    /// `prometheus_client::encoding::text::encode` (the `strata` CLI's `--metrics` does).
+    pub fn metrics(mut self, registry: &mut prometheus_client::registry::Registry) -> Self {
+        self.metrics = Some(HostMetrics::register(registry));
         self
     }
 
@@ -386,6 +398,9 @@ impl HostBuilder {
         transports.extend(self.transports);
 
         let swarm = Swarm::with_parts(peer, self.swarm_config.clone(), self.gater.clone(), rcmgr);
+        if let Some(m) = &self.metrics {
+            m.attach(&swarm);
+        }
         if let Some(filter) = self.addr_filter {
             swarm.set_addr_filter(filter);
         }
@@ -415,6 +430,7 @@ impl HostBuilder {
             connmgr,
             self.swarm_config.events_capacity,
             quic_transport,
+            self.metrics,
         );
         let results = host.network().listen(self.listen.clone()).await;
         let outcomes = self

@@ -61,6 +61,7 @@ pub(crate) struct HostInner {
     own_notifiee: Mutex<Option<NotifyHandle>>,
     pub(crate) connmgr: Option<Arc<crate::connmgr::ConnManager>>,
     quic: Option<Arc<strata_transport::QuicTransport>>,
+    metrics: Option<Arc<crate::metrics::HostMetrics>>,
 }
 
 /// A libp2p host: a swarm, a protocol mux, a peerstore, identify, ping (and perf).
@@ -120,11 +121,12 @@ impl Host {
         connmgr: Option<Arc<crate::connmgr::ConnManager>>,
         events_capacity: usize,
         quic: Option<Arc<strata_transport::QuicTransport>>,
+        metrics: Option<Arc<crate::metrics::HostMetrics>>,
     ) -> Host {
         let inner = Arc::new(HostInner {
             key,
             swarm,
-            mux: Arc::new(ProtocolMux::default()),
+            mux: Arc::new(ProtocolMux::new(metrics.clone())),
             settings,
             events: broadcast::channel(events_capacity.max(1)).0,
             tasks: TaskTracker::new(),
@@ -136,6 +138,7 @@ impl Host {
             own_notifiee: Mutex::new(None),
             connmgr,
             quic,
+            metrics,
         });
         let host = Host(inner);
         let mux = host.0.mux.clone();
@@ -404,6 +407,7 @@ impl Host {
                         message: e.to_string(),
                     })?;
             let mut out = Stream::new(Box::new(LazyStream(lazy)), Direction::Outbound);
+            self.stream_ready(&mut out, peer, &known);
             out.set_protocol(known);
             return Ok(out);
         }
@@ -422,8 +426,17 @@ impl Host {
         })?;
         let _ = self.peerstore().add_protocols(peer, &[picked.as_str()]);
         charge_protocol(&mut stream, peer, &picked)?;
+        self.stream_ready(&mut stream, peer, &picked);
         stream.set_protocol(picked);
         Ok(stream)
+    }
+
+    /// An outbound stream has its protocol (one the caller asked for): counted and logged.
+    fn stream_ready(&self, stream: &mut Stream, peer: PeerId, protocol: &str) {
+        tracing::debug!(%peer, protocol, direction = "outbound", "stream opened");
+        if let Some(m) = &self.0.metrics {
+            m.stream_opened(stream, protocol);
+        }
     }
 
     /// Measures the round-trip time to `peer` with one `/ipfs/ping/1.0.0` exchange and

@@ -18,6 +18,10 @@
 //! * [`perf`]: `/perf/1.0.0`, client and service, streamed through a fixed buffer.
 //!
 //! Every read of remote input has a size limit and a deadline; errors are typed.
+//!
+//! With [`HostBuilder::metrics`] the host counts connections, handshakes, dials, streams
+//! and bytes by protocol into a `prometheus-client` registry (re-exported as
+//! [`prometheus_client`]).
 
 pub mod builder;
 pub mod connmgr;
@@ -26,6 +30,7 @@ pub mod events;
 pub mod host;
 pub mod identify;
 pub mod messaging;
+mod metrics;
 mod mux;
 pub mod perf;
 pub mod ping;
@@ -45,6 +50,8 @@ pub use messaging::{MessageConfig, MessageHandler, MessageStats, SendError};
 pub use mux::{ProtocolMatch, NEGOTIATION_TIMEOUT};
 pub use perf::{perf_client, perf_service, PerfError, PerfResult, PerfServed, PERF_PROTOCOL};
 pub use ping::{ping_once, ping_service, PingError, PING_PROTOCOL};
+/// The metrics crate [`HostBuilder::metrics`] registers into.
+pub use prometheus_client;
 pub use services::{ServiceContext, ServiceError, ServiceInfo, ServicePolicy, ServiceState};
 /// The peerstore lives with the swarm, which dials from it; the host re-exports it.
 pub use strata_swarm::peerstore;

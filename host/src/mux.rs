@@ -9,6 +9,8 @@ use strata_core::Stream;
 use strata_swarm::Conn;
 use strata_upgrader::multistream::listener_select;
 
+use crate::metrics::HostMetrics;
+
 /// How long an inbound stream may take to name its protocol.
 pub const NEGOTIATION_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -26,12 +28,19 @@ struct Entry {
 }
 
 /// Handlers by protocol, in registration order; an exact ID wins over a predicate.
-#[derive(Default)]
 pub(crate) struct ProtocolMux {
     entries: RwLock<Vec<Entry>>,
+    metrics: Option<Arc<HostMetrics>>,
 }
 
 impl ProtocolMux {
+    pub(crate) fn new(metrics: Option<Arc<HostMetrics>>) -> Self {
+        ProtocolMux {
+            entries: RwLock::default(),
+            metrics,
+        }
+    }
+
     pub(crate) fn set(&self, protocol: &str, matcher: Option<ProtocolMatch>, handler: ConnHandler) {
         let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
         entries.retain(|e| e.protocol != protocol);
@@ -55,7 +64,8 @@ impl ProtocolMux {
         entries.iter().map(|e| e.protocol.clone()).collect()
     }
 
-    fn find(&self, protocol: &str) -> Option<ConnHandler> {
+    /// The handler for `protocol`, with the ID it was registered under.
+    fn find(&self, protocol: &str) -> Option<(String, ConnHandler)> {
         // Cloned out so no lock is held while the handler runs.
         let entries = self.entries.read().unwrap_or_else(|p| p.into_inner());
         entries
@@ -66,7 +76,7 @@ impl ProtocolMux {
                     .iter()
                     .find(|e| e.matcher.as_ref().is_some_and(|m| m(protocol)))
             })
-            .map(|e| e.handler.clone())
+            .map(|e| (e.protocol.clone(), e.handler.clone()))
     }
 
     /// Negotiates the protocol of an inbound stream and runs its handler. An unknown
@@ -91,7 +101,7 @@ impl ProtocolMux {
             }
         };
         // Removed between negotiation and here: nothing to run it.
-        let Some(handler) = self.find(&protocol) else {
+        let Some((registered, handler)) = self.find(&protocol) else {
             stream.reset();
             return;
         };
@@ -101,6 +111,12 @@ impl ProtocolMux {
             tracing::debug!(peer = %conn.remote_peer(), %protocol, "inbound stream refused: {e}");
             stream.reset();
             return;
+        }
+        tracing::Span::current().record("protocol", protocol.as_str());
+        if let Some(m) = &self.metrics {
+            // Labelled by the handler's own ID: a predicate handler may accept protocol
+            // names a remote makes up, which must not grow the label sets.
+            m.stream_opened(&mut stream, &registered);
         }
         stream.set_protocol(protocol);
         handler(stream, conn).await;
