@@ -8,7 +8,10 @@
 //! * [`transport`]: TCP (with SO_REUSEPORT), QUIC and in-memory transports;
 //! * [`upgrader`]: multistream-select, TLS and Noise, yamux, the accept queue;
 //! * [`swarm`]: listeners, connections, dialing, notifiees;
-//! * [`host`]: the API applications hold ([`Host`], [`HostBuilder`]).
+//! * [`host`]: the API applications hold ([`Host`], [`HostBuilder`]);
+//! * [`metrics`]: an HTTP endpoint serving a Prometheus registry.
+
+pub mod metrics;
 
 pub use strata_core as core;
 pub use strata_host as host;

@@ -11,9 +11,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 use strata::core::addr::peer_id_of;
 use strata::core::identity::{generate_ed25519, keypair_from_seed};
 use strata::core::{Multiaddr, PeerId};
+use strata::host::prometheus_client::registry::Registry;
 use strata::host::{
     perf_client, Host, HostBuilder, HostEvent, IdentifyInfo, Security, PERF_PROTOCOL,
 };
+use strata::metrics::MetricsServer;
 use strata::swarm::{Conn, DisconnectReason, Notifiee, Swarm};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -68,6 +70,10 @@ enum Command {
         /// is forced closed; a second signal forces it at once.
         #[arg(long, value_name = "SECS", default_value_t = 2.0, value_parser = parse_secs)]
         shutdown_timeout: f64,
+        /// Serve Prometheus metrics at http://ADDR/metrics (for example 127.0.0.1:9090;
+        /// port 0 picks a free one).
+        #[arg(long, value_name = "ADDR")]
+        metrics: Option<std::net::SocketAddr>,
     },
     /// Connects to a peer, does what is asked, prints one JSON line.
     Dial {
@@ -102,8 +108,21 @@ enum Command {
 
 type CliError = Box<dyn std::error::Error + Send + Sync>;
 
+/// Logs go to stderr, filtered by `RUST_LOG` (for example `RUST_LOG=strata_swarm=debug`);
+/// without it only errors are shown. Stdout stays the scripts' contract.
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
+    init_logging();
     let result = match Cli::parse().command {
         Command::Listen {
             tcp,
@@ -113,12 +132,14 @@ async fn main() -> ExitCode {
             security,
             events,
             shutdown_timeout,
+            metrics,
         } => {
             let opts = ListenOpts {
                 seed,
                 security,
                 events,
                 shutdown: Duration::from_secs_f64(shutdown_timeout),
+                metrics,
             };
             listen(tcp, quic, ws, opts).await
         }
@@ -235,6 +256,7 @@ struct ListenOpts {
     security: Option<SecurityArg>,
     events: bool,
     shutdown: Duration,
+    metrics: Option<std::net::SocketAddr>,
 }
 
 /// Resolves on the next SIGINT or SIGTERM.
@@ -268,6 +290,7 @@ async fn listen(
         security,
         events,
         shutdown,
+        metrics,
     } = opts;
     // Set up before anything listens, so that no signal can slip by unhandled.
     let mut signals = Signals::new()?;
@@ -286,6 +309,10 @@ async fn listen(
     if events {
         b = b.notifiee(Arc::new(PrintEvents));
     }
+    let mut registry = Registry::default();
+    if metrics.is_some() {
+        b = b.metrics(&mut registry);
+    }
     let (host, outcomes) = b.build().await?;
     serve_echo(&host);
     for o in &outcomes {
@@ -300,7 +327,23 @@ async fn listen(
     for addr in host.addrs_with_peer_id() {
         print_line(format!("LISTEN {addr}"));
     }
+    let server = match metrics {
+        Some(addr) => match MetricsServer::bind(addr, Arc::new(registry)).await {
+            Ok(server) => Some(server),
+            Err(e) => {
+                host.close().await;
+                return Err(format!("cannot serve metrics on {addr}: {e}").into());
+            }
+        },
+        None => None,
+    };
+    if let Some(s) = &server {
+        print_line(format!("METRICS {}", s.url()));
+    }
     signals.next().await;
+    if let Some(s) = server {
+        s.close().await;
+    }
     // Graceful, bounded by the timeout whatever the peers do; a second signal does not
     // wait for it.
     tokio::select! {

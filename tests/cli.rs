@@ -387,3 +387,97 @@ fn listen_and_dial_over_websocket() {
     assert_eq!(v["peer_id"], listener_id.to_string());
     assert_eq!(v["echo_verified"], true);
 }
+
+/// A blocking `GET /metrics`; returns the body.
+fn scrape(url: &str) -> String {
+    use std::io::{Read, Write};
+    let authority = url
+        .strip_prefix("http://")
+        .and_then(|u| u.strip_suffix("/metrics"))
+        .unwrap_or_else(|| panic!("not a metrics URL: {url}"));
+    let mut s = std::net::TcpStream::connect(authority).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: strata\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
+    body.to_string()
+}
+
+#[test]
+fn listen_serves_metrics_after_its_listen_lines() {
+    let _serial = serial();
+    let (_listener, lines) = listen(&[
+        "--tcp",
+        "/ip4/127.0.0.1/tcp/0",
+        "--security",
+        "noise",
+        "--metrics",
+        "127.0.0.1:0",
+    ]);
+    let recv = || lines.recv_timeout(Duration::from_secs(30)).unwrap();
+    let listen_line = recv();
+    let addr = listen_line
+        .strip_prefix("LISTEN ")
+        .unwrap_or_else(|| panic!("LISTEN first: {listen_line}"))
+        .to_string();
+    let metrics_line = recv();
+    let url = metrics_line
+        .strip_prefix("METRICS ")
+        .unwrap_or_else(|| panic!("METRICS after LISTEN: {metrics_line}"));
+    assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+    assert!(url.ends_with("/metrics"), "{url}");
+    assert!(!url.contains(":0/"), "the real port: {url}");
+
+    let out = Command::new(BIN)
+        .args(["dial", &addr, "--ping"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let body = scrape(url);
+    let opened = "strata_connections_opened_total{direction=\"inbound\",transport=\"tcp\",\
+                  security=\"/noise\",muxer=\"/yamux/1.0.0\"} 1";
+    assert!(body.lines().any(|l| l == opened), "{body}");
+    let pinged =
+        "strata_streams_opened_total{protocol=\"/ipfs/ping/1.0.0\",direction=\"inbound\"} 1";
+    assert!(body.lines().any(|l| l == pinged), "{body}");
+    assert!(body.ends_with("# EOF\n"));
+}
+
+#[test]
+fn rust_log_writes_logs_to_stderr_and_leaves_stdout_alone() {
+    let _serial = serial();
+    let (_listener, lines) = listen(&["--tcp", "/ip4/127.0.0.1/tcp/0"]);
+    let addr = next_line(&lines, "LISTEN ")
+        .strip_prefix("LISTEN ")
+        .unwrap()
+        .to_string();
+    let dial = |rust_log: Option<&str>| {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["dial", &addr, "--ping"]).env_remove("RUST_LOG");
+        if let Some(filter) = rust_log {
+            cmd.env("RUST_LOG", filter);
+        }
+        let out = cmd.output().unwrap();
+        assert!(out.status.success());
+        (
+            String::from_utf8(out.stdout).unwrap(),
+            String::from_utf8(out.stderr).unwrap(),
+        )
+    };
+    let (quiet_out, quiet_err) = dial(None);
+    assert_eq!(quiet_err, "", "quiet by default");
+    let (loud_out, loud_err) = dial(Some("debug"));
+    assert!(loud_err.contains("DEBUG"), "{loud_err}");
+    assert!(
+        loud_err.contains("protocol=\"/ipfs/ping/1.0.0\""),
+        "{loud_err}"
+    );
+    for out in [&quiet_out, &loud_out] {
+        assert_eq!(out.lines().count(), 1, "{out}");
+        let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        assert!(v["ping_rtt_ms"].as_f64().unwrap() > 0.0);
+    }
+}
