@@ -161,6 +161,21 @@ async fn ten_thousand_strangers_leave_nothing_behind() {
     host.close().await;
 }
 
+/// Waits until the host has recorded one more identify from `peer`.
+async fn recorded(events: &mut tokio::sync::broadcast::Receiver<HostEvent>, peer: PeerId) {
+    timeout(LIMIT, async {
+        loop {
+            if let Ok(HostEvent::Identified { peer: p, .. }) = events.recv().await {
+                if p == peer {
+                    return;
+                }
+            }
+        }
+    })
+    .await
+    .expect("the identify is recorded");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn identify_address_floods_are_capped_and_junk_is_never_stored_or_dialed() {
     let (host, addr) = churn_host(4096, Duration::from_secs(60)).await;
@@ -183,7 +198,9 @@ async fn identify_address_floods_are_capped_and_junk_is_never_stored_or_dialed()
     .collect();
     let mut events = host.events();
     answer_identify(conn.as_ref(), &info_of(&key, junk.clone())).await;
-    // 200 pushes of 50 new addresses each: 10,000 addresses in all.
+    recorded(&mut events, peer).await;
+    // 200 pushes of 50 new addresses each: 10,000 addresses in all, each push recorded
+    // before the next is sent so that the last one is known.
     for round in 0..200u32 {
         let mut addrs: Vec<Multiaddr> = (0..50u32)
             .map(|i| {
@@ -204,20 +221,8 @@ async fn identify_address_floods_are_capped_and_junk_is_never_stored_or_dialed()
             .await
             .unwrap();
         send_identify(&mut s, &info_of(&key, addrs)).await.unwrap();
+        recorded(&mut events, peer).await;
     }
-    // Wait for the first identify and every push to be recorded.
-    let mut seen = 0;
-    timeout(LIMIT, async {
-        while seen < 201 {
-            if let Ok(HostEvent::Identified { peer: p, .. }) = events.recv().await {
-                if p == peer {
-                    seen += 1;
-                }
-            }
-        }
-    })
-    .await
-    .expect("every push is recorded");
     let stored = host.peerstore().addrs(&peer);
     assert!(
         stored.len() <= strata_host::peerstore::MAX_ADDRS_PER_PEER,
