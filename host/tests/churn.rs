@@ -291,17 +291,7 @@ async fn the_address_filter_keeps_refused_addresses_out_of_the_store_and_off_the
         "/ip4/127.0.0.1/tcp/4001".parse().unwrap(),
     ];
     answer_identify(conn.as_ref(), &info_of(&key, announced)).await;
-    timeout(LIMIT, async {
-        loop {
-            if let Ok(HostEvent::Identified { peer: p, .. }) = events.recv().await {
-                if p == peer {
-                    return;
-                }
-            }
-        }
-    })
-    .await
-    .unwrap();
+    recorded(&mut events, peer).await;
     let stored = host.peerstore().addrs(&peer);
     assert!(stored.contains(&"/ip4/127.0.0.1/tcp/4001".parse().unwrap()));
     assert!(

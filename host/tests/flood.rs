@@ -18,7 +18,8 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::Mutex;
 use tokio::time::timeout;
 
-const ECHO: &str = "/echo/1.0.0";
+mod common;
+use common::{serve_echo, ECHO};
 const LIMIT: Duration = Duration::from_secs(30);
 
 /// One flood at a time: each holds thousands of descriptors.
@@ -51,16 +52,6 @@ fn flood_size(wanted: usize) -> usize {
         eprintln!("descriptor limit {limit}: flooding with {fits} sockets, not {wanted}");
     }
     wanted.min(fits)
-}
-
-fn serve_echo(host: &Host) {
-    host.set_stream_handler(ECHO, |mut stream| async move {
-        let mut buf = Vec::new();
-        if stream.read_to_end(&mut buf).await.is_ok() {
-            let _ = stream.write_all(&buf).await;
-            let _ = stream.close_write().await;
-        }
-    });
 }
 
 /// A TCP-only host listening on 127.0.0.1 with TLS and Noise, under `limits`.

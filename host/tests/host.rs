@@ -12,7 +12,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::timeout;
 
 const LIMIT: Duration = Duration::from_secs(20);
-const ECHO: &str = "/echo/1.0.0";
+mod common;
+use common::{echo, serve_echo, ECHO};
 
 fn memory_builder() -> HostBuilder {
     HostBuilder::new()
@@ -27,31 +28,6 @@ async fn memory_host() -> Host {
     let (host, outcomes) = memory_builder().build().await.unwrap();
     assert!(outcomes.iter().all(|o| o.result.is_ok()), "{outcomes:?}");
     host
-}
-
-fn serve_echo(host: &Host) {
-    host.set_stream_handler(ECHO, |mut stream| async move {
-        let mut buf = Vec::new();
-        if stream.read_to_end(&mut buf).await.is_ok() {
-            let _ = stream.write_all(&buf).await;
-            let _ = stream.close_write().await;
-        }
-    });
-}
-
-async fn echo(host: &Host, peer: PeerId, data: &[u8]) -> Vec<u8> {
-    let mut s = timeout(LIMIT, host.new_stream(peer, &[ECHO]))
-        .await
-        .unwrap()
-        .unwrap();
-    s.write_all(data).await.unwrap();
-    s.close_write().await.unwrap();
-    let mut back = Vec::new();
-    timeout(LIMIT, s.read_to_end(&mut back))
-        .await
-        .unwrap()
-        .unwrap();
-    back
 }
 
 async fn identified(

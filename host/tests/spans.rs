@@ -4,18 +4,16 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use strata_host::{Host, HostBuilder, Security};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::timeout;
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
 use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::Layer;
 
-const LIMIT: Duration = Duration::from_secs(20);
-const ECHO: &str = "/echo/1.0.0";
+mod common;
+use common::{echo, serve_echo, ECHO, LIMIT};
 
 /// A span's fields, as text.
 type FieldMap = HashMap<String, String>;
@@ -83,13 +81,7 @@ async fn connections_and_streams_have_spans_with_peer_address_direction_and_prot
         tracing::subscriber::set_default(tracing_subscriber::registry().with(spans.clone()));
 
     let server = tcp_host().await;
-    server.set_stream_handler(ECHO, |mut stream| async move {
-        let mut buf = Vec::new();
-        if stream.read_to_end(&mut buf).await.is_ok() {
-            let _ = stream.write_all(&buf).await;
-            let _ = stream.close_write().await;
-        }
-    });
+    serve_echo(&server);
     let client = tcp_host().await;
     let server_addr = server.addrs()[0].clone();
     timeout(
@@ -99,18 +91,7 @@ async fn connections_and_streams_have_spans_with_peer_address_direction_and_prot
     .await
     .unwrap()
     .unwrap();
-    let mut s = timeout(LIMIT, client.new_stream(server.id(), &[ECHO]))
-        .await
-        .unwrap()
-        .unwrap();
-    s.write_all(b"hello").await.unwrap();
-    s.close_write().await.unwrap();
-    let mut back = Vec::new();
-    timeout(LIMIT, s.read_to_end(&mut back))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(back, b"hello");
+    assert_eq!(echo(&client, server.id(), b"hello").await, b"hello");
 
     let conns = spans.named("conn");
     let outbound = conns

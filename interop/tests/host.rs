@@ -93,53 +93,43 @@ impl Stack {
 
     async fn libp2p_swarm(self) -> Swarm<Behaviour> {
         let builder = SwarmBuilder::with_new_identity().with_tokio();
-        let idle =
-            |c: libp2p::swarm::Config| c.with_idle_connection_timeout(Duration::from_secs(60));
+        // Each arm's builder has a type of its own; the rest of the build is the same.
+        macro_rules! finish {
+            ($b:expr) => {
+                $b.with_behaviour(behaviour)
+                    .unwrap()
+                    .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+                    .build()
+            };
+        }
         match self {
-            Stack::TcpTls => builder
-                .with_tcp(
-                    tcp::Config::default(),
-                    tls::Config::new,
-                    yamux::Config::default,
-                )
-                .unwrap()
-                .with_behaviour(behaviour)
-                .unwrap()
-                .with_swarm_config(idle)
-                .build(),
-            Stack::TcpNoise => builder
-                .with_tcp(
-                    tcp::Config::default(),
-                    noise::Config::new,
-                    yamux::Config::default,
-                )
-                .unwrap()
-                .with_behaviour(behaviour)
-                .unwrap()
-                .with_swarm_config(idle)
-                .build(),
-            Stack::Quic => builder
-                .with_quic()
-                .with_behaviour(behaviour)
-                .unwrap()
-                .with_swarm_config(idle)
-                .build(),
-            Stack::WsTls => builder
+            Stack::TcpTls => {
+                finish!(builder
+                    .with_tcp(
+                        tcp::Config::default(),
+                        tls::Config::new,
+                        yamux::Config::default
+                    )
+                    .unwrap())
+            }
+            Stack::TcpNoise => {
+                finish!(builder
+                    .with_tcp(
+                        tcp::Config::default(),
+                        noise::Config::new,
+                        yamux::Config::default
+                    )
+                    .unwrap())
+            }
+            Stack::Quic => finish!(builder.with_quic()),
+            Stack::WsTls => finish!(builder
                 .with_websocket(tls::Config::new, yamux::Config::default)
                 .await
-                .unwrap()
-                .with_behaviour(behaviour)
-                .unwrap()
-                .with_swarm_config(idle)
-                .build(),
-            Stack::WsNoise => builder
+                .unwrap()),
+            Stack::WsNoise => finish!(builder
                 .with_websocket(noise::Config::new, yamux::Config::default)
                 .await
-                .unwrap()
-                .with_behaviour(behaviour)
-                .unwrap()
-                .with_swarm_config(idle)
-                .build(),
+                .unwrap()),
         }
     }
 

@@ -1,5 +1,6 @@
 //! Two real upgraded connections (memory transport, Noise or TLS, yamux) and negotiated
-//! streams between them, for the host service tests.
+//! streams between them, for the host service tests; and an echo protocol for tests
+//! with whole hosts.
 
 #![allow(dead_code)]
 
@@ -98,4 +99,36 @@ pub async fn streams(
     })
     .await
     .expect("stream negotiation timed out")
+}
+
+/// The echo protocol the host tests serve.
+pub const ECHO: &str = "/echo/1.0.0";
+
+/// Serves ECHO on `host`: each stream is read to its end and written back.
+pub fn serve_echo(host: &strata_host::Host) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    host.set_stream_handler(ECHO, |mut stream| async move {
+        let mut buf = Vec::new();
+        if stream.read_to_end(&mut buf).await.is_ok() {
+            let _ = stream.write_all(&buf).await;
+            let _ = stream.close_write().await;
+        }
+    });
+}
+
+/// Sends `data` to `peer` over a new ECHO stream and returns what came back.
+pub async fn echo(host: &strata_host::Host, peer: strata_core::PeerId, data: &[u8]) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = timeout(LIMIT, host.new_stream(peer, &[ECHO]))
+        .await
+        .unwrap()
+        .unwrap();
+    s.write_all(data).await.unwrap();
+    s.close_write().await.unwrap();
+    let mut back = Vec::new();
+    timeout(LIMIT, s.read_to_end(&mut back))
+        .await
+        .unwrap()
+        .unwrap();
+    back
 }
