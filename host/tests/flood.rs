@@ -19,7 +19,7 @@ use tokio::sync::Mutex;
 use tokio::time::timeout;
 
 mod common;
-use common::{serve_echo, ECHO};
+use common::{echo, serve_echo, ECHO};
 const LIMIT: Duration = Duration::from_secs(30);
 
 /// One flood at a time: each holds thousands of descriptors.
@@ -135,14 +135,7 @@ async fn real_peer_with(server: &Host, client: HostBuilder, addrs: &[Multiaddr])
         .await
         .expect("the real peer connects")
         .unwrap();
-    let mut s = client.new_stream(server.id(), &[ECHO]).await.unwrap();
-    s.write_all(b"through the flood").await.unwrap();
-    s.close_write().await.unwrap();
-    let mut back = Vec::new();
-    timeout(LIMIT, s.read_to_end(&mut back))
-        .await
-        .unwrap()
-        .unwrap();
+    let back = echo(&client, server.id(), b"through the flood").await;
     assert_eq!(back, b"through the flood");
     let took = start.elapsed();
     client.close().await;
