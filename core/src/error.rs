@@ -181,13 +181,27 @@ pub enum UpgradeError {
     /// this peer, or no memory left for its buffers).
     #[error(transparent)]
     Resource(#[from] crate::rcmgr::ResourceError),
+    /// The listener refused our first security proposal after we had sent its handshake
+    /// right behind it, and the connection then failed: a listener that cannot skip such
+    /// bytes. A new connection that leads with the next protocol gets through.
+    #[error(
+        "the remote refused {refused} with its handshake already sent, then failed: {message}"
+    )]
+    PipelinedProposalRefused {
+        /// The refused security protocol.
+        refused: String,
+        /// How the connection failed afterwards.
+        message: String,
+    },
 }
 
 impl UpgradeError {
     /// A short, stable name for the kind of failure, for metrics labels and logs.
     pub fn kind(&self) -> &'static str {
         match self {
-            UpgradeError::Negotiation { .. } => "negotiation",
+            UpgradeError::Negotiation { .. } | UpgradeError::PipelinedProposalRefused { .. } => {
+                "negotiation"
+            }
             UpgradeError::Security(SecurityError::PeerIdMismatch { .. }) => "peer_id_mismatch",
             UpgradeError::Security(_) => "security",
             UpgradeError::Gated(_) => "gated",

@@ -53,15 +53,25 @@ fn libp2p_swarm(sec: Sec) -> Swarm<libp2p_stream::Behaviour> {
 }
 
 fn strata(sec: Sec) -> (Keypair, Upgraded<TcpTransport>) {
+    strata_offering(&[sec])
+}
+
+/// A Strata upgrader offering `secs` in this order (optimistic security negotiation on).
+fn strata_offering(secs: &[Sec]) -> (Keypair, Upgraded<TcpTransport>) {
     let key = strata_core::identity::generate_ed25519();
-    let security: Arc<dyn SecureTransport> = match sec {
-        Sec::Tls => Arc::new(TlsTransport::new(key.clone()).unwrap()),
-        Sec::Noise => Arc::new(NoiseTransport::new(key.clone())),
-    };
+    let security: Vec<Arc<dyn SecureTransport>> = secs
+        .iter()
+        .map(|sec| -> Arc<dyn SecureTransport> {
+            match sec {
+                Sec::Tls => Arc::new(TlsTransport::new(key.clone()).unwrap()),
+                Sec::Noise => Arc::new(NoiseTransport::new(key.clone())),
+            }
+        })
+        .collect();
     let muxer: Arc<dyn StreamMuxer> = Arc::new(Yamux::default());
     let up = Upgrader::new(
         key.public().to_peer_id(),
-        vec![security],
+        security,
         vec![muxer],
         UpgraderConfig::default(),
     )
@@ -93,6 +103,33 @@ async fn strata_dials_rust_libp2p() {
         assert_eq!(conn.state().muxer, "/yamux/1.0.0");
         strata_echo_client(&conn).await;
         conn.close().await;
+    }
+}
+
+/// rust-libp2p cannot skip a handshake pipelined behind a proposal it refuses: the
+/// optimistic dial breaks that connection, and the retry leads with the protocol it
+/// speaks. The next dial to the same address leads with it at once.
+#[tokio::test]
+async fn strata_offering_both_reaches_rust_libp2p_speaking_only_the_second() {
+    for (offered, spoken, id) in [
+        ([Sec::Tls, Sec::Noise], Sec::Noise, "/noise"),
+        ([Sec::Noise, Sec::Tls], Sec::Tls, "/tls/1.0.0"),
+    ] {
+        let mut node = start_libp2p(libp2p_swarm(spoken), |s| {
+            s.listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
+                .unwrap();
+        });
+        let addr = node.listening().await;
+        let (_, t) = strata_offering(&offered);
+        for _ in 0..2 {
+            let conn = timeout(LIMIT, t.dial(&addr, Some(node.peer)))
+                .await
+                .unwrap()
+                .unwrap_or_else(|e| panic!("{offered:?} to {spoken:?}: {e}"));
+            assert_eq!(conn.state().security, id);
+            strata_echo_client(&conn).await;
+            conn.close().await;
+        }
     }
 }
 

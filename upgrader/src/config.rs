@@ -10,6 +10,7 @@ use std::time::Duration;
 /// | `progress_timeout` | 5 s | an inbound connection must complete its first multistream-select message within this, or it is cut: a silent or byte-a-second socket is gone long before the handshake deadline |
 /// | `accept_queue_len` | 16 | upgraded connections waiting for the swarm; while full, the listener takes no new sockets |
 /// | `max_inflight_handshakes` | a quarter of the descriptor limit, at least 256 | inbound handshakes running at once on one listener; a socket past it is reset at once (the listener never stops accepting because of it). Per-address caps, which keep one flooder from filling it, are the resource manager's |
+/// | `optimistic_security` | on | a dialer sends its security proposal and its first handshake message in one flight instead of waiting a round trip for the answer; a refusal costs one round trip more |
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpgraderConfig {
     /// Deadline of one whole upgrade.
@@ -20,6 +21,8 @@ pub struct UpgraderConfig {
     pub accept_queue_len: usize,
     /// Inbound handshakes that may run at once; past it, new sockets are reset.
     pub max_inflight_handshakes: usize,
+    /// Dial with the first security handshake message pipelined behind the proposal.
+    pub optimistic_security: bool,
 }
 
 impl Default for UpgraderConfig {
@@ -29,6 +32,7 @@ impl Default for UpgraderConfig {
             progress_timeout: Duration::from_secs(5),
             accept_queue_len: 16,
             max_inflight_handshakes: default_max_inflight(),
+            optimistic_security: true,
         }
     }
 }

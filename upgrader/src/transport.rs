@@ -98,11 +98,15 @@ impl<T: RawTransport> Transport for Upgraded<T> {
             Ok(conn) => return Ok(conn),
             Err(source) => source,
         };
+        // A listener that refused our optimistic first proposal and could not skip the
+        // handshake bytes behind it: a new connection leads with the next protocol (the
+        // upgrader remembers it for this address).
         // Two peers that dialed each other from their listen ports at the same moment
         // can meet in one TCP connection where both speak first as dialers; the upgrade
         // then fails at once. One more try from a port of our own cannot meet theirs.
-        if self.raw.dials_from_listen_port() && may_be_simultaneous_open(&source) {
-            tracing::debug!(%addr, "upgrade failed ({source}); retrying from a fresh port");
+        let refused = matches!(source, UpgradeError::PipelinedProposalRefused { .. });
+        if refused || (self.raw.dials_from_listen_port() && may_be_simultaneous_open(&source)) {
+            tracing::debug!(%addr, "upgrade failed ({source}); retrying on a new connection");
             let scope = self
                 .upgrader
                 .resource_manager()

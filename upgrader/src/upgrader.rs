@@ -1,6 +1,9 @@
 //! The upgrader: security negotiation and handshake, then the muxer.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{ready, Context, Poll};
 
 use async_trait::async_trait;
 use strata_core::rcmgr::{null_resource_manager, priority};
@@ -11,7 +14,10 @@ use strata_core::{
 };
 
 use crate::config::{UpgraderConfig, UpgraderConfigError};
-use crate::multistream::{dialer_select, listener_select};
+use crate::multistream::{
+    dialer_propose_lazy, dialer_select, dialer_select_lazy, listener_select,
+    listener_select_pipelined, FirstMessage, LazyNegotiated,
+};
 use crate::muxer::{MuxedConn, StreamMuxer};
 use crate::security::{SecureTransport, Secured};
 
@@ -25,6 +31,22 @@ pub struct Upgrader {
     gater: Option<Arc<dyn ConnectionGater>>,
     rcmgr: SharedResourceManager,
     config: UpgraderConfig,
+    /// The security protocol to lead with, by remote address, for listeners that refused
+    /// our first choice (bounded: cleared when full).
+    security_hints: Mutex<HashMap<Multiaddr, String>>,
+}
+
+/// The most remote addresses whose preferred security protocol is remembered.
+const MAX_SECURITY_HINTS: usize = 1024;
+
+/// How a security protocol's first handshake message is framed, so that a listener that
+/// refuses the protocol can skip the message an optimistic dialer sent behind it.
+fn pipelined_first_message(protocol: &str) -> Option<FirstMessage> {
+    match protocol {
+        crate::security::tls::TLS_PROTOCOL_ID => Some(FirstMessage::TlsRecord),
+        crate::security::noise::PROTOCOL_ID => Some(FirstMessage::NoiseFrame),
+        _ => None,
+    }
 }
 
 impl std::fmt::Debug for Upgrader {
@@ -81,6 +103,7 @@ impl Upgrader {
             gater: None,
             rcmgr: null_resource_manager(),
             config,
+            security_hints: Mutex::new(HashMap::new()),
         })
     }
 
@@ -162,6 +185,145 @@ impl Upgrader {
         .map_err(|_| UpgradeError::Timeout(deadline))?
     }
 
+    fn security_by_id(&self, id: &str) -> Result<&Arc<dyn SecureTransport>, UpgradeError> {
+        self.security
+            .iter()
+            .find(|s| s.protocol_id() == id)
+            .ok_or_else(|| UpgradeError::Negotiation {
+                step: "security",
+                message: format!("negotiated {id}, which is not configured"),
+            })
+    }
+
+    /// The security protocols in the order to propose them to `remote`: the one it
+    /// accepted last time first, if it refused our first choice then.
+    fn security_order(&self, remote: &Multiaddr) -> Vec<&Arc<dyn SecureTransport>> {
+        let hint = self
+            .security_hints
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(remote)
+            .cloned();
+        let mut order: Vec<_> = self.security.iter().collect();
+        if let Some(i) = hint.and_then(|h| order.iter().position(|s| s.protocol_id() == h)) {
+            let lead = order.remove(i);
+            order.insert(0, lead);
+        }
+        order
+    }
+
+    fn remember_security(&self, remote: &Multiaddr, protocol: &str) {
+        let mut hints = self
+            .security_hints
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if protocol == self.security[0].protocol_id() {
+            hints.remove(remote);
+            return;
+        }
+        if hints.len() >= MAX_SECURITY_HINTS && !hints.contains_key(remote) {
+            hints.clear();
+        }
+        hints.insert(remote.clone(), protocol.to_string());
+    }
+
+    /// The dialer's security step without a round trip of its own: each proposal goes
+    /// out with the protocol's first handshake message behind it. On `na` the next
+    /// protocol is proposed on the same connection (a Strata listener skips the message
+    /// it did not want); a listener that cannot skip it breaks the connection, and the
+    /// error says so, for a new connection that leads with the next protocol.
+    async fn secure_optimistic(
+        &self,
+        raw: BoxRawConn,
+        expected: Option<PeerId>,
+        scope: &ConnScope,
+    ) -> Result<(&Arc<dyn SecureTransport>, Secured), UpgradeError> {
+        let local = raw.local_multiaddr().clone();
+        let remote = raw.remote_multiaddr().clone();
+        let order = self.security_order(&remote);
+        // The largest handshake buffer any of them needs, held for the connection's life.
+        let buffers = order.iter().map(|s| s.buffer_size()).max().unwrap_or(0);
+        scope.reserve_memory(buffers, priority::ALWAYS)?;
+        let negotiation = |e: crate::multistream::NegotiationError| UpgradeError::Negotiation {
+            step: "security",
+            message: e.to_string(),
+        };
+        let mut raw = Some(raw);
+        let mut refused: Vec<&str> = Vec::new();
+        // The first refused proposal whose handshake had gone out behind it.
+        let mut refused_pipelined: Option<&str> = None;
+        for (i, security) in order.iter().enumerate() {
+            let id = security.protocol_id();
+            let Some(io) = raw.take() else { break };
+            // After a refused pipelined proposal, a failure of any kind (but a wrong peer)
+            // means the listener could not skip our handshake bytes: the next connection
+            // leads with the protocol after the refused ones.
+            let fail = |e: UpgradeError| match (refused_pipelined, &e) {
+                (_, UpgradeError::Security(SecurityError::PeerIdMismatch { .. })) | (None, _) => e,
+                (Some(first), _) => {
+                    self.remember_security(&remote, id);
+                    UpgradeError::PipelinedProposalRefused {
+                        refused: first.to_string(),
+                        message: e.to_string(),
+                    }
+                }
+            };
+            let lazy = if i == 0 {
+                dialer_select_lazy(io, id).await
+            } else {
+                dialer_propose_lazy(io, id).await
+            }
+            .map_err(|e| fail(negotiation(e)))?;
+            if pipelined_first_message(id).is_none() {
+                // A listener could not tell this protocol's first message from a
+                // proposal: wait for the answer before sending it.
+                let mut lazy = lazy;
+                match lazy.confirm().await {
+                    Ok(()) => {}
+                    Err(_) if lazy.is_refused() => {
+                        refused.push(id);
+                        raw = Some(lazy.into_inner());
+                        continue;
+                    }
+                    Err(e) => return Err(fail(negotiation(e.into()))),
+                }
+                let conn = Box::new(lazy_conn(lazy, &local, &remote));
+                let secured = security
+                    .secure_outbound(conn, expected, &self.muxer_ids)
+                    .await
+                    .map_err(|e| fail(e.into()))?;
+                scope.handshake_progress();
+                self.remember_security(&remote, id);
+                return Ok((security, secured));
+            }
+            let returned = Arc::new(Mutex::new(None));
+            let mut conn = lazy_conn(lazy, &local, &remote);
+            conn.returned = returned.clone();
+            let error = match security
+                .secure_outbound(Box::new(conn), expected, &self.muxer_ids)
+                .await
+            {
+                Ok(secured) => {
+                    scope.handshake_progress();
+                    self.remember_security(&remote, id);
+                    return Ok((security, secured));
+                }
+                Err(e) => e,
+            };
+            raw = returned.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if raw.is_some() {
+                // `na`: the listener read our proposal and refused it.
+                refused.push(id);
+                refused_pipelined.get_or_insert(id);
+                continue;
+            }
+            return Err(fail(error.into()));
+        }
+        Err(negotiation(crate::multistream::NegotiationError::Refused(
+            refused.iter().map(|s| s.to_string()).collect(),
+        )))
+    }
+
     async fn upgrade(
         &self,
         mut raw: BoxRawConn,
@@ -181,44 +343,49 @@ impl Upgrader {
         };
 
         let security_ids: Vec<&str> = self.security.iter().map(|s| s.protocol_id()).collect();
-        let picked = match direction {
-            Direction::Outbound => dialer_select(&mut raw, &security_ids).await,
-            Direction::Inbound => {
-                // The progress deadline: a socket that has not said its first words by now
-                // is a slow or silent attacker, not a peer on a slow link.
-                let progress = self.config.progress_timeout;
-                let list = || security_ids.iter().map(|s| s.to_string()).collect();
-                let select = listener_select(&mut raw, |p| security_ids.contains(&p), list);
-                tokio::time::timeout(progress, select)
-                    .await
-                    .map_err(|_| UpgradeError::NoProgress(progress))?
-            }
-        }
-        .map_err(negotiation("security"))?;
-        scope.handshake_progress();
-        let security = self
-            .security
-            .iter()
-            .find(|s| s.protocol_id() == picked)
-            .ok_or_else(|| UpgradeError::Negotiation {
-                step: "security",
-                message: format!("negotiated {picked}, which is not configured"),
-            })?;
-        // The handshake's buffers are held from here on, for the connection's life.
-        scope.reserve_memory(security.buffer_size(), priority::ALWAYS)?;
+        let (security, secured) =
+            if direction == Direction::Outbound && self.config.optimistic_security {
+                self.secure_optimistic(raw, expected, &scope).await?
+            } else {
+                let picked = match direction {
+                    Direction::Outbound => dialer_select(&mut raw, &security_ids).await,
+                    Direction::Inbound => {
+                        // The progress deadline: a socket that has not said its first words by
+                        // now is a slow or silent attacker, not a peer on a slow link.
+                        let progress = self.config.progress_timeout;
+                        let list = || security_ids.iter().map(|s| s.to_string()).collect();
+                        let select = listener_select_pipelined(
+                            &mut raw,
+                            |p| security_ids.contains(&p),
+                            list,
+                            pipelined_first_message,
+                        );
+                        tokio::time::timeout(progress, select)
+                            .await
+                            .map_err(|_| UpgradeError::NoProgress(progress))?
+                    }
+                }
+                .map_err(negotiation("security"))?;
+                scope.handshake_progress();
+                let security = self.security_by_id(&picked)?;
+                // The handshake's buffers are held from here on, for the connection's life.
+                scope.reserve_memory(security.buffer_size(), priority::ALWAYS)?;
+                let secured = match direction {
+                    Direction::Outbound => {
+                        security
+                            .secure_outbound(raw, expected, &self.muxer_ids)
+                            .await?
+                    }
+                    Direction::Inbound => security.secure_inbound(raw, &self.muxer_ids).await?,
+                };
+                (security, secured)
+            };
         let Secured {
             mut io,
             remote_peer,
             remote_public_key,
             early_muxer,
-        } = match direction {
-            Direction::Outbound => {
-                security
-                    .secure_outbound(raw, expected, &self.muxer_ids)
-                    .await?
-            }
-            Direction::Inbound => security.secure_inbound(raw, &self.muxer_ids).await?,
-        };
+        } = secured;
         if let Some(expected) = expected {
             if expected != remote_peer {
                 return Err(SecurityError::PeerIdMismatch {
@@ -339,5 +506,108 @@ impl CapableConn for UpgradedConn {
     }
     fn is_closed(&self) -> bool {
         self.muxed.is_closed()
+    }
+}
+
+/// A raw connection whose security proposal is not yet confirmed. The handshake's writes
+/// go out behind the proposal at once; its first read checks the listener's answer. On
+/// `na` the connection goes back to the upgrader through `returned`, for the next
+/// proposal, and this side fails.
+struct Unconfirmed {
+    lazy: Option<LazyNegotiated<BoxRawConn>>,
+    local: Multiaddr,
+    remote: Multiaddr,
+    returned: Arc<Mutex<Option<BoxRawConn>>>,
+}
+
+fn lazy_conn(
+    lazy: LazyNegotiated<BoxRawConn>,
+    local: &Multiaddr,
+    remote: &Multiaddr,
+) -> Unconfirmed {
+    Unconfirmed {
+        lazy: Some(lazy),
+        local: local.clone(),
+        remote: remote.clone(),
+        returned: Arc::default(),
+    }
+}
+
+fn handed_back() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::Unsupported,
+        "the remote refused the security proposal",
+    )
+}
+
+impl tokio::io::AsyncRead for Unconfirmed {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let Some(lazy) = this.lazy.as_mut() else {
+            return Poll::Ready(Err(handed_back()));
+        };
+        let result = ready!(Pin::new(&mut *lazy).poll_read(cx, buf));
+        if result.is_err() && lazy.is_refused() {
+            if let Some(lazy) = this.lazy.take() {
+                *this.returned.lock().unwrap_or_else(|p| p.into_inner()) = Some(lazy.into_inner());
+            }
+        }
+        Poll::Ready(result)
+    }
+}
+
+impl tokio::io::AsyncWrite for Unconfirmed {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut().lazy.as_mut() {
+            Some(lazy) => Pin::new(lazy).poll_write(cx, buf),
+            None => Poll::Ready(Err(handed_back())),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut().lazy.as_mut() {
+            Some(lazy) => Pin::new(lazy).poll_write_vectored(cx, bufs),
+            None => Poll::Ready(Err(handed_back())),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.lazy.as_ref().is_some_and(|l| l.is_write_vectored())
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut().lazy.as_mut() {
+            Some(lazy) => Pin::new(lazy).poll_flush(cx),
+            None => Poll::Ready(Err(handed_back())),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut().lazy.as_mut() {
+            Some(lazy) => Pin::new(lazy).poll_shutdown(cx),
+            None => Poll::Ready(Err(handed_back())),
+        }
+    }
+}
+
+impl strata_core::RawConnection for Unconfirmed {
+    fn local_multiaddr(&self) -> &Multiaddr {
+        &self.local
+    }
+
+    fn remote_multiaddr(&self) -> &Multiaddr {
+        &self.remote
     }
 }

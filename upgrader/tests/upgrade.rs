@@ -11,6 +11,7 @@ use strata_core::{
     Multiaddr, PeerId, SecurityError, Transport, TransportError, UpgradeError,
 };
 use strata_transport::{TcpConfig, TcpTransport};
+use strata_upgrader::multistream::{encode, Message};
 use strata_upgrader::muxer::yamux::Yamux;
 use strata_upgrader::{
     NoiseTransport, PlaintextTransport, SecureTransport, StreamMuxer, TlsTransport, Upgraded,
@@ -701,4 +702,81 @@ async fn a_dial_that_meets_another_dialer_retries_from_a_fresh_port() {
         impostor_task.await.unwrap(),
         "the two dialers could not agree"
     );
+}
+
+/// Handshakes the listener saw fail so far.
+fn failed_handshakes(l: &BoxListener) -> u64 {
+    l.accept_stats()
+        .expect("an upgraded listener has an accept queue")
+        .counters()
+        .failed
+        .load(Ordering::Relaxed)
+}
+
+#[tokio::test]
+async fn optimistic_dialer_reaches_a_listener_of_its_second_choice_on_one_connection() {
+    for (offered, spoken, id) in [
+        ([Sec::Tls, Sec::Noise], Sec::Noise, "/noise"),
+        ([Sec::Noise, Sec::Tls], Sec::Tls, "/tls/1.0.0"),
+    ] {
+        let (_, a) = node(1, &offered);
+        let (_, b) = node(2, &[spoken]);
+        let mut lb = listen(&b).await;
+        let (ca, cb) = connect_pair(&a, &mut lb, None).await;
+        assert_eq!(ca.state().security, id);
+        assert_eq!(cb.state().security, id);
+        check_stream(&ca, &cb).await;
+        // The listener skipped the refused handshake: no connection failed on the way
+        // (a retry on a new connection would have left one behind).
+        assert_eq!(failed_handshakes(&lb), 0, "{id}");
+        lb.close().await;
+    }
+}
+
+#[tokio::test]
+async fn a_dialer_without_optimism_still_negotiates() {
+    let key = keypair_from_seed(1);
+    let config = UpgraderConfig {
+        optimistic_security: false,
+        ..UpgraderConfig::default()
+    };
+    let a = tcp(upgrader(&key, &[Sec::Tls, Sec::Noise], config));
+    let (_, b) = node(2, &[Sec::Noise]);
+    let mut lb = listen(&b).await;
+    let (ca, cb) = connect_pair(&a, &mut lb, None).await;
+    assert_eq!(ca.state().security, "/noise");
+    check_stream(&ca, &cb).await;
+}
+
+#[tokio::test]
+async fn junk_or_a_cut_handshake_behind_a_refused_proposal_fails_only_that_connection() {
+    let (_, b) = node(2, &[Sec::Noise]);
+    let mut lb = listen(&b).await;
+    let mut proposal = Vec::new();
+    for m in [Message::Header, Message::Protocol("/tls/1.0.0".into())] {
+        encode(&m, &mut proposal);
+    }
+    // A TLS record cut off mid-flight, then the end of the connection.
+    let mut cut = proposal.clone();
+    cut.extend([0x16, 0x03, 0x01, 0x01, 0x00, 1, 2, 3]);
+    // Junk where the next proposal should be.
+    let mut junk = proposal.clone();
+    junk.extend([0x16, 0x03, 0x01, 0x00, 0x02, 9, 9]);
+    junk.extend([0x30; 64]);
+    for (i, bytes) in [cut, junk].iter().enumerate() {
+        let mut s = hostile_client(lb.multiaddr(), bytes).await;
+        s.shutdown().await.unwrap();
+        assert!(server_closes(&mut s).await);
+        let failed = timeout(LIMIT, async {
+            while failed_handshakes(&lb) <= i as u64 {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await;
+        assert!(failed.is_ok(), "the listener counts the failed handshake");
+    }
+    // The listener goes on.
+    let (_, a) = node(1, &[Sec::Tls, Sec::Noise]);
+    let (ca, cb) = connect_pair(&a, &mut lb, None).await;
+    check_stream(&ca, &cb).await;
 }

@@ -6,6 +6,10 @@
 //! data at once and checks the answer when it first reads, so a stream costs no round
 //! trip. Reads are exact (never past the last negotiation message), so the bytes that
 //! follow stay in the connection for whoever takes it over.
+//!
+//! The upgrader negotiates security optimistically: the dialer sends its proposal and
+//! its first handshake message in one flight. A listener that refuses the proposal skips
+//! that message ([`listener_select_pipelined`]) and reads the next proposal.
 
 mod message;
 mod negotiate;
@@ -15,6 +19,6 @@ pub use message::{
     MAX_MESSAGE_LEN, NA,
 };
 pub use negotiate::{
-    dialer_select, dialer_select_lazy, listener_select, LazyNegotiated, NegotiationError,
-    MAX_PROPOSALS,
+    dialer_propose_lazy, dialer_select, dialer_select_lazy, listener_select,
+    listener_select_pipelined, FirstMessage, LazyNegotiated, NegotiationError, MAX_PROPOSALS,
 };

@@ -90,6 +90,16 @@ impl MessageReader {
     }
 }
 
+impl MessageReader {
+    /// A reader that already holds the first bytes of its message.
+    fn with_prefix(prefix: &[u8]) -> Result<Self, NegotiationError> {
+        Ok(MessageReader {
+            buf: prefix.to_vec(),
+            frame: decode_length(prefix)?,
+        })
+    }
+}
+
 async fn read_message<IO: AsyncRead + Unpin>(
     io: &mut IO,
     expect_list: bool,
@@ -167,21 +177,108 @@ where
     S: Fn(&str) -> bool,
     L: Fn() -> Vec<String>,
 {
+    listener_select_pipelined(io, supported, list, |_| None).await
+}
+
+/// How the first message of a protocol is framed, for a listener that refuses the
+/// protocol while a dialer may already have sent that message right behind its proposal
+/// (optimistic security negotiation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FirstMessage {
+    /// A TLS record: content type 22 (handshake), version `03 xx`, a 2-byte length.
+    TlsRecord,
+    /// A libp2p Noise frame: a 2-byte big-endian length (Noise message 1 is 32 bytes).
+    NoiseFrame,
+}
+
+/// The largest TLS record body (2^14 plus the most expansion TLS allows).
+const MAX_TLS_RECORD: usize = (1 << 14) + 2048;
+
+/// [`listener_select`] for a connection's security protocol. When it refuses a protocol
+/// that `pipelined` names a framing for, bytes that follow and look like that protocol's
+/// first message (an optimistic dialer's handshake) are skipped, so that the dialer's next
+/// proposal is read cleanly. Bytes that look like a multistream message are kept: a
+/// dialer that waited for the answer is served as before.
+pub async fn listener_select_pipelined<IO, S, L, P>(
+    io: &mut IO,
+    supported: S,
+    list: L,
+    pipelined: P,
+) -> Result<String, NegotiationError>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+    S: Fn(&str) -> bool,
+    L: Fn() -> Vec<String>,
+    P: Fn(&str) -> Option<FirstMessage>,
+{
     expect_header(io).await?;
     // Our header goes out at once: a dialer may wait for it before proposing.
     write_messages(io, &[Message::Header]).await?;
+    let mut reader = MessageReader::default();
     for _ in 0..MAX_PROPOSALS {
-        match read_message(io, false).await? {
+        let next = poll_fn(|cx| reader.poll_read(io, cx, false)).await?;
+        reader = MessageReader::default();
+        match next {
             Message::Protocol(p) if supported(&p) => {
                 write_messages(io, &[Message::Protocol(p.clone())]).await?;
                 return Ok(p);
             }
-            Message::Protocol(_) => write_messages(io, &[Message::NotAvailable]).await?,
+            Message::Protocol(p) => {
+                write_messages(io, &[Message::NotAvailable]).await?;
+                if let Some(framing) = pipelined(&p) {
+                    let kept = skip_first_message(io, framing).await?;
+                    reader = MessageReader::with_prefix(&kept)?;
+                }
+            }
             Message::ListProtocols => write_messages(io, &[Message::Protocols(list())]).await?,
             other => return Err(NegotiationError::Unexpected(format!("{other:?}"))),
         }
     }
     Err(NegotiationError::TooManyProposals)
+}
+
+/// Reads what follows a refused proposal. If it is the refused protocol's first message,
+/// skips it whole and returns nothing; otherwise returns the bytes read, the start of the
+/// next multistream message. A multistream message never starts like either framing: its
+/// length byte is followed by a `/`, and it is never empty.
+async fn skip_first_message<IO: AsyncRead + Unpin>(
+    io: &mut IO,
+    framing: FirstMessage,
+) -> Result<Vec<u8>, NegotiationError> {
+    use tokio::io::AsyncReadExt;
+    let first = io.read_u8().await?;
+    let len = match framing {
+        FirstMessage::TlsRecord => {
+            if first != 0x16 {
+                return Ok(vec![first]);
+            }
+            let second = io.read_u8().await?;
+            if second != 0x03 {
+                return Ok(vec![first, second]);
+            }
+            let mut rest = [0u8; 3];
+            io.read_exact(&mut rest).await?;
+            let len = usize::from(u16::from_be_bytes([rest[1], rest[2]]));
+            if len > MAX_TLS_RECORD {
+                return Err(NegotiationError::Unexpected(format!(
+                    "a pipelined TLS record of {len} bytes"
+                )));
+            }
+            len
+        }
+        FirstMessage::NoiseFrame => {
+            if first != 0x00 {
+                return Ok(vec![first]);
+            }
+            let second = io.read_u8().await?;
+            usize::from(u16::from_be_bytes([first, second]))
+        }
+    };
+    let skipped = tokio::io::copy(&mut io.take(len as u64), &mut tokio::io::sink()).await?;
+    if skipped < len as u64 {
+        return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
+    }
+    Ok(Vec::new())
 }
 
 /// Proposes a single protocol and returns at once, before the answer. Writes go straight
@@ -203,6 +300,24 @@ where
         io,
         protocol: protocol.to_string(),
         state: LazyState::AwaitHeader(MessageReader::default()),
+    })
+}
+
+/// Proposes one more protocol on a stream whose header exchange is done (after the
+/// listener refused an earlier proposal) and returns at once, like
+/// [`dialer_select_lazy`].
+pub async fn dialer_propose_lazy<IO>(
+    mut io: IO,
+    protocol: &str,
+) -> Result<LazyNegotiated<IO>, NegotiationError>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    write_messages(&mut io, &[Message::Protocol(protocol.to_string())]).await?;
+    Ok(LazyNegotiated {
+        io,
+        protocol: protocol.to_string(),
+        state: LazyState::AwaitProtocol(MessageReader::default()),
     })
 }
 
@@ -229,6 +344,12 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> LazyNegotiated<IO> {
     /// True once the listener has confirmed the protocol.
     pub fn is_confirmed(&self) -> bool {
         matches!(self.state, LazyState::Done)
+    }
+
+    /// True once the listener has answered `na`: the stream is still usable for another
+    /// proposal ([`dialer_propose_lazy`]), the header exchange being done.
+    pub fn is_refused(&self) -> bool {
+        matches!(self.state, LazyState::Failed(io::ErrorKind::Unsupported, _))
     }
 
     /// Waits for the listener's answer.
@@ -296,6 +417,16 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for LazyNegotiated<IO> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().io).poll_flush(cx)
@@ -458,5 +589,132 @@ mod tests {
             matches!(err, NegotiationError::Io(ref e) if e.kind() == io::ErrorKind::UnexpectedEof),
             "{err:?}"
         );
+    }
+
+    fn security_framing(p: &str) -> Option<FirstMessage> {
+        match p {
+            "/tls/1.0.0" => Some(FirstMessage::TlsRecord),
+            "/noise" => Some(FirstMessage::NoiseFrame),
+            _ => None,
+        }
+    }
+
+    /// A listener that speaks only `supported` among the security protocols, answering
+    /// one negotiation on `l` and handing the stream back.
+    fn security_listener(
+        mut l: tokio::io::DuplexStream,
+        supported: &'static [&'static str],
+    ) -> tokio::task::JoinHandle<(Result<String, NegotiationError>, tokio::io::DuplexStream)> {
+        tokio::spawn(async move {
+            let got =
+                listener_select_pipelined(&mut l, supports(supported), listing, security_framing)
+                    .await;
+            (got, l)
+        })
+    }
+
+    /// The proposal, a pipelined first message, then the next proposal and its bytes.
+    async fn optimistic_refused_then_next(first_message: &[u8], next: &str) -> (String, Vec<u8>) {
+        let (d, l) = duplex(1 << 16);
+        let listener = security_listener(l, &["/noise"]);
+        let mut d = dialer_select_lazy(d, "/tls/1.0.0").await.unwrap();
+        d.write_all(first_message).await.unwrap();
+        // The refusal reaches the dialer on its first read.
+        let err = d.confirm().await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::Unsupported);
+        assert!(d.is_refused());
+        let mut d = dialer_propose_lazy(d.into_inner(), next).await.unwrap();
+        d.write_all(b"handshake").await.unwrap();
+        d.confirm().await.unwrap();
+        let (got, mut l) = listener.await.unwrap();
+        let mut rest = vec![0u8; 9];
+        l.read_exact(&mut rest).await.unwrap();
+        (got.unwrap(), rest)
+    }
+
+    #[tokio::test]
+    async fn a_refused_pipelined_tls_record_is_skipped() {
+        // A ClientHello-shaped record: handshake type, TLS 1.0 record version, 300 bytes.
+        let mut record = vec![0x16, 0x03, 0x01, 0x01, 0x2c];
+        record.extend(std::iter::repeat_n(0xab, 300));
+        let (got, rest) = optimistic_refused_then_next(&record, "/noise").await;
+        assert_eq!(got, "/noise");
+        assert_eq!(rest, b"handshake");
+    }
+
+    #[tokio::test]
+    async fn a_refused_pipelined_noise_frame_is_skipped() {
+        let (d, l) = duplex(1 << 16);
+        let listener = security_listener(l, &["/tls/1.0.0"]);
+        let mut d = dialer_select_lazy(d, "/noise").await.unwrap();
+        let mut frame = vec![0x00, 0x20];
+        frame.extend([7u8; 32]);
+        d.write_all(&frame).await.unwrap();
+        assert!(d.confirm().await.is_err() && d.is_refused());
+        let mut d = dialer_propose_lazy(d.into_inner(), "/tls/1.0.0")
+            .await
+            .unwrap();
+        d.confirm().await.unwrap();
+        let (got, _) = listener.await.unwrap();
+        assert_eq!(got.unwrap(), "/tls/1.0.0");
+    }
+
+    #[tokio::test]
+    async fn a_dialer_that_waits_after_a_refusal_is_served_as_before() {
+        // Nothing pipelined: the next proposal follows the refusal, and its first bytes
+        // are kept, not skipped.
+        for (refused, next) in [("/tls/1.0.0", "/noise"), ("/noise", "/tls/1.0.0")] {
+            let (mut d, l) = duplex(1024);
+            let supported: &'static [&'static str] = if next == "/noise" {
+                &["/noise"]
+            } else {
+                &["/tls/1.0.0"]
+            };
+            let listener = security_listener(l, supported);
+            assert_eq!(dialer_select(&mut d, &[refused, next]).await.unwrap(), next);
+            assert_eq!(listener.await.unwrap().0.unwrap(), next);
+        }
+    }
+
+    #[tokio::test]
+    async fn junk_or_a_cut_after_a_refused_proposal_is_a_typed_error() {
+        // A record longer than TLS allows.
+        let (d, l) = duplex(1 << 16);
+        let listener = security_listener(l, &["/noise"]);
+        let mut d = dialer_select_lazy(d, "/tls/1.0.0").await.unwrap();
+        d.write_all(&[0x16, 0x03, 0x03, 0xff, 0xff]).await.unwrap();
+        let (got, _) = listener.await.unwrap();
+        assert!(
+            matches!(got, Err(NegotiationError::Unexpected(_))),
+            "{got:?}"
+        );
+        drop(d);
+
+        // A record cut off mid-flight.
+        let (d, l) = duplex(1 << 16);
+        let listener = security_listener(l, &["/noise"]);
+        let mut d = dialer_select_lazy(d, "/tls/1.0.0").await.unwrap();
+        d.write_all(&[0x16, 0x03, 0x01, 0x01, 0x00, 1, 2, 3])
+            .await
+            .unwrap();
+        // Our side ends its writes but stays open, as a TCP peer that sends FIN does.
+        d.shutdown().await.unwrap();
+        let (got, _) = listener.await.unwrap();
+        assert!(
+            matches!(got, Err(NegotiationError::Io(ref e)) if e.kind() == io::ErrorKind::UnexpectedEof),
+            "{got:?}"
+        );
+
+        // Bytes that are neither the refused protocol's message nor a multistream message.
+        let (d, l) = duplex(1 << 16);
+        let listener = security_listener(l, &["/noise"]);
+        let mut d = dialer_select_lazy(d, "/tls/1.0.0").await.unwrap();
+        // 0x16 announces a 22-byte message; the 22 bytes end without a newline.
+        let mut junk = vec![0x16, 0x17];
+        junk.extend([0x18; 21]);
+        d.write_all(&junk).await.unwrap();
+        let (got, _) = listener.await.unwrap();
+        assert!(matches!(got, Err(NegotiationError::Message(_))), "{got:?}");
+        drop(d);
     }
 }
