@@ -38,6 +38,16 @@ pub enum Security {
     Custom(Arc<dyn SecureTransport>),
 }
 
+impl std::fmt::Debug for Security {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Security::Tls => f.write_str("Tls"),
+            Security::Noise => f.write_str("Noise"),
+            Security::Custom(s) => write!(f, "Custom({})", s.protocol_id()),
+        }
+    }
+}
+
 type RawFactory = Box<dyn FnOnce(Arc<Upgrader>) -> Arc<dyn Transport> + Send>;
 
 /// Which resource manager the host gets.

@@ -398,18 +398,7 @@ impl Host {
             .new_stream_with(peer, StreamOptions::default())
             .await?;
         if let Some(known) = self.peerstore().first_supported_protocol(&peer, protocols) {
-            charge_protocol(&mut stream, peer, &known)?;
-            let lazy =
-                dialer_select_lazy(stream, &known)
-                    .await
-                    .map_err(|e| HostError::Negotiation {
-                        peer,
-                        message: e.to_string(),
-                    })?;
-            let mut out = Stream::new(Box::new(LazyStream(lazy)), Direction::Outbound);
-            self.stream_ready(&mut out, peer, &known);
-            out.set_protocol(known);
-            return Ok(out);
+            return self.lazy_stream(stream, peer, known).await;
         }
         let picked = tokio::time::timeout(
             STREAM_NEGOTIATION_TIMEOUT,
@@ -431,6 +420,44 @@ impl Host {
         Ok(stream)
     }
 
+    /// Opens a stream to `peer` proposing `protocol` without waiting for the answer
+    /// (multistream-select's lazy mode, rust-libp2p's `V1Lazy`), dialing first if needed.
+    /// The proposal leaves with the first write, so a request costs no round trip of its
+    /// own; a refusal shows on the first read, as [`std::io::ErrorKind::Unsupported`].
+    /// For request/response protocols whose first move is the opener's.
+    pub async fn new_stream_optimistic(
+        &self,
+        peer: PeerId,
+        protocol: &str,
+    ) -> Result<Stream, HostError> {
+        let stream = self
+            .0
+            .swarm
+            .new_stream_with(peer, StreamOptions::default())
+            .await?;
+        self.lazy_stream(stream, peer, protocol.to_string()).await
+    }
+
+    async fn lazy_stream(
+        &self,
+        mut stream: Stream,
+        peer: PeerId,
+        protocol: String,
+    ) -> Result<Stream, HostError> {
+        charge_protocol(&mut stream, peer, &protocol)?;
+        let lazy =
+            dialer_select_lazy(stream, &protocol)
+                .await
+                .map_err(|e| HostError::Negotiation {
+                    peer,
+                    message: e.to_string(),
+                })?;
+        let mut out = Stream::new(Box::new(LazyStream(lazy)), Direction::Outbound);
+        self.stream_ready(&mut out, peer, &protocol);
+        out.set_protocol(protocol);
+        Ok(out)
+    }
+
     /// An outbound stream has its protocol (one the caller asked for): counted and logged.
     fn stream_ready(&self, stream: &mut Stream, peer: PeerId, protocol: &str) {
         tracing::debug!(%peer, protocol, direction = "outbound", "stream opened");
@@ -442,7 +469,8 @@ impl Host {
     /// Measures the round-trip time to `peer` with one `/ipfs/ping/1.0.0` exchange and
     /// records it in the peerstore.
     pub async fn ping(&self, peer: PeerId) -> Result<Duration, HostError> {
-        let mut stream = self.new_stream(peer, &[PING_PROTOCOL]).await?;
+        // The proposal and the first ping leave together: one round trip on a new stream.
+        let mut stream = self.new_stream_optimistic(peer, PING_PROTOCOL).await?;
         let rtt = ping_once(&mut stream).await?;
         let _ = stream.close_write().await;
         self.peerstore().record_latency(peer, rtt);

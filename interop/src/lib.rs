@@ -2,4 +2,7 @@
 //!
 //! A dev-only crate. Its tests run a rust-libp2p node in the same process and check that
 //! Strata's upgrader (TLS and Noise, yamux, multistream-select) speaks the same wire
-//! protocol, both ways. It exports nothing.
+//! protocol, both ways. Its library holds the test tools they share: [`relay`], relays
+//! that delay traffic to measure round trips.
+
+pub mod relay;
