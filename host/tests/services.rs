@@ -9,6 +9,8 @@ use std::time::Duration;
 use strata_host::{Host, HostBuilder, HostEvent, ServicePolicy, ServiceState};
 use tokio::time::timeout;
 
+mod common;
+
 const LIMIT: Duration = Duration::from_secs(20);
 
 async fn host() -> Host {
@@ -232,5 +234,5 @@ fn shutdown_stops_every_service_and_its_restarts_and_leaves_no_task() {
             assert_eq!(s.state, ServiceState::Stopped, "{}", s.name);
         }
     });
-    assert_eq!(rt.metrics().num_alive_tasks(), tasks_before);
+    common::assert_tasks_back_to(&rt, tasks_before);
 }

@@ -132,3 +132,14 @@ pub async fn echo(host: &strata_host::Host, peer: strata_core::PeerId, data: &[u
         .unwrap();
     back
 }
+
+/// Asserts that `rt` runs no more tasks than `before`. A task leaves the runtime's count a
+/// moment after its future is dropped (which is what shutdowns wait for), so the count is
+/// given a few seconds to settle; a leaked task never leaves it.
+pub fn assert_tasks_back_to(rt: &tokio::runtime::Runtime, before: usize) {
+    let settle = std::time::Instant::now() + Duration::from_secs(5);
+    while rt.metrics().num_alive_tasks() != before && std::time::Instant::now() < settle {
+        std::thread::yield_now();
+    }
+    assert_eq!(rt.metrics().num_alive_tasks(), before, "tasks left running");
+}
