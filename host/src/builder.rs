@@ -407,7 +407,12 @@ impl HostBuilder {
         }
         transports.extend(self.transports);
 
-        let swarm = Swarm::with_parts(peer, self.swarm_config.clone(), self.gater.clone(), rcmgr);
+        // The host runs the swarm's maintenance as one of its supervised services.
+        let swarm_config = SwarmConfig {
+            run_maintenance: false,
+            ..self.swarm_config.clone()
+        };
+        let swarm = Swarm::with_parts(peer, swarm_config, self.gater.clone(), rcmgr);
         if let Some(m) = &self.metrics {
             m.attach(&swarm);
         }

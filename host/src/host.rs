@@ -224,6 +224,18 @@ impl Host {
                 Ok(())
             });
         }
+        let every = self.0.swarm.config().maintenance_interval;
+        let _ = self.spawn_service("peerstore cleanup", restart, move |ctx| async move {
+            let mut tick = tokio::time::interval(every.max(Duration::from_millis(10)));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tokio::select! {
+                    _ = ctx.cancel.cancelled() => return Ok(()),
+                    _ = tick.tick() => ctx.host.network().maintain(),
+                }
+            }
+        });
         if self.0.connmgr.is_some() {
             let _ = self.spawn_service("connection manager", restart, |ctx| async move {
                 if let Some(cm) = ctx.host.conn_manager() {

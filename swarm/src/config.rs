@@ -23,6 +23,7 @@ use crate::peerstore::PeerstoreConfig;
 /// | `close_deadline` | 1 s | how long [`crate::Swarm::close`] lets connections close gracefully before it resets them |
 /// | `notifiee_close_grace` | 500 ms | how long `close()` lets notifiees drain what is queued before cancelling them (never past the close's deadline) |
 /// | `maintenance_interval` | 10 s | how often the peerstore is cleaned and old back-off entries dropped |
+/// | `run_maintenance` | on | whether the swarm runs that cleaning on a task of its own; a host turns it off and runs [`crate::Swarm::maintain`] as a supervised service instead |
 /// | `peerstore` | [`PeerstoreConfig::default`] | the peerstore's bounds |
 ///
 /// Connection limits (total, by direction, per peer, per source address) are the resource
@@ -63,6 +64,9 @@ pub struct SwarmConfig {
     pub notifiee_close_grace: Duration,
     /// How often the swarm cleans the peerstore and the dial back-off.
     pub maintenance_interval: Duration,
+    /// Whether the swarm runs its maintenance on a task of its own (off when the owner
+    /// calls [`crate::Swarm::maintain`] itself).
+    pub run_maintenance: bool,
     /// The peerstore's bounds.
     pub peerstore: PeerstoreConfig,
 }
@@ -85,6 +89,7 @@ impl Default for SwarmConfig {
             close_deadline: Duration::from_secs(1),
             notifiee_close_grace: Duration::from_millis(500),
             maintenance_interval: Duration::from_secs(10),
+            run_maintenance: true,
             peerstore: PeerstoreConfig::default(),
         }
     }

@@ -188,7 +188,9 @@ impl Swarm {
             close_done: CancellationToken::new(),
             config,
         }));
-        swarm.spawn_maintenance();
+        if swarm.0.config.run_maintenance {
+            swarm.spawn_maintenance();
+        }
         swarm
     }
 
@@ -212,10 +214,17 @@ impl Swarm {
                     _ = tick.tick() => {}
                 }
                 let Some(inner) = weak.upgrade() else { return };
-                inner.peerstore.gc();
-                inner.backoff.gc();
+                Swarm(inner).maintain();
             }
         });
+    }
+
+    /// Cleans the peerstore (peers past their grace period, expired addresses, the cap on
+    /// peers) and drops expired dial back-off entries. Runs every `maintenance_interval`
+    /// on its own unless `run_maintenance` is off.
+    pub fn maintain(&self) {
+        self.0.peerstore.gc();
+        self.0.backoff.gc();
     }
 
     /// What this node knows about other peers; the swarm dials from its addresses.
