@@ -255,69 +255,64 @@ impl Upgrader {
         for (i, security) in order.iter().enumerate() {
             let id = security.protocol_id();
             let Some(io) = raw.take() else { break };
-            // After a refused pipelined proposal, a failure of any kind (but a wrong peer)
+            // After a refused pipelined proposal, a failure before this proposal's echo
             // means the listener could not skip our handshake bytes: the next connection
-            // leads with the protocol after the refused ones.
-            let fail = |e: UpgradeError| match (refused_pipelined, &e) {
-                (_, UpgradeError::Security(SecurityError::PeerIdMismatch { .. })) | (None, _) => e,
-                (Some(first), _) => {
-                    self.remember_security(&remote, id);
-                    UpgradeError::PipelinedProposalRefused {
-                        refused: first.to_string(),
-                        message: e.to_string(),
-                    }
-                }
+            // leads with the protocol after the refused ones. A failure after the echo is
+            // this protocol's own.
+            let fail = |e: UpgradeError, confirmed: bool| match refused_pipelined {
+                Some(first) if !confirmed => UpgradeError::PipelinedProposalRefused {
+                    refused: first.to_string(),
+                    message: e.to_string(),
+                },
+                _ => e,
             };
             let lazy = if i == 0 {
                 dialer_select_lazy(io, id).await
             } else {
                 dialer_propose_lazy(io, id).await
             }
-            .map_err(|e| fail(negotiation(e)))?;
-            if pipelined_first_message(id).is_none() {
+            .map_err(|e| fail(negotiation(e), false))?;
+            let lazy = if pipelined_first_message(id).is_none() {
                 // A listener could not tell this protocol's first message from a
                 // proposal: wait for the answer before sending it.
                 let mut lazy = lazy;
                 match lazy.confirm().await {
-                    Ok(()) => {}
+                    Ok(()) => lazy,
                     Err(_) if lazy.is_refused() => {
                         refused.push(id);
                         raw = Some(lazy.into_inner());
                         continue;
                     }
-                    Err(e) => return Err(fail(negotiation(e.into()))),
+                    Err(e) => return Err(fail(negotiation(e.into()), false)),
                 }
-                let conn = Box::new(lazy_conn(lazy, &local, &remote));
-                let secured = security
-                    .secure_outbound(conn, expected, &self.muxer_ids)
-                    .await
-                    .map_err(|e| fail(e.into()))?;
-                scope.handshake_progress();
-                self.remember_security(&remote, id);
-                return Ok((security, secured));
-            }
-            let returned = Arc::new(Mutex::new(None));
-            let mut conn = lazy_conn(lazy, &local, &remote);
-            conn.returned = returned.clone();
-            let error = match security
+            } else {
+                lazy
+            };
+            let (conn, answer) = lazy_conn(lazy, &local, &remote);
+            let result = security
                 .secure_outbound(Box::new(conn), expected, &self.muxer_ids)
-                .await
-            {
-                Ok(secured) => {
+                .await;
+            let answer = std::mem::take(&mut *answer.lock().unwrap_or_else(|p| p.into_inner()));
+            let error = match (result, answer) {
+                (Ok(secured), _) => {
                     scope.handshake_progress();
                     self.remember_security(&remote, id);
                     return Ok((security, secured));
                 }
-                Err(e) => e,
+                (Err(_), Answer::Refused(io)) => {
+                    // `na`: the listener read our proposal and refused it. Remembered at
+                    // once, so that whatever happens next, the next dial leads elsewhere.
+                    refused.push(id);
+                    refused_pipelined.get_or_insert(id);
+                    if let Some(next) = order.get(i + 1) {
+                        self.remember_security(&remote, next.protocol_id());
+                    }
+                    raw = Some(io);
+                    continue;
+                }
+                (Err(e), answer) => fail(e.into(), matches!(answer, Answer::Confirmed)),
             };
-            raw = returned.lock().unwrap_or_else(|p| p.into_inner()).take();
-            if raw.is_some() {
-                // `na`: the listener read our proposal and refused it.
-                refused.push(id);
-                refused_pipelined.get_or_insert(id);
-                continue;
-            }
-            return Err(fail(error.into()));
+            return Err(error);
         }
         Err(negotiation(crate::multistream::NegotiationError::Refused(
             refused.iter().map(|s| s.to_string()).collect(),
@@ -509,28 +504,48 @@ impl CapableConn for UpgradedConn {
     }
 }
 
+/// What the listener answered to a pipelined proposal, as far as the dialer has read.
+#[derive(Default)]
+enum Answer {
+    /// Nothing read yet.
+    #[default]
+    Pending,
+    /// The listener echoed the proposal.
+    Confirmed,
+    /// The listener answered `na`; the connection, for the next proposal.
+    Refused(BoxRawConn),
+}
+
 /// A raw connection whose security proposal is not yet confirmed. The handshake's writes
-/// go out behind the proposal at once; its first read checks the listener's answer. On
-/// `na` the connection goes back to the upgrader through `returned`, for the next
-/// proposal, and this side fails.
+/// go out behind the proposal at once; its first read checks the listener's answer, which
+/// is also published in `answer`. Once confirmed, it forwards to the raw connection
+/// directly; on `na` it hands the connection back through `answer` and fails.
 struct Unconfirmed {
-    lazy: Option<LazyNegotiated<BoxRawConn>>,
+    io: Proposal,
     local: Multiaddr,
     remote: Multiaddr,
-    returned: Arc<Mutex<Option<BoxRawConn>>>,
+    answer: Arc<Mutex<Answer>>,
+}
+
+enum Proposal {
+    Waiting(LazyNegotiated<BoxRawConn>),
+    Confirmed(BoxRawConn),
+    HandedBack,
 }
 
 fn lazy_conn(
     lazy: LazyNegotiated<BoxRawConn>,
     local: &Multiaddr,
     remote: &Multiaddr,
-) -> Unconfirmed {
-    Unconfirmed {
-        lazy: Some(lazy),
+) -> (Unconfirmed, Arc<Mutex<Answer>>) {
+    let answer = Arc::new(Mutex::new(Answer::Pending));
+    let conn = Unconfirmed {
+        io: Proposal::Waiting(lazy),
         local: local.clone(),
         remote: remote.clone(),
-        returned: Arc::default(),
-    }
+        answer: answer.clone(),
+    };
+    (conn, answer)
 }
 
 fn handed_back() -> std::io::Error {
@@ -540,6 +555,38 @@ fn handed_back() -> std::io::Error {
     )
 }
 
+impl Unconfirmed {
+    /// Moves on from the proposal once the listener has answered it.
+    fn settle(&mut self) {
+        let Proposal::Waiting(lazy) = &self.io else {
+            return;
+        };
+        let (confirmed, refused) = (lazy.is_confirmed(), lazy.is_refused());
+        if !confirmed && !refused {
+            return;
+        }
+        let Proposal::Waiting(lazy) = std::mem::replace(&mut self.io, Proposal::HandedBack) else {
+            return;
+        };
+        let mut answer = self.answer.lock().unwrap_or_else(|p| p.into_inner());
+        if confirmed {
+            // Nothing is buffered in the negotiation: the raw connection carries on alone.
+            self.io = Proposal::Confirmed(lazy.into_inner());
+            *answer = Answer::Confirmed;
+        } else {
+            *answer = Answer::Refused(lazy.into_inner());
+        }
+    }
+
+    fn writer(&mut self) -> std::io::Result<Pin<&mut (dyn tokio::io::AsyncWrite + Unpin)>> {
+        match &mut self.io {
+            Proposal::Waiting(lazy) => Ok(Pin::new(lazy)),
+            Proposal::Confirmed(raw) => Ok(Pin::new(raw)),
+            Proposal::HandedBack => Err(handed_back()),
+        }
+    }
+}
+
 impl tokio::io::AsyncRead for Unconfirmed {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -547,15 +594,12 @@ impl tokio::io::AsyncRead for Unconfirmed {
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
-        let Some(lazy) = this.lazy.as_mut() else {
-            return Poll::Ready(Err(handed_back()));
+        let result = match &mut this.io {
+            Proposal::Confirmed(raw) => return Pin::new(raw).poll_read(cx, buf),
+            Proposal::HandedBack => return Poll::Ready(Err(handed_back())),
+            Proposal::Waiting(lazy) => ready!(Pin::new(lazy).poll_read(cx, buf)),
         };
-        let result = ready!(Pin::new(&mut *lazy).poll_read(cx, buf));
-        if result.is_err() && lazy.is_refused() {
-            if let Some(lazy) = this.lazy.take() {
-                *this.returned.lock().unwrap_or_else(|p| p.into_inner()) = Some(lazy.into_inner());
-            }
-        }
+        this.settle();
         Poll::Ready(result)
     }
 }
@@ -566,9 +610,9 @@ impl tokio::io::AsyncWrite for Unconfirmed {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        match self.get_mut().lazy.as_mut() {
-            Some(lazy) => Pin::new(lazy).poll_write(cx, buf),
-            None => Poll::Ready(Err(handed_back())),
+        match self.get_mut().writer() {
+            Ok(w) => w.poll_write(cx, buf),
+            Err(e) => Poll::Ready(Err(e)),
         }
     }
 
@@ -577,27 +621,31 @@ impl tokio::io::AsyncWrite for Unconfirmed {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        match self.get_mut().lazy.as_mut() {
-            Some(lazy) => Pin::new(lazy).poll_write_vectored(cx, bufs),
-            None => Poll::Ready(Err(handed_back())),
+        match self.get_mut().writer() {
+            Ok(w) => w.poll_write_vectored(cx, bufs),
+            Err(e) => Poll::Ready(Err(e)),
         }
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.lazy.as_ref().is_some_and(|l| l.is_write_vectored())
+        match &self.io {
+            Proposal::Waiting(lazy) => lazy.is_write_vectored(),
+            Proposal::Confirmed(raw) => raw.is_write_vectored(),
+            Proposal::HandedBack => false,
+        }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut().lazy.as_mut() {
-            Some(lazy) => Pin::new(lazy).poll_flush(cx),
-            None => Poll::Ready(Err(handed_back())),
+        match self.get_mut().writer() {
+            Ok(w) => w.poll_flush(cx),
+            Err(e) => Poll::Ready(Err(e)),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut().lazy.as_mut() {
-            Some(lazy) => Pin::new(lazy).poll_shutdown(cx),
-            None => Poll::Ready(Err(handed_back())),
+        match self.get_mut().writer() {
+            Ok(w) => w.poll_shutdown(cx),
+            Err(e) => Poll::Ready(Err(e)),
         }
     }
 }
