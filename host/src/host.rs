@@ -3,7 +3,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -27,7 +27,7 @@ use crate::identify::{
 use crate::mux::{ConnHandler, ProtocolMatch, ProtocolMux};
 use crate::peerstore::{Peerstore, TEMP_ADDR_TTL};
 use crate::perf::{perf_service, PERF_PROTOCOL};
-use crate::ping::{ping_once, ping_service, PING_PROTOCOL};
+use crate::ping::{ping_once, ping_service, PingError, PING_PROTOCOL};
 use crate::services::ServicePolicy;
 
 /// How long opening a stream may spend negotiating its protocol.
@@ -435,7 +435,8 @@ impl Host {
     /// Opens a stream to `peer` proposing `protocol` without waiting for the answer
     /// (multistream-select's lazy mode, rust-libp2p's `V1Lazy`), dialing first if needed.
     /// The proposal leaves with the first write, so a request costs no round trip of its
-    /// own; a refusal shows on the first read, as [`std::io::ErrorKind::Unsupported`].
+    /// own; a refusal shows on the first read, as [`std::io::ErrorKind::Unsupported`], and
+    /// any read error before the confirmation carries a [`ProtocolNotConfirmed`].
     /// For request/response protocols whose first move is the opener's.
     pub async fn new_stream_optimistic(
         &self,
@@ -483,8 +484,20 @@ impl Host {
     pub async fn ping(&self, peer: PeerId) -> Result<Duration, HostError> {
         // The proposal and the first ping leave together: one round trip on a new stream.
         let mut stream = self.new_stream_optimistic(peer, PING_PROTOCOL).await?;
-        let rtt = ping_once(&mut stream).await?;
+        let rtt = match ping_once(&mut stream).await {
+            Ok(rtt) => rtt,
+            // The lazy proposal was refused, or the stream failed before the remote
+            // confirmed it: a negotiation failure, as with `new_stream`.
+            Err(PingError::Io(e)) if ProtocolNotConfirmed::is(&e) => {
+                return Err(HostError::Negotiation {
+                    peer,
+                    message: e.to_string(),
+                })
+            }
+            Err(e) => return Err(e.into()),
+        };
         let _ = stream.close_write().await;
+        let _ = self.peerstore().add_protocols(peer, &[PING_PROTOCOL]);
         self.peerstore().record_latency(peer, rtt);
         Ok(rtt)
     }
@@ -681,13 +694,46 @@ where
 /// A stream whose protocol is confirmed on first read (see [`Host::new_stream`]).
 struct LazyStream(LazyNegotiated<Stream>);
 
+/// The error inside an [`std::io::Error`] read from a lazily negotiated stream (see
+/// [`Host::new_stream_optimistic`]) before the remote confirmed its protocol: the remote
+/// refused it (kind [`std::io::ErrorKind::Unsupported`]), or the stream failed first, for
+/// example reset by a remote that could not read the bytes sent behind the proposal. The
+/// error keeps the underlying kind.
+#[derive(Debug, thiserror::Error)]
+#[error("{protocol} was not confirmed by the remote: {source}")]
+pub struct ProtocolNotConfirmed {
+    /// The protocol proposed.
+    pub protocol: String,
+    /// What happened instead of a confirmation.
+    pub source: std::io::Error,
+}
+
+impl ProtocolNotConfirmed {
+    /// Whether `e` reports a protocol the remote never confirmed.
+    pub fn is(e: &std::io::Error) -> bool {
+        e.get_ref().is_some_and(|inner| inner.is::<Self>())
+    }
+}
+
 impl AsyncRead for LazyStream {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
+        let result = ready!(Pin::new(&mut self.0).poll_read(cx, buf));
+        Poll::Ready(result.map_err(|source| {
+            if self.0.is_confirmed() {
+                return source;
+            }
+            std::io::Error::new(
+                source.kind(),
+                ProtocolNotConfirmed {
+                    protocol: self.0.protocol().to_string(),
+                    source,
+                },
+            )
+        }))
     }
 }
 
@@ -698,6 +744,16 @@ impl AsyncWrite for LazyStream {
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.0).poll_flush(cx)

@@ -41,7 +41,7 @@ pub use builder::{BuildError, HostBuilder, ListenOutcome, Security, DEFAULT_AGEN
 pub use connmgr::{ConnManager, ConnManagerConfig};
 pub use error::HostError;
 pub use events::HostEvent;
-pub use host::Host;
+pub use host::{Host, ProtocolNotConfirmed};
 pub use identify::{
     apply_to_peerstore, recv_identify, send_identify, IdentifyError, IdentifyInfo,
     IDENTIFY_PROTOCOL, IDENTIFY_PUSH_PROTOCOL, MAX_IDENTIFY_MSG_LEN,

@@ -103,7 +103,34 @@ async fn unknown_protocol_is_refused_and_lazy_streams_report_a_refusal_on_read()
         .await
         .unwrap();
     s.write_all(b"x").await.unwrap();
-    assert!(s.read(&mut [0u8; 1]).await.is_err());
+    let refused = s.read(&mut [0u8; 1]).await.unwrap_err();
+    assert!(strata_host::ProtocolNotConfirmed::is(&refused), "{refused}");
+    client.close().await;
+    server.close().await;
+}
+
+#[tokio::test]
+async fn ping_records_the_protocol_and_a_refused_ping_is_a_negotiation_error() {
+    let server = memory_host().await;
+    let client = memory_host().await;
+    let mut events = client.events();
+    client.connect(server.id(), &server.addrs()).await.unwrap();
+    // Identify has told the client about ping; forget it, so only the ping can teach it.
+    identified(&mut events, server.id()).await;
+    let ping = [strata_host::ping::PING_PROTOCOL];
+    client.peerstore().remove_protocols(&server.id(), &ping);
+    client.ping(server.id()).await.unwrap();
+    assert!(client
+        .peerstore()
+        .get_protocols(&server.id())
+        .contains(&strata_host::ping::PING_PROTOCOL.to_string()));
+    // Without a ping handler the lazy proposal is refused: a typed negotiation error,
+    // not an I/O error from the ping exchange.
+    server.remove_stream_handler(strata_host::ping::PING_PROTOCOL);
+    match client.ping(server.id()).await {
+        Err(HostError::Negotiation { peer, .. }) => assert_eq!(peer, server.id()),
+        other => panic!("expected a negotiation error, got {other:?}"),
+    }
     client.close().await;
     server.close().await;
 }
