@@ -286,6 +286,11 @@ async fn endpoint_refuses_other_requests_and_survives_junk() {
         answer.is_empty() || answer.starts_with("HTTP/1.1 400"),
         "{answer}"
     );
+    // A client asking to keep the connection gets its answer and then the end of the
+    // connection: an idle scraper holds no slot (`http` reads to EOF within its limit).
+    let answer = http(addr, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("# EOF\n"), "{answer}");
     // Clients that connect and say nothing do not hold up a scrape meanwhile.
     let silent: Vec<TcpStream> =
         futures::future::join_all((0..10).map(|_| TcpStream::connect(addr)))

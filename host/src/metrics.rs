@@ -199,13 +199,7 @@ impl HostMetrics {
         };
         let received = self.bytes_received.get_or_create(&labels).clone();
         let sent = self.bytes_sent.get_or_create(&labels).clone();
-        stream.map_io(|inner| {
-            Box::new(CountingIo {
-                inner,
-                received,
-                sent,
-            })
-        });
+        stream.map_io(|inner| Box::new(CountingIo::new(inner, received, sent)));
     }
 }
 
@@ -241,11 +235,57 @@ impl MetricsTracer for HostMetrics {
     }
 }
 
-/// A stream that counts the bytes through it.
+/// Bytes a [`CountingIo`] holds back before adding them to the shared counters: the
+/// counters are atomics shared by every stream of a protocol, so a per-read update
+/// would contend across cores on a busy protocol.
+const COUNT_BATCH: u64 = 64 * 1024;
+
+/// A stream that counts the bytes through it. Counts are kept locally and added to the
+/// shared counters every [`COUNT_BATCH`] bytes, at the end of either direction, and when
+/// the stream goes, so a finished stream's bytes are always all counted.
 struct CountingIo {
     inner: Box<dyn StreamIo>,
     received: Counter,
     sent: Counter,
+    unflushed_received: u64,
+    unflushed_sent: u64,
+}
+
+impl CountingIo {
+    fn new(inner: Box<dyn StreamIo>, received: Counter, sent: Counter) -> Self {
+        CountingIo {
+            inner,
+            received,
+            sent,
+            unflushed_received: 0,
+            unflushed_sent: 0,
+        }
+    }
+
+    fn count_sent(&mut self, poll: &Poll<std::io::Result<usize>>) {
+        if let Poll::Ready(Ok(n)) = poll {
+            self.unflushed_sent += *n as u64;
+            if self.unflushed_sent >= COUNT_BATCH {
+                self.flush_counts();
+            }
+        }
+    }
+
+    fn flush_counts(&mut self) {
+        if self.unflushed_received > 0 {
+            self.received
+                .inc_by(std::mem::take(&mut self.unflushed_received));
+        }
+        if self.unflushed_sent > 0 {
+            self.sent.inc_by(std::mem::take(&mut self.unflushed_sent));
+        }
+    }
+}
+
+impl Drop for CountingIo {
+    fn drop(&mut self) {
+        self.flush_counts();
+    }
 }
 
 impl AsyncRead for CountingIo {
@@ -255,10 +295,17 @@ impl AsyncRead for CountingIo {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();
+        let had_room = buf.remaining() > 0;
         let poll = Pin::new(&mut *self.inner).poll_read(cx, buf);
-        let read = buf.filled().len() - before;
-        if read > 0 {
-            self.received.inc_by(read as u64);
+        let read = (buf.filled().len() - before) as u64;
+        self.unflushed_received += read;
+        let ended = match &poll {
+            Poll::Ready(Ok(())) => read == 0 && had_room,
+            Poll::Ready(Err(_)) => true,
+            Poll::Pending => false,
+        };
+        if ended || self.unflushed_received >= COUNT_BATCH {
+            self.flush_counts();
         }
         poll
     }
@@ -271,9 +318,7 @@ impl AsyncWrite for CountingIo {
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         let poll = Pin::new(&mut *self.inner).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = poll {
-            self.sent.inc_by(n as u64);
-        }
+        self.count_sent(&poll);
         poll
     }
 
@@ -283,9 +328,7 @@ impl AsyncWrite for CountingIo {
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
         let poll = Pin::new(&mut *self.inner).poll_write_vectored(cx, bufs);
-        if let Poll::Ready(Ok(n)) = poll {
-            self.sent.inc_by(n as u64);
-        }
+        self.count_sent(&poll);
         poll
     }
 
@@ -298,12 +341,14 @@ impl AsyncWrite for CountingIo {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.flush_counts();
         Pin::new(&mut *self.inner).poll_shutdown(cx)
     }
 }
 
 impl StreamIo for CountingIo {
     fn reset(&mut self) {
+        self.flush_counts();
         self.inner.reset();
     }
 }

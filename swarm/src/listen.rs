@@ -222,22 +222,54 @@ impl Swarm {
     }
 }
 
-/// The IP addresses of this host's interfaces that are running (link-local addresses
-/// left out). Falls back to the loopback addresses if the interfaces cannot be read.
+/// The IP addresses of this host's interfaces that are running (`IFF_RUNNING` on Unix),
+/// link-local addresses (169.254/16, fe80::/10) left out: they are not reachable beyond
+/// the link, and need a scope to dial. Falls back to the loopback addresses if the
+/// interfaces cannot be read.
 pub(crate) fn interface_ips() -> Vec<IpAddr> {
     match if_addrs::get_if_addrs() {
         Ok(interfaces) => {
-            let mut out: Vec<IpAddr> = interfaces
+            let mut out: Vec<IpAddr> = Vec::new();
+            for ip in interfaces
                 .iter()
-                .filter(|i| i.is_oper_up())
+                .filter(|i| i.is_oper_up() && !i.is_link_local())
                 .map(|i| i.ip())
-                .collect();
-            out.dedup();
+            {
+                if !out.contains(&ip) {
+                    out.push(ip);
+                }
+            }
             out
         }
         Err(_) => vec![
             IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
             IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
         ],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interface_ips_are_running_routable_and_unique() {
+        let ips = interface_ips();
+        // Loopback is up on every machine this runs on.
+        assert!(
+            ips.contains(&IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)),
+            "{ips:?}"
+        );
+        for ip in &ips {
+            let link_local = match ip {
+                IpAddr::V4(v4) => v4.is_link_local(),
+                IpAddr::V6(v6) => v6.is_unicast_link_local(),
+            };
+            assert!(!link_local, "link-local {ip} listed");
+        }
+        let mut unique = ips.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), ips.len(), "{ips:?}");
     }
 }
