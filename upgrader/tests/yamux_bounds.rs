@@ -273,11 +273,11 @@ async fn frames_that_break_the_protocol_end_the_connection_with_a_typed_error() 
 }
 
 #[tokio::test]
-async fn a_ping_flood_from_a_peer_that_never_reads_queues_one_answer() {
+async fn a_ping_flood_from_a_peer_that_never_reads_queues_a_few_answers() {
     let (conn, raw) = against_raw();
     let (mut rd, mut wr) = tokio::io::split(raw);
     // 200,000 pings (2.4 MB) while reading nothing: our answers wait in the pipe (64 KiB)
-    // and at most one more waits in our queue.
+    // and at most a few more (8) wait in our queue and in the batch being written.
     let ping = frame(FrameType::Ping, flags::SYN, 0, 42);
     let flood: Vec<u8> = ping
         .iter()
@@ -297,7 +297,7 @@ async fn a_ping_flood_from_a_peer_that_never_reads_queues_one_answer() {
     }
     let frames = got.len() / HEADER_LEN;
     assert!(
-        frames <= 64 * 1024 / HEADER_LEN + 8,
+        frames <= 64 * 1024 / HEADER_LEN + 2 * 8 + 1,
         "{frames} frames answered 200,000 pings"
     );
     assert!(!conn.is_closed());

@@ -28,7 +28,7 @@ use tokio::time::{Instant, Sleep};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use super::frame::{flags, go_away, FrameError, FrameType, Header, HEADER_LEN};
-use super::session::{Reset, Session};
+use super::session::{Reset, Session, MAX_QUEUED_PING_ANSWERS};
 use crate::security::SecureStream;
 
 /// The most room a read is given; the buffer starts small and doubles towards this while
@@ -328,8 +328,8 @@ impl Driver {
             FrameType::Ping => {
                 let mut st = self.session.lock();
                 if h.has(flags::SYN) {
-                    if !st.pong_queued {
-                        st.pong_queued = true;
+                    if st.ping_answers_queued < MAX_QUEUED_PING_ANSWERS {
+                        st.ping_answers_queued += 1;
                         st.queue_control(Header::new(FrameType::Ping, flags::ACK, 0, h.length));
                     }
                 } else if h.has(flags::ACK) {
@@ -488,7 +488,7 @@ impl Driver {
                     break;
                 }
                 std::mem::swap(&mut self.writing, &mut st.out);
-                st.pong_queued = false;
+                st.ping_answers_queued = 0;
             }
             let slices: Vec<IoSlice<'_>> = self
                 .writing

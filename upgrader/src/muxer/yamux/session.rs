@@ -20,6 +20,11 @@ use tokio::time::Instant;
 use super::config::YamuxConfig;
 use super::frame::{flags, FrameType, Header, HEADER_LEN, INITIAL_WINDOW};
 
+/// Answers to the remote's pings that may wait in the write queue at once. A peer
+/// measuring its round trip has one ping in flight; a few more allow for pings sent in a
+/// burst, and a flood gets no more than this.
+pub(crate) const MAX_QUEUED_PING_ANSWERS: usize = 8;
+
 /// Who reset a stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Reset {
@@ -110,9 +115,10 @@ pub(crate) struct State {
     pub(crate) rtt: Option<Duration>,
     /// Our ping in flight (its value and when it left), for the RTT.
     pub(crate) ping: Option<(u32, Instant)>,
-    /// An answer to the remote's ping is queued: one at a time, so that a ping flood
-    /// cannot grow the queue.
-    pub(crate) pong_queued: bool,
+    /// Answers to the remote's pings waiting in the queue: at most
+    /// [`MAX_QUEUED_PING_ANSWERS`], so that a ping flood cannot grow the queue (pings past
+    /// it go unanswered until the queue is written).
+    pub(crate) ping_answers_queued: usize,
     /// The connection's resource scope until the connection ends.
     scope: Option<Arc<ConnScope>>,
 }
@@ -167,7 +173,7 @@ impl Session {
                 remote_go_away: false,
                 rtt: None,
                 ping: None,
-                pong_queued: false,
+                ping_answers_queued: 0,
                 scope: Some(scope),
             }),
             accept: Notify::new(),
