@@ -1,14 +1,14 @@
 //! Throughput and handshake rate on loopback, side by side in one run:
-//! raw TLS 1.3 over TCP (tokio-rustls, no muxer) against Strata TCP+TLS+yamux and
-//! TCP+Noise+yamux; raw quinn (one bidirectional stream, no libp2p) against Strata QUIC
+//! raw TLS 1.3 over TCP (tokio-rustls, no muxer) against Strata TCP+TLS+yamux; raw Noise
+//! transport frames over TCP (snow, no muxer) against Strata TCP+Noise+yamux; raw quinn (one bidirectional stream, no libp2p) against Strata QUIC
 //! (one stream); then upgrades per second.
 //!
 //! Run: `cargo bench --bench throughput`. STRATA_BENCH_MIB sets the MiB per run;
-//! STRATA_BENCH_SPLIT sets yamux's split send size; STRATA_BENCH_PROFILE=raw|tls|noise runs
-//! one stack once (for perf).
+//! STRATA_BENCH_SPLIT sets yamux's split send size;
+//! STRATA_BENCH_PROFILE=raw|raw-noise|tls|noise runs one stack once (for perf).
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use strata::core::identity::generate_ed25519;
 use strata::core::{Keypair, Multiaddr, RawListener, Transport};
@@ -86,14 +86,137 @@ async fn raw_tls(total: usize) -> f64 {
     pump(client, server, total).await
 }
 
+/// Noise's transport framing: a 2-byte big-endian length, then at most 65,535 bytes of
+/// ciphertext (16 of them the tag).
+const NOISE_MAX_FRAME: usize = 65535;
+const NOISE_TAG: usize = 16;
+
+/// Raw Noise over TCP: an XX handshake with the same suite as libp2p's (snow, 25519,
+/// ChaChaPoly, SHA-256), then transport frames, no muxer and no libp2p payload. The
+/// sender seals as many full frames as fit in one chunk and writes them at once; the
+/// receiver opens them from a large read buffer: the cheapest the cipher allows.
+async fn raw_noise(total: usize) -> f64 {
+    use tokio::net::{TcpListener, TcpStream};
+    let params: snow::params::NoiseParams = "Noise_XX_25519_ChaChaPoly_SHA256".parse().unwrap();
+    let keypair = || {
+        snow::Builder::new(params.clone())
+            .generate_keypair()
+            .unwrap()
+    };
+    let (ik, rk) = (keypair(), keypair());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+
+    async fn send_msg(s: &mut TcpStream, hs: &mut snow::HandshakeState) {
+        let mut buf = vec![0u8; NOISE_MAX_FRAME];
+        let n = hs.write_message(&[], &mut buf).unwrap();
+        s.write_all(&(n as u16).to_be_bytes()).await.unwrap();
+        s.write_all(&buf[..n]).await.unwrap();
+    }
+    async fn recv_msg(s: &mut TcpStream, hs: &mut snow::HandshakeState) {
+        let mut len = [0u8; 2];
+        s.read_exact(&mut len).await.unwrap();
+        let mut msg = vec![0u8; u16::from_be_bytes(len) as usize];
+        s.read_exact(&mut msg).await.unwrap();
+        hs.read_message(&msg, &mut vec![0u8; NOISE_MAX_FRAME])
+            .unwrap();
+    }
+
+    let responder = {
+        let params = params.clone();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            s.set_nodelay(true).unwrap();
+            let mut hs = snow::Builder::new(params)
+                .local_private_key(&rk.private)
+                .unwrap()
+                .build_responder()
+                .unwrap();
+            recv_msg(&mut s, &mut hs).await;
+            send_msg(&mut s, &mut hs).await;
+            recv_msg(&mut s, &mut hs).await;
+            (s, hs.into_transport_mode().unwrap())
+        })
+    };
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.set_nodelay(true).unwrap();
+    let mut hs = snow::Builder::new(params)
+        .local_private_key(&ik.private)
+        .unwrap()
+        .build_initiator()
+        .unwrap();
+    send_msg(&mut s, &mut hs).await;
+    recv_msg(&mut s, &mut hs).await;
+    send_msg(&mut s, &mut hs).await;
+    let mut sender = hs.into_transport_mode().unwrap();
+    let (mut r, mut receiver) = responder.await.unwrap();
+
+    let reader = tokio::spawn(async move {
+        let mut buf = vec![0u8; 4 * CHUNK];
+        let mut plain = vec![0u8; NOISE_MAX_FRAME];
+        let (mut start, mut end, mut seen) = (0, 0, 0);
+        while seen < total {
+            // Open every whole frame in the buffer, then read more.
+            while end - start >= 2 {
+                let len = u16::from_be_bytes([buf[start], buf[start + 1]]) as usize;
+                if end - start < 2 + len {
+                    break;
+                }
+                let frame = &buf[start + 2..start + 2 + len];
+                seen += receiver.read_message(frame, &mut plain).unwrap();
+                start += 2 + len;
+            }
+            if seen == total {
+                break;
+            }
+            buf.copy_within(start..end, 0);
+            end -= start;
+            start = 0;
+            let n = r.read(&mut buf[end..]).await.unwrap();
+            assert!(n > 0, "early EOF");
+            end += n;
+        }
+    });
+    let started = Instant::now();
+    let plain = vec![0x5au8; NOISE_MAX_FRAME - NOISE_TAG];
+    let frames_per_chunk = CHUNK / NOISE_MAX_FRAME + 1;
+    let mut out = vec![0u8; frames_per_chunk * (2 + NOISE_MAX_FRAME)];
+    let mut sent = 0;
+    while sent < total {
+        let mut at = 0;
+        for _ in 0..frames_per_chunk {
+            let take = plain.len().min(total - sent);
+            if take == 0 {
+                break;
+            }
+            let n = sender
+                .write_message(&plain[..take], &mut out[at + 2..])
+                .unwrap();
+            out[at..at + 2].copy_from_slice(&(n as u16).to_be_bytes());
+            at += 2 + n;
+            sent += take;
+        }
+        s.write_all(&out[..at]).await.unwrap();
+    }
+    reader.await.unwrap();
+    total as f64 / (1024.0 * 1024.0) / started.elapsed().as_secs_f64()
+}
+
 fn strata_transport(key: &Keypair, noise: bool) -> Upgraded<TcpTransport> {
+    strata_transport_with(key, noise, strata::upgrader::YamuxConfig::default())
+}
+
+fn strata_transport_with(
+    key: &Keypair,
+    noise: bool,
+    mut yamux: strata::upgrader::YamuxConfig,
+) -> Upgraded<TcpTransport> {
     let security: Arc<dyn SecureTransport> = if noise {
         Arc::new(NoiseTransport::new(key.clone()))
     } else {
         Arc::new(TlsTransport::new(key.clone()).unwrap())
     };
     // STRATA_BENCH_SPLIT overrides yamux's split send size (bytes), to compare frame sizes.
-    let mut yamux = strata::upgrader::YamuxConfig::default();
     if let Some(split) = std::env::var("STRATA_BENCH_SPLIT")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -159,6 +282,111 @@ async fn handshakes_per_sec(noise: bool, count: usize) -> f64 {
     rate
 }
 
+/// What [`many_streams`] measured.
+struct ManyStreams {
+    /// Aggregate MiB/s, from the first open until the last byte arrived.
+    rate: f64,
+    /// From `open_stream` on the dialer until the listener read the stream's first byte.
+    first_byte_p50: Duration,
+    first_byte_p99: Duration,
+    first_byte_max: Duration,
+}
+
+/// `streams` streams on one TCP+TLS+yamux connection, opened at once, each sending
+/// `per_stream` bytes that the listener reads to the end. The connection's limits are
+/// raised to fit them all (the defaults allow 512 streams and a 32 MiB connection window,
+/// 128 streams at their initial window).
+async fn many_streams(streams: usize, per_stream: usize) -> ManyStreams {
+    let yamux = strata::upgrader::YamuxConfig {
+        max_streams: streams + 16,
+        max_connection_receive_window: None,
+        inbound_backlog: streams,
+        ..Default::default()
+    };
+    let a = strata_transport_with(&generate_ed25519(), false, yamux.clone());
+    let b = strata_transport_with(&generate_ed25519(), false, yamux);
+    let mut listener = b.listen(&loopback()).await.unwrap();
+    let addr = listener.multiaddr().clone();
+    let (client, server) = tokio::join!(a.dial(&addr, None), listener.accept());
+    let (client, server) = (Arc::new(client.unwrap()), Arc::new(server.unwrap()));
+    let base = Instant::now();
+
+    // The listener: every stream read to its end by a task of its own; each records when
+    // its first byte arrived, keyed by the index the stream's first 4 bytes carry.
+    let receiver = tokio::spawn({
+        let server = server.clone();
+        async move {
+            let mut readers = tokio::task::JoinSet::new();
+            for _ in 0..streams {
+                let mut s = server.accept_stream().await.unwrap();
+                readers.spawn(async move {
+                    let mut index = [0u8; 4];
+                    s.read_exact(&mut index).await.unwrap();
+                    let first = base.elapsed();
+                    // In the task's own state: no allocation per stream to measure.
+                    let mut buf = [0u8; 8 * 1024];
+                    let mut got = 4;
+                    loop {
+                        let n = s.read(&mut buf).await.unwrap();
+                        if n == 0 {
+                            break;
+                        }
+                        got += n;
+                    }
+                    assert_eq!(got, per_stream);
+                    (u32::from_be_bytes(index) as usize, first)
+                });
+            }
+            let mut first_bytes = vec![Duration::ZERO; streams];
+            while let Some(done) = readers.join_next().await {
+                let (i, first) = done.unwrap();
+                first_bytes[i] = first;
+            }
+            (first_bytes, base.elapsed())
+        }
+    });
+    // One payload shared by every writer: the bench measures the muxer, not 10,000
+    // allocations of the data.
+    let payload: Arc<[u8]> = vec![0x5au8; per_stream - 4].into();
+    let mut writers = tokio::task::JoinSet::new();
+    for i in 0..streams {
+        let client = client.clone();
+        let payload = payload.clone();
+        writers.spawn(async move {
+            let opened = base.elapsed();
+            let mut s = client.open_stream().await.unwrap();
+            s.write_all(&(i as u32).to_be_bytes()).await.unwrap();
+            s.write_all(&payload).await.unwrap();
+            s.close_write().await.unwrap();
+            (i, opened, s)
+        });
+    }
+    let mut opened = vec![Duration::ZERO; streams];
+    let mut open_streams = Vec::with_capacity(streams);
+    while let Some(done) = writers.join_next().await {
+        let (i, at, s) = done.unwrap();
+        opened[i] = at;
+        open_streams.push(s);
+    }
+    let (first_bytes, ended) = receiver.await.unwrap();
+    drop(open_streams);
+    let mut latencies: Vec<Duration> = first_bytes
+        .iter()
+        .zip(&opened)
+        .map(|(first, open)| first.saturating_sub(*open))
+        .collect();
+    latencies.sort();
+    let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize];
+    client.close().await;
+    server.close().await;
+    ManyStreams {
+        rate: (streams * per_stream) as f64 / (1024.0 * 1024.0) / ended.as_secs_f64(),
+        first_byte_p50: at(0.5),
+        first_byte_p99: at(0.99),
+        first_byte_max: at(1.0),
+    }
+}
+
 /// Raw quinn: two plain endpoints with quinn's default transport settings, the same TLS
 /// 1.3 certificates and suites (rustls with ring), one bidirectional stream.
 async fn raw_quinn(total: usize) -> f64 {
@@ -215,6 +443,13 @@ async fn strata_quic(total: usize) -> f64 {
     rate
 }
 
+/// The median over rounds of `ours[i] / baseline[i]`.
+fn median_ratio(ours: &[f64], baseline: &[f64]) -> f64 {
+    let mut ratios: Vec<f64> = ours.iter().zip(baseline).map(|(o, b)| o / b).collect();
+    ratios.sort_by(f64::total_cmp);
+    ratios[ratios.len() / 2]
+}
+
 fn best(mut runs: Vec<f64>) -> f64 {
     runs.sort_by(|a, b| b.total_cmp(a));
     runs[0]
@@ -224,7 +459,7 @@ fn main() {
     // `cargo bench` passes --bench; a plain `cargo test --benches` run passes nothing and
     // should stay quick.
     let bench = std::env::args().any(|a| a == "--bench");
-    // STRATA_BENCH_PROFILE=raw|tls|noise runs only raw TLS or that Strata stack, once,
+    // STRATA_BENCH_PROFILE=raw|raw-noise|tls|noise runs only that stack, once,
     // for a profiler.
     if let Ok(stack) = std::env::var("STRATA_BENCH_PROFILE") {
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -234,6 +469,7 @@ fn main() {
         let rate = rt.block_on(async {
             match stack.as_str() {
                 "raw" => raw_tls(mib() << 20).await,
+                "raw-noise" => raw_noise(mib() << 20).await,
                 other => strata_stream(other == "noise", mib() << 20).await,
             }
         });
@@ -246,10 +482,12 @@ fn main() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let (mut raw, mut tls, mut noise) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut raw, mut tls) = (Vec::new(), Vec::new());
+        let (mut raw_n, mut noise) = (Vec::new(), Vec::new());
         for _ in 0..if bench { ROUNDS } else { 1 } {
             raw.push(raw_tls(total).await);
             tls.push(strata_stream(false, total).await);
+            raw_n.push(raw_noise(total).await);
             noise.push(strata_stream(true, total).await);
         }
         let (mut quinn, mut quic) = (Vec::new(), Vec::new());
@@ -257,26 +495,58 @@ fn main() {
             quinn.push(raw_quinn(total).await);
             quic.push(strata_quic(total).await);
         }
-        let (raw, tls, noise) = (best(raw), best(tls), best(noise));
+        // Each ratio is the median of the rounds' own ratios (a run and its baseline
+        // measured back to back), which a drifting machine disturbs less than a ratio
+        // of bests.
+        let tls_ratio = median_ratio(&tls, &raw);
+        let noise_ratio = median_ratio(&noise, &raw_n);
+        let quic_ratio = median_ratio(&quic, &quinn);
+        let (raw, tls, raw_n, noise) = (best(raw), best(tls), best(raw_n), best(noise));
         let (quinn, quic) = (best(quinn), best(quic));
         println!(
-            "throughput, one stream, {} MiB per run, best of {}:",
+            "throughput, one stream, {} MiB per run, best of {} (ratio: median of the rounds'):",
             total >> 20,
             if bench { ROUNDS } else { 1 }
         );
         println!("  raw TLS 1.3 over TCP (tokio-rustls)   {raw:9.1} MiB/s");
         println!(
             "  strata TCP+TLS+yamux                  {tls:9.1} MiB/s  {:5.1}% of raw TLS",
-            100.0 * tls / raw
+            100.0 * tls_ratio
         );
+        println!("  raw Noise frames over TCP (snow)      {raw_n:9.1} MiB/s");
         println!(
-            "  strata TCP+Noise+yamux                {noise:9.1} MiB/s  {:5.1}% of raw TLS",
-            100.0 * noise / raw
+            "  strata TCP+Noise+yamux                {noise:9.1} MiB/s  {:5.1}% of raw Noise",
+            100.0 * noise_ratio
         );
         println!("  raw quinn (one bidi stream)           {quinn:9.1} MiB/s");
         println!(
             "  strata QUIC                           {quic:9.1} MiB/s  {:5.1}% of raw quinn",
-            100.0 * quic / quinn
+            100.0 * quic_ratio
+        );
+        // Many streams against one, the same bytes over TCP+TLS+yamux.
+        let (streams, per_stream) = if bench {
+            (10_000, 64 * 1024)
+        } else {
+            (200, 16 * 1024)
+        };
+        let one = strata_stream(false, streams * per_stream).await;
+        let many = many_streams(streams, per_stream).await;
+        println!(
+            "{streams} concurrent streams on one TCP+TLS+yamux connection, {} KiB each:",
+            per_stream / 1024
+        );
+        println!("  one stream, same bytes                {one:9.1} MiB/s");
+        println!(
+            "  {:<36}{:9.1} MiB/s  {:5.1}% of one stream",
+            format!("{streams} streams at once"),
+            many.rate,
+            100.0 * many.rate / one
+        );
+        println!(
+            "  open to first byte: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            many.first_byte_p50.as_secs_f64() * 1e3,
+            many.first_byte_p99.as_secs_f64() * 1e3,
+            many.first_byte_max.as_secs_f64() * 1e3
         );
         let count = if bench { 300 } else { 20 };
         let tls_hs = handshakes_per_sec(false, count).await;

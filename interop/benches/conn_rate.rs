@@ -1,0 +1,221 @@
+//! Connections per second to identify, Strata beside rust-libp2p 0.57 in one run, over
+//! TCP+TLS+yamux, TCP+Noise+yamux and QUIC on loopback. Each node dials a listener of
+//! its own kind in this process, one connection after another: dial, wait until the
+//! listener's identify has arrived, close the connection and wait until it is gone. The
+//! rate is the connections done divided by the time they took, the best of three runs.
+//!
+//! Both sides run identify and ping with their defaults. The Strata listener allowlists
+//! 127.0.0.0/8: every dial here comes from 127.0.0.1, and the per-address rate and
+//! connection caps would (rightly) slow a single source down.
+//!
+//! Run: `cargo bench -p strata-interop --bench conn_rate` (CONNS=N sets the connections
+//! per run, 300 by default). Target: Strata at twice rust-libp2p's rate, for each stack.
+
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{identify, noise, ping, tcp, tls, yamux, Swarm, SwarmBuilder};
+use strata_core::{Multiaddr, PeerId};
+use strata_host::{Host, HostBuilder, HostEvent, Security};
+
+const RUNS: usize = 3;
+
+fn conns() -> usize {
+    std::env::var("CONNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300)
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Stack {
+    Tls,
+    Noise,
+    Quic,
+}
+
+impl Stack {
+    fn name(self) -> &'static str {
+        match self {
+            Stack::Tls => "TCP+TLS+yamux",
+            Stack::Noise => "TCP+Noise+yamux",
+            Stack::Quic => "QUIC",
+        }
+    }
+
+    fn listen_addr(self) -> Multiaddr {
+        match self {
+            Stack::Tls | Stack::Noise => "/ip4/127.0.0.1/tcp/0",
+            Stack::Quic => "/ip4/127.0.0.1/udp/0/quic-v1",
+        }
+        .parse()
+        .unwrap()
+    }
+}
+
+fn strata_builder(stack: Stack) -> HostBuilder {
+    let mut limits = strata_rcmgr::LimitConfig::autoscaled();
+    limits.admission.allowlist = vec!["127.0.0.0/8".parse().unwrap()];
+    let builder = HostBuilder::new().resource_limits(limits);
+    match stack {
+        Stack::Tls => builder.no_quic().security(vec![Security::Tls]),
+        Stack::Noise => builder.no_quic().security(vec![Security::Noise]),
+        Stack::Quic => builder.no_tcp(),
+    }
+}
+
+async fn identified(events: &mut tokio::sync::broadcast::Receiver<HostEvent>, peer: PeerId) {
+    loop {
+        match events.recv().await {
+            Ok(HostEvent::Identified { peer: p, .. }) if p == peer => return,
+            Ok(HostEvent::IdentifyFailed { peer: p, error }) if p == peer => {
+                panic!("identify failed: {error}")
+            }
+            Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+            Err(e) => panic!("host events ended: {e}"),
+        }
+    }
+}
+
+async fn strata_rate(stack: Stack, count: usize) -> f64 {
+    let (server, _) = strata_builder(stack)
+        .listen_on(stack.listen_addr())
+        .build()
+        .await
+        .unwrap();
+    let (client, _) = strata_builder(stack).build().await.unwrap();
+    let addrs = server.addrs();
+    let mut events = client.events();
+    let started = Instant::now();
+    for _ in 0..count {
+        client.connect(server.id(), &addrs).await.unwrap();
+        identified(&mut events, server.id()).await;
+        client.disconnect(server.id()).await;
+    }
+    let rate = count as f64 / started.elapsed().as_secs_f64();
+    close(client, server).await;
+    rate
+}
+
+async fn close(a: Host, b: Host) {
+    a.close().await;
+    b.close().await;
+}
+
+#[derive(NetworkBehaviour)]
+struct Node {
+    identify: identify::Behaviour,
+    ping: ping::Behaviour,
+}
+
+fn libp2p_swarm(stack: Stack) -> Swarm<Node> {
+    let builder = SwarmBuilder::with_new_identity().with_tokio();
+    let behaviour = |key: &libp2p::identity::Keypair| Node {
+        identify: identify::Behaviour::new(identify::Config::new(
+            "ipfs/0.1.0".into(),
+            key.public(),
+        )),
+        ping: ping::Behaviour::default(),
+    };
+    let idle = |c: libp2p::swarm::Config| c.with_idle_connection_timeout(Duration::from_secs(60));
+    match stack {
+        Stack::Tls => builder
+            .with_tcp(
+                tcp::Config::default(),
+                tls::Config::new,
+                yamux::Config::default,
+            )
+            .unwrap()
+            .with_behaviour(behaviour)
+            .unwrap()
+            .with_swarm_config(idle)
+            .build(),
+        Stack::Noise => builder
+            .with_tcp(
+                tcp::Config::default(),
+                noise::Config::new,
+                yamux::Config::default,
+            )
+            .unwrap()
+            .with_behaviour(behaviour)
+            .unwrap()
+            .with_swarm_config(idle)
+            .build(),
+        Stack::Quic => builder
+            .with_quic()
+            .with_behaviour(behaviour)
+            .unwrap()
+            .with_swarm_config(idle)
+            .build(),
+    }
+}
+
+async fn libp2p_rate(stack: Stack, count: usize) -> f64 {
+    let mut server = libp2p_swarm(stack);
+    server.listen_on(stack.listen_addr()).unwrap();
+    let listening = loop {
+        if let SwarmEvent::NewListenAddr { address, .. } = server.select_next_some().await {
+            break address;
+        }
+    };
+    let server_peer = *server.local_peer_id();
+    let server_task = tokio::spawn(async move {
+        loop {
+            server.select_next_some().await;
+        }
+    });
+    let mut client = libp2p_swarm(stack);
+    let started = Instant::now();
+    for _ in 0..count {
+        client.dial(listening.clone()).unwrap();
+        // Identify's answer from the listener, then the connection closed and gone.
+        loop {
+            match client.select_next_some().await {
+                SwarmEvent::Behaviour(NodeEvent::Identify(identify::Event::Received {
+                    peer_id,
+                    ..
+                })) if peer_id == server_peer => {
+                    let _ = client.disconnect_peer_id(server_peer);
+                }
+                SwarmEvent::ConnectionClosed { peer_id, .. } if peer_id == server_peer => break,
+                SwarmEvent::OutgoingConnectionError { error, .. } => panic!("{error}"),
+                _ => {}
+            }
+        }
+    }
+    let rate = count as f64 / started.elapsed().as_secs_f64();
+    server_task.abort();
+    rate
+}
+
+fn best(runs: &[f64]) -> f64 {
+    runs.iter().copied().fold(0.0, f64::max)
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    // `cargo bench` passes --bench; `cargo test --benches` passes nothing: stay quick.
+    let bench = std::env::args().any(|a| a == "--bench");
+    let (count, runs) = if bench { (conns(), RUNS) } else { (10, 1) };
+    println!("connections per second to identify, {count} sequential dials, best of {runs}:");
+    println!(
+        "{:<16} {:>10} {:>18} {:>7}",
+        "stack", "Strata", "rust-libp2p 0.57", "ratio"
+    );
+    for stack in [Stack::Tls, Stack::Noise, Stack::Quic] {
+        let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+        for _ in 0..runs {
+            ours.push(strata_rate(stack, count).await);
+            theirs.push(libp2p_rate(stack, count).await);
+        }
+        let (ours, theirs) = (best(&ours), best(&theirs));
+        println!(
+            "{:<16} {:>8.0}/s {:>16.0}/s {:>6.2}x",
+            stack.name(),
+            ours,
+            theirs,
+            ours / theirs
+        );
+    }
+}
