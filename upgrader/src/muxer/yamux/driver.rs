@@ -77,6 +77,9 @@ pub(crate) struct Driver {
     read_size: usize,
     read_state: ReadState,
     read_eof: bool,
+    /// Reading waits: a ping is next and its answer has no room in the write queue
+    /// (the remote pings faster than it reads our answers). Writing the queue resumes it.
+    read_paused: bool,
     /// Frames taken from the queue and not yet written.
     writing: VecDeque<Bytes>,
     needs_flush: bool,
@@ -103,6 +106,7 @@ impl Driver {
             read_size: READ_START,
             read_state: ReadState::Header,
             read_eof: false,
+            read_paused: false,
             writing: VecDeque::new(),
             needs_flush: false,
             close_wait: Box::pin(close.cancelled_owned()),
@@ -207,6 +211,11 @@ impl Driver {
         } else if self.read_eof {
             return Poll::Ready(CloseReason::Remote);
         }
+        if self.read_paused && self.session.lock().ping_answers_queued < MAX_QUEUED_PING_ANSWERS {
+            // The queue was written: read on, in the next turn.
+            self.read_paused = false;
+            cx.waker().wake_by_ref();
+        }
         Poll::Pending
     }
 
@@ -222,7 +231,7 @@ impl Driver {
     fn poll_read_side(&mut self, cx: &mut Context<'_>) -> Result<(), ProtocolError> {
         for _ in 0..READS_PER_TURN {
             self.parse()?;
-            if self.read_eof {
+            if self.read_eof || self.read_paused {
                 return Ok(());
             }
             if self.read_buf.capacity() - self.read_buf.len() < self.read_size / 2 {
@@ -279,8 +288,17 @@ impl Driver {
                     };
                     let mut bytes = [0u8; HEADER_LEN];
                     bytes.copy_from_slice(raw);
-                    self.read_buf.advance(HEADER_LEN);
                     let header = Header::decode(&bytes)?;
+                    if header.typ == FrameType::Ping
+                        && header.has(flags::SYN)
+                        && self.session.lock().ping_answers_queued >= MAX_QUEUED_PING_ANSWERS
+                    {
+                        // Leave the ping unread until its answer fits: backpressure
+                        // instead of a dropped answer or a growing queue.
+                        self.read_paused = true;
+                        return Ok(());
+                    }
+                    self.read_buf.advance(HEADER_LEN);
                     self.on_header(header)?;
                 }
                 ReadState::Body {
@@ -328,10 +346,9 @@ impl Driver {
             FrameType::Ping => {
                 let mut st = self.session.lock();
                 if h.has(flags::SYN) {
-                    if st.ping_answers_queued < MAX_QUEUED_PING_ANSWERS {
-                        st.ping_answers_queued += 1;
-                        st.queue_control(Header::new(FrameType::Ping, flags::ACK, 0, h.length));
-                    }
+                    // Room was checked before the header was taken (see `parse`).
+                    st.ping_answers_queued += 1;
+                    st.queue_control(Header::new(FrameType::Ping, flags::ACK, 0, h.length));
                 } else if h.has(flags::ACK) {
                     if let Some((nonce, sent)) = st.ping {
                         if nonce == h.length {

@@ -21,8 +21,9 @@ use super::config::YamuxConfig;
 use super::frame::{flags, FrameType, Header, HEADER_LEN, INITIAL_WINDOW};
 
 /// Answers to the remote's pings that may wait in the write queue at once. A peer
-/// measuring its round trip has one ping in flight; a few more allow for pings sent in a
-/// burst, and a flood gets no more than this.
+/// measuring its round trip has one ping in flight; a burst gets its answers in batches
+/// of this many, and a flood from a peer that does not read stops our reading instead
+/// of growing the queue.
 pub(crate) const MAX_QUEUED_PING_ANSWERS: usize = 8;
 
 /// Who reset a stream.
@@ -116,8 +117,8 @@ pub(crate) struct State {
     /// Our ping in flight (its value and when it left), for the RTT.
     pub(crate) ping: Option<(u32, Instant)>,
     /// Answers to the remote's pings waiting in the queue: at most
-    /// [`MAX_QUEUED_PING_ANSWERS`], so that a ping flood cannot grow the queue (pings past
-    /// it go unanswered until the queue is written).
+    /// [`MAX_QUEUED_PING_ANSWERS`], so that a ping flood cannot grow the queue (past it,
+    /// the driver reads nothing more until the queue is written).
     pub(crate) ping_answers_queued: usize,
     /// The connection's resource scope until the connection ends.
     scope: Option<Arc<ConnScope>>,
