@@ -5,7 +5,8 @@
 //!
 //! Run: `cargo bench --bench throughput`. STRATA_BENCH_MIB sets the MiB per run;
 //! STRATA_BENCH_SPLIT sets yamux's split send size;
-//! STRATA_BENCH_PROFILE=raw|raw-noise|tls|noise runs one stack once (for perf).
+//! STRATA_BENCH_PROFILE=raw|raw-noise|tls|noise|upgrades-tls|upgrades-noise runs one
+//! measure once (for perf).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -459,8 +460,7 @@ fn main() {
     // `cargo bench` passes --bench; a plain `cargo test --benches` run passes nothing and
     // should stay quick.
     let bench = std::env::args().any(|a| a == "--bench");
-    // STRATA_BENCH_PROFILE=raw|raw-noise|tls|noise runs only that stack, once,
-    // for a profiler.
+    // STRATA_BENCH_PROFILE runs only one measure, once, for a profiler.
     if let Ok(stack) = std::env::var("STRATA_BENCH_PROFILE") {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
@@ -470,10 +470,17 @@ fn main() {
             match stack.as_str() {
                 "raw" => raw_tls(mib() << 20).await,
                 "raw-noise" => raw_noise(mib() << 20).await,
+                "upgrades-tls" => handshakes_per_sec(false, 3000).await,
+                "upgrades-noise" => handshakes_per_sec(true, 3000).await,
                 other => strata_stream(other == "noise", mib() << 20).await,
             }
         });
-        println!("{stack} {rate:.1} MiB/s");
+        let unit = if stack.starts_with("upgrades") {
+            "upgrades/s"
+        } else {
+            "MiB/s"
+        };
+        println!("{stack} {rate:.1} {unit}");
         return;
     }
     let total = if bench { mib() << 20 } else { 8 << 20 };

@@ -9,7 +9,7 @@
 //! connection caps would (rightly) slow a single source down.
 //!
 //! Run: `cargo bench -p strata-interop --bench conn_rate` (CONNS=N sets the connections
-//! per run, 300 by default). Target: Strata at twice rust-libp2p's rate, for each stack.
+//! per run, 300 by default; PHASES=1 prints where Strata's time per connection goes). Target: Strata at twice rust-libp2p's rate, for each stack.
 
 use std::time::{Duration, Instant};
 
@@ -88,12 +88,29 @@ async fn strata_rate(stack: Stack, count: usize) -> f64 {
     let addrs = server.addrs();
     let mut events = client.events();
     let started = Instant::now();
+    let mut phases = [Duration::ZERO; 3];
     for _ in 0..count {
+        let t0 = Instant::now();
         client.connect(server.id(), &addrs).await.unwrap();
+        let t1 = Instant::now();
         identified(&mut events, server.id()).await;
+        let t2 = Instant::now();
         client.disconnect(server.id()).await;
+        phases[0] += t1 - t0;
+        phases[1] += t2 - t1;
+        phases[2] += t2.elapsed();
     }
     let rate = count as f64 / started.elapsed().as_secs_f64();
+    if std::env::var_os("PHASES").is_some() {
+        let ms = |d: Duration| d.as_secs_f64() * 1e3 / count as f64;
+        println!(
+            "  strata {}: connect {:.3} ms, then identify {:.3} ms, then close {:.3} ms",
+            stack.name(),
+            ms(phases[0]),
+            ms(phases[1]),
+            ms(phases[2])
+        );
+    }
     close(client, server).await;
     rate
 }

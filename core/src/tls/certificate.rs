@@ -85,9 +85,92 @@ pub fn generate_certificate(
 /// `"libp2p-tls-handshake:" ‖ SubjectPublicKeyInfo`.
 ///
 /// Every failure is a [`SecurityError::InvalidCertificate`]; garbage input never panics.
+/// A certificate that passes is remembered by its exact bytes (a few hundred at most), so
+/// the same certificate seen again, later in the same handshake or on a reconnection, is
+/// not checked twice; its validity period is.
 pub fn verify_certificate(der: &[u8]) -> Result<PublicKey, SecurityError> {
+    if let Some(key) = verified::lookup(der) {
+        return Ok(key);
+    }
     let cert = parse(der)?;
-    check(der, &cert)
+    let key = check(der, &cert)?;
+    let validity = cert.validity();
+    verified::insert(
+        der,
+        &key,
+        validity.not_before.timestamp(),
+        validity.not_after.timestamp(),
+    );
+    Ok(key)
+}
+
+/// Certificates verified lately, by their exact bytes. A TLS handshake checks the peer's
+/// certificate in the verifier and again when the transport asks for the peer's key
+/// (`peer_public_key`), and a peer that reconnects presents the same certificate again:
+/// the signatures (an ECDSA and an Ed25519 verification, most of a handshake's CPU) are
+/// checked once. An entry is the whole DER compared byte for byte, so only the very
+/// certificate that passed is taken; its validity period is checked again on every hit.
+/// Bounded: the oldest entry goes first.
+mod verified {
+    use std::collections::{HashMap, VecDeque};
+    use std::sync::{Arc, Mutex, OnceLock};
+
+    use libp2p_identity::PublicKey;
+
+    /// Certificates remembered at once (a few hundred bytes each).
+    const CAPACITY: usize = 512;
+
+    struct Entry {
+        key: PublicKey,
+        not_before: i64,
+        not_after: i64,
+    }
+
+    #[derive(Default)]
+    struct Cache {
+        entries: HashMap<Arc<[u8]>, Entry>,
+        order: VecDeque<Arc<[u8]>>,
+    }
+
+    fn cache() -> &'static Mutex<Cache> {
+        static CACHE: OnceLock<Mutex<Cache>> = OnceLock::new();
+        CACHE.get_or_init(Mutex::default)
+    }
+
+    fn now() -> i64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+    }
+
+    pub(super) fn lookup(der: &[u8]) -> Option<PublicKey> {
+        let cache = cache().lock().unwrap_or_else(|p| p.into_inner());
+        let entry = cache.entries.get(der)?;
+        let now = now();
+        (entry.not_before <= now && now <= entry.not_after).then(|| entry.key.clone())
+    }
+
+    pub(super) fn insert(der: &[u8], key: &PublicKey, not_before: i64, not_after: i64) {
+        let mut cache = cache().lock().unwrap_or_else(|p| p.into_inner());
+        if cache.entries.contains_key(der) {
+            return;
+        }
+        if cache.order.len() >= CAPACITY {
+            if let Some(oldest) = cache.order.pop_front() {
+                cache.entries.remove(&oldest);
+            }
+        }
+        let der: Arc<[u8]> = der.into();
+        cache.order.push_back(der.clone());
+        cache.entries.insert(
+            der,
+            Entry {
+                key: key.clone(),
+                not_before,
+                not_after,
+            },
+        );
+    }
 }
 
 /// Parses a whole certificate, refusing trailing bytes.
@@ -320,6 +403,31 @@ pub(crate) fn decode_signed_key(input: &[u8]) -> Option<(Vec<u8>, Vec<u8>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_verified_certificate_is_remembered_only_as_its_exact_bytes() {
+        let identity = Keypair::generate_ed25519();
+        let (cert, _) = generate_certificate(&identity).unwrap();
+        let der = cert.as_ref().to_vec();
+        assert_eq!(verify_certificate(&der).unwrap(), identity.public());
+        assert_eq!(verified::lookup(&der), Some(identity.public()));
+        // Its last byte (inside the self-signature) changed: not served from the cache,
+        // and refused.
+        let mut altered = der.clone();
+        *altered.last_mut().unwrap() ^= 1;
+        assert_eq!(verified::lookup(&altered), None);
+        assert!(verify_certificate(&altered).is_err());
+        assert_eq!(verify_certificate(&der).unwrap(), identity.public());
+    }
+
+    #[test]
+    fn a_remembered_certificate_out_of_its_validity_is_not_served() {
+        let key = Keypair::generate_ed25519().public();
+        verified::insert(b"expired", &key, 0, 1);
+        assert_eq!(verified::lookup(b"expired"), None);
+        verified::insert(b"current", &key, 0, i64::MAX);
+        assert_eq!(verified::lookup(b"current"), Some(key));
+    }
 
     #[test]
     fn signed_key_round_trips_short_and_long() {
