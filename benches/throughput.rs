@@ -5,8 +5,8 @@
 //!
 //! Run: `cargo bench --bench throughput`. STRATA_BENCH_MIB sets the MiB per run;
 //! STRATA_BENCH_SPLIT sets yamux's split send size;
-//! STRATA_BENCH_PROFILE=raw|raw-noise|tls|noise|upgrades-tls|upgrades-noise runs one
-//! measure once (for perf).
+//! STRATA_BENCH_PROFILE=raw|raw-noise|tls|noise|streams|upgrades-tls|upgrades-noise runs
+//! one measure once (for perf).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -470,6 +470,7 @@ fn main() {
             match stack.as_str() {
                 "raw" => raw_tls(mib() << 20).await,
                 "raw-noise" => raw_noise(mib() << 20).await,
+                "streams" => many_streams(10_000, 64 * 1024).await.rate,
                 "upgrades-tls" => handshakes_per_sec(false, 3000).await,
                 "upgrades-noise" => handshakes_per_sec(true, 3000).await,
                 other => strata_stream(other == "noise", mib() << 20).await,

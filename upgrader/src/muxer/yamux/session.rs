@@ -100,8 +100,9 @@ pub(crate) struct State {
     /// Bytes in `out` plus those the driver has taken and not yet written.
     pub(crate) out_bytes: usize,
     driver: Option<Waker>,
-    /// Writers waiting for room in the queue.
-    space: Vec<Waker>,
+    /// Writers waiting for room in the queue, first come first woken, each with the
+    /// bytes it wants to queue.
+    space: VecDeque<(Waker, usize)>,
     /// Inbound streams waiting for `accept_stream`.
     pub(crate) inbound: VecDeque<u32>,
     /// Stream handles alive (inbound ones in the backlog included).
@@ -165,7 +166,7 @@ impl Session {
                 out: VecDeque::new(),
                 out_bytes: 0,
                 driver: None,
-                space: Vec::new(),
+                space: VecDeque::new(),
                 inbound: VecDeque::new(),
                 live: 0,
                 reserved: 0,
@@ -284,7 +285,7 @@ impl Session {
             for s in st.streams.values_mut() {
                 s.wake();
             }
-            for w in st.space.drain(..) {
+            for (w, _) in st.space.drain(..) {
                 w.wake();
             }
             st.out.clear();
@@ -389,19 +390,34 @@ impl State {
     }
 
     /// Room in the queue for data, for a writer; registers `waker` when there is none.
-    pub(crate) fn has_room(&mut self, limit: usize, waker: &Waker) -> bool {
+    /// Whether the queue has room for a writer wanting `wanted` bytes; if not, the
+    /// writer waits in line.
+    pub(crate) fn has_room(&mut self, limit: usize, waker: &Waker, wanted: usize) -> bool {
         if self.out_bytes < limit {
             return true;
         }
-        self.space.push(waker.clone());
+        self.space.push_back((waker.clone(), wanted));
         false
     }
 
-    /// The driver wrote `n` bytes: wakes writers once the queue is half empty.
+    /// The driver wrote `n` bytes. Once the queue is half empty, wakes the writers first
+    /// in line whose writes fit in the room, not every writer waiting: with thousands of
+    /// streams writing at once, waking them all for a few slots would cost a pass over
+    /// every stream per slot. When the queue is empty, every writer still waiting is
+    /// woken, so a writer woken in vain (its write was cancelled) cannot strand the rest.
     pub(crate) fn written(&mut self, n: usize, limit: usize) {
         self.out_bytes = self.out_bytes.saturating_sub(n);
-        if self.out_bytes <= limit / 2 {
-            for w in self.space.drain(..) {
+        if self.out_bytes == 0 {
+            for (w, _) in self.space.drain(..) {
+                w.wake();
+            }
+        } else if self.out_bytes <= limit / 2 {
+            let mut room = limit - self.out_bytes;
+            while room > 0 {
+                let Some((w, wanted)) = self.space.pop_front() else {
+                    break;
+                };
+                room = room.saturating_sub(wanted.max(1));
                 w.wake();
             }
         }
