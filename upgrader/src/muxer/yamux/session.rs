@@ -50,6 +50,10 @@ pub(crate) struct StreamState {
     pub(crate) send_credit: u32,
     pub(crate) read_waker: Option<Waker>,
     pub(crate) write_waker: Option<Waker>,
+    /// The writer waiting for room in the connection's write queue (the stream is then
+    /// in the session's line), and the bytes it wants to queue.
+    room_waker: Option<Waker>,
+    room_wanted: usize,
     /// SYN (an outbound stream the remote has not heard of yet) or ACK (an inbound
     /// stream not yet acknowledged), carried by the next frame we send on it; else 0.
     pub(crate) open_flag: u16,
@@ -73,6 +77,8 @@ impl StreamState {
             send_credit,
             read_waker: None,
             write_waker: None,
+            room_waker: None,
+            room_wanted: 0,
             open_flag,
             local_fin: false,
             remote_fin: false,
@@ -88,6 +94,9 @@ impl StreamState {
         if let Some(w) = self.write_waker.take() {
             w.wake();
         }
+        if let Some(w) = self.room_waker.take() {
+            w.wake();
+        }
     }
 }
 
@@ -100,9 +109,10 @@ pub(crate) struct State {
     /// Bytes in `out` plus those the driver has taken and not yet written.
     pub(crate) out_bytes: usize,
     driver: Option<Waker>,
-    /// Writers waiting for room in the queue, first come first woken, each with the
-    /// bytes it wants to queue.
-    space: VecDeque<(Waker, usize)>,
+    /// Streams whose writer waits for room in the queue, first come first woken (each
+    /// stream's waker and wanted bytes are in its state, so a writer polled twice waits
+    /// once, and a stream that is gone takes no room).
+    space: VecDeque<u32>,
     /// Inbound streams waiting for `accept_stream`.
     pub(crate) inbound: VecDeque<u32>,
     /// Stream handles alive (inbound ones in the backlog included).
@@ -285,9 +295,7 @@ impl Session {
             for s in st.streams.values_mut() {
                 s.wake();
             }
-            for (w, _) in st.space.drain(..) {
-                w.wake();
-            }
+            st.space.clear();
             st.out.clear();
             // Every window goes back to the scope now; streams outliving the connection
             // hold nothing.
@@ -390,13 +398,20 @@ impl State {
     }
 
     /// Room in the queue for data, for a writer; registers `waker` when there is none.
-    /// Whether the queue has room for a writer wanting `wanted` bytes; if not, the
-    /// writer waits in line.
-    pub(crate) fn has_room(&mut self, limit: usize, waker: &Waker, wanted: usize) -> bool {
+    /// Whether the queue has room for stream `id`'s writer, wanting `wanted` bytes; if
+    /// not, the writer waits in line (once, however often it is polled).
+    pub(crate) fn has_room(&mut self, limit: usize, id: u32, waker: &Waker, wanted: usize) -> bool {
         if self.out_bytes < limit {
             return true;
         }
-        self.space.push_back((waker.clone(), wanted));
+        let Some(s) = self.streams.get_mut(&id) else {
+            // Gone: the caller finds out when it looks the stream up again.
+            return true;
+        };
+        s.room_wanted = wanted;
+        if s.room_waker.replace(waker.clone()).is_none() {
+            self.space.push_back(id);
+        }
         false
     }
 
@@ -408,17 +423,24 @@ impl State {
     pub(crate) fn written(&mut self, n: usize, limit: usize) {
         self.out_bytes = self.out_bytes.saturating_sub(n);
         if self.out_bytes == 0 {
-            for (w, _) in self.space.drain(..) {
-                w.wake();
+            for id in self.space.drain(..) {
+                if let Some(w) = self.streams.get_mut(&id).and_then(|s| s.room_waker.take()) {
+                    w.wake();
+                }
             }
         } else if self.out_bytes <= limit / 2 {
             let mut room = limit - self.out_bytes;
             while room > 0 {
-                let Some((w, wanted)) = self.space.pop_front() else {
+                let Some(id) = self.space.pop_front() else {
                     break;
                 };
-                room = room.saturating_sub(wanted.max(1));
-                w.wake();
+                let Some(s) = self.streams.get_mut(&id) else {
+                    continue;
+                };
+                if let Some(w) = s.room_waker.take() {
+                    room = room.saturating_sub(s.room_wanted.max(1));
+                    w.wake();
+                }
             }
         }
     }

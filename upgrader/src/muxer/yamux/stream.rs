@@ -152,7 +152,7 @@ impl AsyncWrite for YamuxStream {
             .len()
             .min(s.send_credit as usize)
             .min(session.config.split_send_size);
-        if !st.has_room(limit, cx.waker(), n) {
+        if !st.has_room(limit, this.id, cx.waker(), n) {
             return Poll::Pending;
         }
         let Some(s) = st.streams.get_mut(&this.id) else {
