@@ -241,8 +241,9 @@ impl MetricsTracer for HostMetrics {
 const COUNT_BATCH: u64 = 64 * 1024;
 
 /// A stream that counts the bytes through it. Counts are kept locally and added to the
-/// shared counters every [`COUNT_BATCH`] bytes, at the end of either direction, and when
-/// the stream goes, so a finished stream's bytes are always all counted.
+/// shared counters every [`COUNT_BATCH`] bytes, whenever the stream waits or flushes, at
+/// the end of either direction, and when the stream goes: a finished stream's bytes are
+/// always all counted, and an idle one's are current.
 struct CountingIo {
     inner: Box<dyn StreamIo>,
     received: Counter,
@@ -263,11 +264,15 @@ impl CountingIo {
     }
 
     fn count_sent(&mut self, poll: &Poll<std::io::Result<usize>>) {
-        if let Poll::Ready(Ok(n)) = poll {
-            self.unflushed_sent += *n as u64;
-            if self.unflushed_sent >= COUNT_BATCH {
-                self.flush_counts();
+        match poll {
+            Poll::Ready(Ok(n)) => {
+                self.unflushed_sent += *n as u64;
+                if self.unflushed_sent >= COUNT_BATCH {
+                    self.flush_counts();
+                }
             }
+            // Waiting or failed: a moment to bring the shared counters up to date.
+            Poll::Ready(Err(_)) | Poll::Pending => self.flush_counts(),
         }
     }
 
@@ -299,12 +304,13 @@ impl AsyncRead for CountingIo {
         let poll = Pin::new(&mut *self.inner).poll_read(cx, buf);
         let read = (buf.filled().len() - before) as u64;
         self.unflushed_received += read;
-        let ended = match &poll {
+        // At the end, on an error, and whenever the stream waits (idle: the counts of a
+        // long-lived quiet stream stay current, and a busy one rarely waits).
+        let settled = match &poll {
             Poll::Ready(Ok(())) => read == 0 && had_room,
-            Poll::Ready(Err(_)) => true,
-            Poll::Pending => false,
+            Poll::Ready(Err(_)) | Poll::Pending => true,
         };
-        if ended || self.unflushed_received >= COUNT_BATCH {
+        if settled || self.unflushed_received >= COUNT_BATCH {
             self.flush_counts();
         }
         poll
@@ -337,6 +343,7 @@ impl AsyncWrite for CountingIo {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.flush_counts();
         Pin::new(&mut *self.inner).poll_flush(cx)
     }
 
@@ -550,6 +557,74 @@ impl prometheus_client::collector::Collector for ScrapeTimeFigures {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A duplex pipe as a muxed stream.
+    struct Pipe(tokio::io::DuplexStream);
+
+    impl AsyncRead for Pipe {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.0).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for Pipe {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            Pin::new(&mut self.0).poll_write(cx, buf)
+        }
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.0).poll_flush(cx)
+        }
+        fn poll_shutdown(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.0).poll_shutdown(cx)
+        }
+    }
+
+    impl StreamIo for Pipe {
+        fn reset(&mut self) {}
+    }
+
+    #[tokio::test]
+    async fn counts_are_batched_yet_current_when_the_stream_waits_and_exact_at_its_end() {
+        let (ours, mut theirs) = tokio::io::duplex(1 << 20);
+        let (received, sent) = (Counter::default(), Counter::default());
+        let mut io = CountingIo::new(Box::new(Pipe(ours)), received.clone(), sent.clone());
+        io.write_all(&[1; 100]).await.unwrap();
+        // Below the batch: held locally, no shared update per write.
+        assert_eq!(sent.get(), 0);
+        // The stream waits for data: counts go out while it is idle.
+        let mut buf = [0u8; 200];
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let waiting = Pin::new(&mut io).poll_read(&mut cx, &mut ReadBuf::new(&mut buf));
+        assert!(waiting.is_pending());
+        assert_eq!(sent.get(), 100);
+        let mut echo = [0u8; 100];
+        theirs.read_exact(&mut echo).await.unwrap();
+        theirs.write_all(&echo[..40]).await.unwrap();
+        assert_eq!(io.read(&mut buf).await.unwrap(), 40);
+        // Still inside the batch, and not waiting: not yet shared.
+        assert_eq!(received.get(), 0);
+        // A batch's worth goes out at once.
+        io.write_all(&vec![2; COUNT_BATCH as usize]).await.unwrap();
+        assert_eq!(sent.get(), 100 + COUNT_BATCH);
+        drop(theirs);
+        // The end of the stream: everything received is counted.
+        assert_eq!(io.read(&mut [0u8; 8]).await.unwrap(), 0);
+        assert_eq!(received.get(), 40);
+        drop(io);
+        assert_eq!(sent.get(), 100 + COUNT_BATCH);
+    }
 
     #[test]
     fn dial_transport_labels() {

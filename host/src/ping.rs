@@ -120,7 +120,9 @@ async fn echo_loop(stream: &mut Stream, idle: Duration) -> Result<u64, PingError
 }
 
 fn eof_is_closed(e: io::Error) -> PingError {
-    if e.kind() == io::ErrorKind::UnexpectedEof {
+    // A stream that ended before the remote confirmed ping is a refusal, not a ping
+    // cut short: keep it whole for the caller (see `Host::ping`).
+    if e.kind() == io::ErrorKind::UnexpectedEof && !crate::ProtocolNotConfirmed::is(&e) {
         PingError::Closed
     } else {
         PingError::Io(e)

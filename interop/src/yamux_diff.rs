@@ -261,6 +261,19 @@ async fn remote(mut io: DuplexStream, wire: Vec<u8>) -> Result<Vec<u32>, String>
     Ok(acks)
 }
 
+/// The remote's outcome, once the listener has closed the connection (bounded, in case
+/// an implementation keeps it open).
+async fn remote_outcome(
+    who: &str,
+    remote: tokio::task::JoinHandle<Result<Vec<u32>, String>>,
+) -> Result<Vec<u32>, String> {
+    tokio::time::timeout(RUN_LIMIT, remote)
+        .await
+        .map_err(|_| format!("{who}: the connection was never closed"))?
+        .map_err(|e| format!("remote: {e}"))?
+        .map_err(|e| format!("{who}: {e}"))
+}
+
 /// Runs `script` against Strata's yamux as the listener.
 pub async fn run_strata(script: &Script) -> Result<Outcome, String> {
     const WHO: &str = "strata";
@@ -297,10 +310,7 @@ pub async fn run_strata(script: &Script) -> Result<Outcome, String> {
     let streams = tokio::time::timeout(RUN_LIMIT, listener)
         .await
         .map_err(|_| "strata: timed out".to_string())??;
-    let ping_acks = remote
-        .await
-        .map_err(|e| format!("remote: {e}"))?
-        .map_err(|e| format!("{WHO}: {e}"))?;
+    let ping_acks = remote_outcome(WHO, remote).await?;
     Ok(Outcome { streams, ping_acks })
 }
 
@@ -353,10 +363,7 @@ pub async fn run_yamux_crate(script: &Script) -> Result<Outcome, String> {
     let streams = tokio::time::timeout(RUN_LIMIT, listener)
         .await
         .map_err(|_| "yamux crate: timed out".to_string())??;
-    let ping_acks = remote
-        .await
-        .map_err(|e| format!("remote: {e}"))?
-        .map_err(|e| format!("{WHO}: {e}"))?;
+    let ping_acks = remote_outcome(WHO, remote).await?;
     Ok(Outcome { streams, ping_acks })
 }
 

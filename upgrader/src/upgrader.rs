@@ -539,12 +539,14 @@ fn lazy_conn(
     remote: &Multiaddr,
 ) -> (Unconfirmed, Arc<Mutex<Answer>>) {
     let answer = Arc::new(Mutex::new(Answer::Pending));
-    let conn = Unconfirmed {
+    let mut conn = Unconfirmed {
         io: Proposal::Waiting(lazy),
         local: local.clone(),
         remote: remote.clone(),
         answer: answer.clone(),
     };
+    // A proposal already answered (one that could not be pipelined) starts settled.
+    conn.settle();
     (conn, answer)
 }
 

@@ -110,15 +110,20 @@ pub fn verify_certificate(der: &[u8]) -> Result<PublicKey, SecurityError> {
 /// the signatures (an ECDSA and an Ed25519 verification, most of a handshake's CPU) are
 /// checked once. An entry is the whole DER compared byte for byte, so only the very
 /// certificate that passed is taken; its validity period is checked again on every hit.
-/// Bounded: the oldest entry goes first.
+/// Bounded: certificates up to 2 KiB, 512 of them, the oldest going first.
 mod verified {
     use std::collections::{HashMap, VecDeque};
     use std::sync::{Arc, Mutex, OnceLock};
 
     use libp2p_identity::PublicKey;
 
-    /// Certificates remembered at once (a few hundred bytes each).
+    /// Certificates remembered at once.
     const CAPACITY: usize = 512;
+    /// The largest certificate remembered. Ours and those of go-libp2p, rust-libp2p and
+    /// js-libp2p are a few hundred bytes; a stranger's certificate padded with large
+    /// extensions (before it proved anything) must not pin memory, so it is checked
+    /// every time instead. The cache holds at most 512 x 2 KiB.
+    const MAX_DER_LEN: usize = 2048;
 
     struct Entry {
         key: PublicKey,
@@ -151,6 +156,9 @@ mod verified {
     }
 
     pub(super) fn insert(der: &[u8], key: &PublicKey, not_before: i64, not_after: i64) {
+        if der.len() > MAX_DER_LEN {
+            return;
+        }
         let mut cache = cache().lock().unwrap_or_else(|p| p.into_inner());
         if cache.entries.contains_key(der) {
             return;
@@ -426,7 +434,11 @@ mod tests {
         verified::insert(b"expired", &key, 0, 1);
         assert_eq!(verified::lookup(b"expired"), None);
         verified::insert(b"current", &key, 0, i64::MAX);
-        assert_eq!(verified::lookup(b"current"), Some(key));
+        assert_eq!(verified::lookup(b"current"), Some(key.clone()));
+        // A large certificate is not remembered: it cannot pin memory.
+        let large = vec![7u8; 4096];
+        verified::insert(&large, &key, 0, i64::MAX);
+        assert_eq!(verified::lookup(&large), None);
     }
 
     #[test]
