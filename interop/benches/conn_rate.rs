@@ -15,9 +15,12 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{identify, noise, ping, tcp, tls, yamux, Swarm, SwarmBuilder};
-use strata_core::{Multiaddr, PeerId};
-use strata_host::{Host, HostBuilder, HostEvent, Security};
+use libp2p::{identify, ping};
+use strata_core::PeerId;
+use strata_host::{Host, HostBuilder, HostEvent};
+
+mod common;
+use common::{libp2p_swarm, strata_builder, Stack};
 
 const RUNS: usize = 3;
 
@@ -28,41 +31,10 @@ fn conns() -> usize {
         .unwrap_or(300)
 }
 
-#[derive(Clone, Copy, Debug)]
-enum Stack {
-    Tls,
-    Noise,
-    Quic,
-}
-
-impl Stack {
-    fn name(self) -> &'static str {
-        match self {
-            Stack::Tls => "TCP+TLS+yamux",
-            Stack::Noise => "TCP+Noise+yamux",
-            Stack::Quic => "QUIC",
-        }
-    }
-
-    fn listen_addr(self) -> Multiaddr {
-        match self {
-            Stack::Tls | Stack::Noise => "/ip4/127.0.0.1/tcp/0",
-            Stack::Quic => "/ip4/127.0.0.1/udp/0/quic-v1",
-        }
-        .parse()
-        .unwrap()
-    }
-}
-
-fn strata_builder(stack: Stack) -> HostBuilder {
+fn strata_allowlisted(stack: Stack) -> HostBuilder {
     let mut limits = strata_rcmgr::LimitConfig::autoscaled();
     limits.admission.allowlist = vec!["127.0.0.0/8".parse().unwrap()];
-    let builder = HostBuilder::new().resource_limits(limits);
-    match stack {
-        Stack::Tls => builder.no_quic().security(vec![Security::Tls]),
-        Stack::Noise => builder.no_quic().security(vec![Security::Noise]),
-        Stack::Quic => builder.no_tcp(),
-    }
+    strata_builder(stack).resource_limits(limits)
 }
 
 async fn identified(events: &mut tokio::sync::broadcast::Receiver<HostEvent>, peer: PeerId) {
@@ -80,12 +52,12 @@ async fn identified(events: &mut tokio::sync::broadcast::Receiver<HostEvent>, pe
 }
 
 async fn strata_rate(stack: Stack, count: usize) -> f64 {
-    let (server, _) = strata_builder(stack)
+    let (server, _) = strata_allowlisted(stack)
         .listen_on(stack.listen_addr())
         .build()
         .await
         .unwrap();
-    let (client, _) = strata_builder(stack).build().await.unwrap();
+    let (client, _) = strata_allowlisted(stack).build().await.unwrap();
     let addrs = server.addrs();
     let mut events = client.events();
     let started = Instant::now();
@@ -127,50 +99,18 @@ struct Node {
     ping: ping::Behaviour,
 }
 
-fn libp2p_swarm(stack: Stack) -> Swarm<Node> {
-    let builder = SwarmBuilder::with_new_identity().with_tokio();
-    let behaviour = |key: &libp2p::identity::Keypair| Node {
+fn node(key: &libp2p::identity::Keypair) -> Node {
+    Node {
         identify: identify::Behaviour::new(identify::Config::new(
             "ipfs/0.1.0".into(),
             key.public(),
         )),
         ping: ping::Behaviour::default(),
-    };
-    let idle = |c: libp2p::swarm::Config| c.with_idle_connection_timeout(Duration::from_secs(60));
-    match stack {
-        Stack::Tls => builder
-            .with_tcp(
-                tcp::Config::default(),
-                tls::Config::new,
-                yamux::Config::default,
-            )
-            .unwrap()
-            .with_behaviour(behaviour)
-            .unwrap()
-            .with_swarm_config(idle)
-            .build(),
-        Stack::Noise => builder
-            .with_tcp(
-                tcp::Config::default(),
-                noise::Config::new,
-                yamux::Config::default,
-            )
-            .unwrap()
-            .with_behaviour(behaviour)
-            .unwrap()
-            .with_swarm_config(idle)
-            .build(),
-        Stack::Quic => builder
-            .with_quic()
-            .with_behaviour(behaviour)
-            .unwrap()
-            .with_swarm_config(idle)
-            .build(),
     }
 }
 
 async fn libp2p_rate(stack: Stack, count: usize) -> f64 {
-    let mut server = libp2p_swarm(stack);
+    let mut server = libp2p_swarm(stack, node);
     server.listen_on(stack.listen_addr()).unwrap();
     let listening = loop {
         if let SwarmEvent::NewListenAddr { address, .. } = server.select_next_some().await {
@@ -183,7 +123,7 @@ async fn libp2p_rate(stack: Stack, count: usize) -> f64 {
             server.select_next_some().await;
         }
     });
-    let mut client = libp2p_swarm(stack);
+    let mut client = libp2p_swarm(stack, node);
     let started = Instant::now();
     for _ in 0..count {
         client.dial(listening.clone()).unwrap();
@@ -226,7 +166,7 @@ async fn main() {
         "{:<16} {:>10} {:>18} {:>7}",
         "stack", "Strata", "rust-libp2p 0.57", "ratio"
     );
-    for stack in [Stack::Tls, Stack::Noise, Stack::Quic] {
+    for stack in Stack::ALL {
         let (mut ours, mut theirs) = (Vec::new(), Vec::new());
         for _ in 0..runs {
             ours.push(strata_rate(stack, count).await);

@@ -17,42 +17,19 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use libp2p::ping;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{noise, ping, tcp, tls, yamux, Swarm, SwarmBuilder};
 use strata_core::addr::{quic_socket_addr, tcp_socket_addr};
 use strata_core::{Multiaddr, Protocol};
-use strata_host::{Host, HostBuilder, Security};
+use strata_host::Host;
 use strata_interop::relay::{TcpDelayRelay, UdpDelayRelay};
+
+mod common;
+use common::{libp2p_swarm, strata_builder, Stack};
 
 const ONE_WAY: Duration = Duration::from_millis(25);
 const ROUND_TRIP: Duration = Duration::from_millis(50);
 const RUNS: usize = 5;
-
-#[derive(Clone, Copy, Debug)]
-enum Stack {
-    Tls,
-    Noise,
-    Quic,
-}
-
-impl Stack {
-    fn name(self) -> &'static str {
-        match self {
-            Stack::Tls => "TCP + TLS",
-            Stack::Noise => "TCP + Noise",
-            Stack::Quic => "QUIC",
-        }
-    }
-
-    fn listen_addr(self) -> Multiaddr {
-        match self {
-            Stack::Tls | Stack::Noise => "/ip4/127.0.0.1/tcp/0",
-            Stack::Quic => "/ip4/127.0.0.1/udp/0/quic-v1",
-        }
-        .parse()
-        .unwrap()
-    }
-}
 
 /// A relay in front of `target`, and the address to dial instead.
 async fn relay(target: &Multiaddr) -> (Box<dyn std::any::Any + Send>, Multiaddr) {
@@ -83,14 +60,6 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn strata_builder(stack: Stack) -> HostBuilder {
-    match stack {
-        Stack::Tls => HostBuilder::new().no_quic().security(vec![Security::Tls]),
-        Stack::Noise => HostBuilder::new().no_quic().security(vec![Security::Noise]),
-        Stack::Quic => HostBuilder::new().no_tcp(),
-    }
-}
-
 async fn strata_once(stack: Stack) -> (f64, f64) {
     let (server, _) = strata_builder(stack)
         .listen_on(stack.listen_addr())
@@ -119,46 +88,14 @@ struct Pinger {
     ping: ping::Behaviour,
 }
 
-fn libp2p_swarm(stack: Stack) -> Swarm<Pinger> {
-    let builder = SwarmBuilder::with_new_identity().with_tokio();
-    let behaviour = |_: &libp2p::identity::Keypair| Pinger {
+fn pinger(_: &libp2p::identity::Keypair) -> Pinger {
+    Pinger {
         ping: ping::Behaviour::new(ping::Config::new()),
-    };
-    let idle = |c: libp2p::swarm::Config| c.with_idle_connection_timeout(Duration::from_secs(60));
-    match stack {
-        Stack::Tls => builder
-            .with_tcp(
-                tcp::Config::default(),
-                tls::Config::new,
-                yamux::Config::default,
-            )
-            .unwrap()
-            .with_behaviour(behaviour)
-            .unwrap()
-            .with_swarm_config(idle)
-            .build(),
-        Stack::Noise => builder
-            .with_tcp(
-                tcp::Config::default(),
-                noise::Config::new,
-                yamux::Config::default,
-            )
-            .unwrap()
-            .with_behaviour(behaviour)
-            .unwrap()
-            .with_swarm_config(idle)
-            .build(),
-        Stack::Quic => builder
-            .with_quic()
-            .with_behaviour(behaviour)
-            .unwrap()
-            .with_swarm_config(idle)
-            .build(),
     }
 }
 
 async fn libp2p_once(stack: Stack) -> (f64, f64) {
-    let mut server = libp2p_swarm(stack);
+    let mut server = libp2p_swarm(stack, pinger);
     server.listen_on(stack.listen_addr()).unwrap();
     let listening = loop {
         if let SwarmEvent::NewListenAddr { address, .. } = server.select_next_some().await {
@@ -172,7 +109,7 @@ async fn libp2p_once(stack: Stack) -> (f64, f64) {
         }
     });
     let (_relay, addr) = relay(&listening).await;
-    let mut client = libp2p_swarm(stack);
+    let mut client = libp2p_swarm(stack, pinger);
     let start = Instant::now();
     client.dial(addr.with(Protocol::P2p(server_peer))).unwrap();
     let mut connected = None;
@@ -200,10 +137,10 @@ async fn main() {
         ROUND_TRIP.as_millis()
     );
     println!(
-        "{:<12} {:>18} {:>18}",
+        "{:<16} {:>18} {:>18}",
         "stack", "Strata", "rust-libp2p 0.57"
     );
-    for stack in [Stack::Tls, Stack::Noise, Stack::Quic] {
+    for stack in Stack::ALL {
         let (mut sc, mut sr, mut lc, mut lr) = (vec![], vec![], vec![], vec![]);
         for _ in 0..RUNS {
             let (c, r) = strata_once(stack).await;
@@ -214,7 +151,7 @@ async fn main() {
             lr.push(r);
         }
         println!(
-            "{:<12} {:>8.2} / {:<7.2} {:>8.2} / {:<7.2}",
+            "{:<16} {:>8.2} / {:<7.2} {:>8.2} / {:<7.2}",
             stack.name(),
             median(sc),
             median(sr),

@@ -11,11 +11,14 @@ use std::time::{Duration, Instant};
 
 use futures::{AsyncReadExt as _, AsyncWriteExt as _, StreamExt};
 use libp2p::swarm::SwarmEvent;
-use libp2p::{noise, tcp, tls, yamux, StreamProtocol, Swarm, SwarmBuilder};
-use strata_core::{Multiaddr, Protocol};
-use strata_host::{HostBuilder, Security};
+use libp2p::StreamProtocol;
+use strata_core::Protocol;
+
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
+
+mod common;
+use common::{libp2p_swarm, strata_builder, Stack};
 
 const PROTOCOL: &str = "/strata/bench/1.0.0";
 const CHUNK: usize = 256 * 1024;
@@ -29,42 +32,8 @@ fn total() -> usize {
     mib << 20
 }
 
-#[derive(Clone, Copy, Debug)]
-enum Stack {
-    Tls,
-    Noise,
-    Quic,
-}
-
-impl Stack {
-    fn name(self) -> &'static str {
-        match self {
-            Stack::Tls => "TCP+TLS+yamux",
-            Stack::Noise => "TCP+Noise+yamux",
-            Stack::Quic => "QUIC",
-        }
-    }
-
-    fn listen_addr(self) -> Multiaddr {
-        match self {
-            Stack::Tls | Stack::Noise => "/ip4/127.0.0.1/tcp/0",
-            Stack::Quic => "/ip4/127.0.0.1/udp/0/quic-v1",
-        }
-        .parse()
-        .unwrap()
-    }
-}
-
 fn mib_per_sec(bytes: usize, took: Duration) -> f64 {
     bytes as f64 / (1024.0 * 1024.0) / took.as_secs_f64()
-}
-
-fn strata_builder(stack: Stack) -> HostBuilder {
-    match stack {
-        Stack::Tls => HostBuilder::new().no_quic().security(vec![Security::Tls]),
-        Stack::Noise => HostBuilder::new().no_quic().security(vec![Security::Noise]),
-        Stack::Quic => HostBuilder::new().no_tcp(),
-    }
 }
 
 async fn strata_rate(stack: Stack, total: usize) -> f64 {
@@ -106,44 +75,9 @@ async fn strata_rate(stack: Stack, total: usize) -> f64 {
     mib_per_sec(total, ended - started)
 }
 
-fn libp2p_swarm(stack: Stack) -> Swarm<libp2p_stream::Behaviour> {
-    let builder = SwarmBuilder::with_new_identity().with_tokio();
-    let idle = |c: libp2p::swarm::Config| c.with_idle_connection_timeout(Duration::from_secs(60));
-    match stack {
-        Stack::Tls => builder
-            .with_tcp(
-                tcp::Config::default(),
-                tls::Config::new,
-                yamux::Config::default,
-            )
-            .unwrap()
-            .with_behaviour(|_| libp2p_stream::Behaviour::new())
-            .unwrap()
-            .with_swarm_config(idle)
-            .build(),
-        Stack::Noise => builder
-            .with_tcp(
-                tcp::Config::default(),
-                noise::Config::new,
-                yamux::Config::default,
-            )
-            .unwrap()
-            .with_behaviour(|_| libp2p_stream::Behaviour::new())
-            .unwrap()
-            .with_swarm_config(idle)
-            .build(),
-        Stack::Quic => builder
-            .with_quic()
-            .with_behaviour(|_| libp2p_stream::Behaviour::new())
-            .unwrap()
-            .with_swarm_config(idle)
-            .build(),
-    }
-}
-
 async fn libp2p_rate(stack: Stack, total: usize) -> f64 {
     let protocol = StreamProtocol::new(PROTOCOL);
-    let mut server = libp2p_swarm(stack);
+    let mut server = libp2p_swarm(stack, |_| libp2p_stream::Behaviour::new());
     let mut incoming = server
         .behaviour()
         .new_control()
@@ -175,7 +109,7 @@ async fn libp2p_rate(stack: Stack, total: usize) -> f64 {
         let _ = done_tx.send((got, Instant::now()));
     });
 
-    let mut client = libp2p_swarm(stack);
+    let mut client = libp2p_swarm(stack, |_| libp2p_stream::Behaviour::new());
     let mut control = client.behaviour().new_control();
     client
         .dial(listening.with(Protocol::P2p(server_peer)))
@@ -223,7 +157,7 @@ async fn main() {
         "{:<16} {:>10} {:>18} {:>7}",
         "stack", "Strata", "rust-libp2p 0.57", "ratio"
     );
-    for stack in [Stack::Tls, Stack::Noise, Stack::Quic] {
+    for stack in Stack::ALL {
         let (mut ours, mut theirs) = (Vec::new(), Vec::new());
         for _ in 0..runs {
             ours.push(strata_rate(stack, total).await);
