@@ -288,6 +288,11 @@ async fn streams_past_a_peers_limit_are_reset_and_other_peers_go_on() {
     let (host, _) = server(limits, UpgraderConfig::default()).await;
     // Streams that stay open until the test ends.
     host.set_stream_handler("/hold/1.0.0", |mut stream| async move {
+        // Each admitted stream says so: the dialer tells held from refused by an event,
+        // not by a timeout.
+        if stream.write_all(b"+").await.is_err() {
+            return;
+        }
         let mut buf = [0u8; 16];
         while let Ok(n) = stream.read(&mut buf).await {
             if n == 0 {
@@ -307,9 +312,10 @@ async fn streams_past_a_peers_limit_are_reset_and_other_peers_go_on() {
                 // A stream the host reset shows it on the next read.
                 s.write_all(b"x").await.unwrap_or(());
                 let mut buf = [0u8; 1];
-                match timeout(Duration::from_millis(300), s.read(&mut buf)).await {
-                    Err(_) => held.push(s),
-                    Ok(_) => refused += 1,
+                match timeout(LIMIT, s.read(&mut buf)).await.expect("an answer") {
+                    Ok(1) if buf == *b"+" => held.push(s),
+                    Ok(n) => panic!("unexpected answer of {n} bytes"),
+                    Err(_) => refused += 1,
                 }
             }
             Err(_) => refused += 1,
@@ -486,6 +492,11 @@ async fn streams_past_a_protocols_limit_are_reset_and_other_protocols_go_on() {
     );
     let (host, _) = server(limits, UpgraderConfig::default()).await;
     host.set_stream_handler("/hold/1.0.0", |mut stream| async move {
+        // Each admitted stream says so: the dialer tells held from refused by an event,
+        // not by a timeout.
+        if stream.write_all(b"+").await.is_err() {
+            return;
+        }
         let mut buf = [0u8; 16];
         while let Ok(n) = stream.read(&mut buf).await {
             if n == 0 {
@@ -504,9 +515,10 @@ async fn streams_past_a_protocols_limit_are_reset_and_other_protocols_go_on() {
             .unwrap();
         s.write_all(b"x").await.unwrap_or(());
         let mut buf = [0u8; 1];
-        match timeout(Duration::from_millis(300), s.read(&mut buf)).await {
-            Err(_) => held.push(s),
-            Ok(_) => refused += 1,
+        match timeout(LIMIT, s.read(&mut buf)).await.expect("an answer") {
+            Ok(1) if buf == *b"+" => held.push(s),
+            Ok(n) => panic!("unexpected answer of {n} bytes"),
+            Err(_) => refused += 1,
         }
     }
     assert_eq!(held.len(), 3, "the protocol's limit");

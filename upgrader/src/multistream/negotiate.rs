@@ -112,12 +112,32 @@ async fn write_messages<IO: AsyncWrite + Unpin>(
     io: &mut IO,
     msgs: &[Message],
 ) -> Result<(), NegotiationError> {
+    io.write_all(&encode_all(msgs)).await?;
+    io.flush().await?;
+    Ok(())
+}
+
+fn encode_all(msgs: &[Message]) -> Vec<u8> {
     let mut out = Vec::with_capacity(64);
     for m in msgs {
         encode(m, &mut out);
     }
-    io.write_all(&out).await?;
-    io.flush().await?;
+    out
+}
+
+/// Sends a lazy proposal. Only a failed write fails it: once the proposal is written the
+/// remote may answer it at any moment, even with a reset before the flush below returns,
+/// and that answer belongs to the first read (with the protocol unconfirmed), as any
+/// other refusal of a lazy proposal does. The failed state stays on the stream, so no
+/// error is lost.
+async fn queue_lazy_proposal<IO: AsyncWrite + Unpin>(
+    io: &mut IO,
+    msgs: &[Message],
+) -> Result<(), NegotiationError> {
+    io.write_all(&encode_all(msgs)).await?;
+    if let Err(e) = io.flush().await {
+        tracing::debug!(error = %e, "lazy proposal: flush failed, reported on first read");
+    }
     Ok(())
 }
 
@@ -291,7 +311,7 @@ pub async fn dialer_select_lazy<IO>(
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
-    write_messages(
+    queue_lazy_proposal(
         &mut io,
         &[Message::Header, Message::Protocol(protocol.to_string())],
     )
@@ -313,7 +333,7 @@ pub async fn dialer_propose_lazy<IO>(
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
-    write_messages(&mut io, &[Message::Protocol(protocol.to_string())]).await?;
+    queue_lazy_proposal(&mut io, &[Message::Protocol(protocol.to_string())]).await?;
     Ok(LazyNegotiated {
         io,
         protocol: protocol.to_string(),
@@ -534,6 +554,51 @@ mod tests {
         });
         let err = stream.read(&mut [0u8; 4]).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::Unsupported);
+    }
+
+    /// A stream the remote reset right after reading the proposal: writes were taken,
+    /// and every later flush and read reports the reset (a yamux stream refused by the
+    /// remote's resource manager looks like this).
+    struct ResetAfterWrite;
+
+    fn remote_reset() -> io::Error {
+        io::Error::new(io::ErrorKind::ConnectionReset, "stream reset by the remote")
+    }
+
+    impl AsyncWrite for ResetAfterWrite {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Err(remote_reset()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Err(remote_reset()))
+        }
+    }
+
+    impl AsyncRead for ResetAfterWrite {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Poll::Ready(Err(remote_reset()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_reset_racing_the_lazy_proposal_shows_on_the_first_read() {
+        let mut stream = dialer_select_lazy(ResetAfterWrite, "/hold")
+            .await
+            .expect("the proposal was written; its answer belongs to the first read");
+        let err = stream.read(&mut [0u8; 4]).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::ConnectionReset);
+        assert!(!stream.is_confirmed());
     }
 
     #[tokio::test]

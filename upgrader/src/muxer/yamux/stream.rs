@@ -172,9 +172,9 @@ impl AsyncWrite for YamuxStream {
         // as soon as it can; there is nothing more to push from here.
         let this = self.get_mut();
         let st = this.session.lock();
-        match st.streams.get(&this.id) {
-            Some(s) if s.reset.is_some() => Poll::Ready(Err(reset_error(Reset::Local))),
-            _ => Poll::Ready(Ok(())),
+        match st.streams.get(&this.id).and_then(|s| s.reset) {
+            Some(by) => Poll::Ready(Err(reset_error(by))),
+            None => Poll::Ready(Ok(())),
         }
     }
 
