@@ -9,7 +9,9 @@
 //! connection caps would (rightly) slow a single source down.
 //!
 //! Run: `cargo bench -p strata-interop --bench conn_rate` (CONNS=N sets the connections
-//! per run, 300 by default; PHASES=1 prints where Strata's time per connection goes). Target: Strata at twice rust-libp2p's rate, for each stack.
+//! per run, 300 by default; PHASES=1 prints where Strata's time per connection goes;
+//! STACK=tls|noise|quic runs one stack; ONLY=strata runs Strata alone, for a profiler).
+//! Target: Strata at twice rust-libp2p's rate, for each stack.
 
 use std::time::{Duration, Instant};
 
@@ -166,11 +168,14 @@ async fn main() {
         "{:<16} {:>10} {:>18} {:>7}",
         "stack", "Strata", "rust-libp2p 0.57", "ratio"
     );
-    for stack in Stack::ALL {
+    let strata_only = std::env::var("ONLY").is_ok_and(|v| v == "strata");
+    for stack in Stack::selected() {
         let (mut ours, mut theirs) = (Vec::new(), Vec::new());
         for _ in 0..runs {
             ours.push(strata_rate(stack, count).await);
-            theirs.push(libp2p_rate(stack, count).await);
+            if !strata_only {
+                theirs.push(libp2p_rate(stack, count).await);
+            }
         }
         let (ours, theirs) = (best(&ours), best(&theirs));
         println!(

@@ -10,8 +10,9 @@
 //!   stream (Strata: `Host::ping` right after `connect`; rust-libp2p: the ping behaviour's
 //!   first success, which it starts by itself on a new connection).
 //!
-//! Run: `cargo bench -p strata-interop --bench round_trips`. Targets: connect within 1.2
-//! round trips and the first response within 2.2, over TCP+TLS, TCP+Noise and QUIC.
+//! Run: `cargo bench -p strata-interop --bench round_trips` (STACK=tls|noise|quic runs
+//! one stack). Targets: connect within 1.2 round trips and the first response within
+//! 2.2, over TCP+TLS, TCP+Noise and QUIC.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -140,7 +141,7 @@ async fn main() {
         "{:<16} {:>18} {:>18}",
         "stack", "Strata", "rust-libp2p 0.57"
     );
-    for stack in Stack::ALL {
+    for stack in Stack::selected() {
         let (mut sc, mut sr, mut lc, mut lr) = (vec![], vec![], vec![], vec![]);
         for _ in 0..RUNS {
             let (c, r) = strata_once(stack).await;

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use strata_core::accept::AcceptStats;
 use strata_core::{BoxListener, Multiaddr, Protocol};
@@ -190,7 +191,8 @@ impl Swarm {
     /// every interface up on this host (from `getifaddrs`), as go-libp2p's
     /// `InterfaceListenAddresses`.
     pub fn interface_listen_addresses(&self) -> Vec<Multiaddr> {
-        let ifaddrs = interface_ips();
+        // Read only if some listener needs expanding (identify asks on every connection).
+        let mut ifaddrs: Option<Arc<[IpAddr]>> = None;
         let mut out = Vec::new();
         for addr in self.listen_addresses() {
             let mut iter = addr.iter();
@@ -203,7 +205,7 @@ impl Swarm {
                 continue;
             }
             let rest: Vec<Protocol<'_>> = addr.iter().skip(1).collect();
-            for ip in &ifaddrs {
+            for ip in ifaddrs.get_or_insert_with(interface_ips).iter() {
                 let head = match ip {
                     IpAddr::V4(v4) if unspecified_v4 => Protocol::Ip4(*v4),
                     IpAddr::V6(v6) if unspecified_v6 => Protocol::Ip6(*v6),
@@ -222,11 +224,29 @@ impl Swarm {
     }
 }
 
+/// How long a read of the interfaces is reused. Reading them is a netlink dump (tens of
+/// microseconds of kernel time), and identify wants them on every new connection.
+const INTERFACE_CACHE_TTL: Duration = Duration::from_secs(5);
+
+/// [`read_interface_ips`], read at most once per [`INTERFACE_CACHE_TTL`] in this process.
+pub(crate) fn interface_ips() -> Arc<[IpAddr]> {
+    static CACHE: Mutex<Option<(Instant, Arc<[IpAddr]>)>> = Mutex::new(None);
+    let mut cache = CACHE.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((read_at, ips)) = &*cache {
+        if read_at.elapsed() < INTERFACE_CACHE_TTL {
+            return ips.clone();
+        }
+    }
+    let ips: Arc<[IpAddr]> = read_interface_ips().into();
+    *cache = Some((Instant::now(), ips.clone()));
+    ips
+}
+
 /// The IP addresses of this host's interfaces that are running (`IFF_RUNNING` on Unix),
 /// link-local addresses (169.254/16, fe80::/10) left out: they are not reachable beyond
 /// the link, and need a scope to dial. Falls back to the loopback addresses if the
 /// interfaces cannot be read.
-pub(crate) fn interface_ips() -> Vec<IpAddr> {
+fn read_interface_ips() -> Vec<IpAddr> {
     match if_addrs::get_if_addrs() {
         Ok(interfaces) => {
             let mut out: Vec<IpAddr> = Vec::new();
@@ -254,7 +274,7 @@ mod tests {
 
     #[test]
     fn interface_ips_are_running_routable_and_unique() {
-        let ips = interface_ips();
+        let ips = read_interface_ips();
         // Loopback is up on every machine this runs on.
         assert!(
             ips.contains(&IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)),
@@ -271,5 +291,9 @@ mod tests {
         unique.sort();
         unique.dedup();
         assert_eq!(unique.len(), ips.len(), "{ips:?}");
+        // The cached read is the same list, and stays the same object while fresh.
+        let cached = interface_ips();
+        assert_eq!(&cached[..], &ips[..]);
+        assert!(Arc::ptr_eq(&cached, &interface_ips()));
     }
 }

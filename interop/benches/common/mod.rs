@@ -19,6 +19,25 @@ pub enum Stack {
 impl Stack {
     pub const ALL: [Stack; 3] = [Stack::Tls, Stack::Noise, Stack::Quic];
 
+    /// The stacks named by STACK (`tls`, `noise` or `quic`, comma separated), or all.
+    pub fn selected() -> Vec<Stack> {
+        let Ok(wanted) = std::env::var("STACK") else {
+            return Self::ALL.to_vec();
+        };
+        Self::ALL
+            .into_iter()
+            .filter(|s| wanted.split(',').any(|w| w.eq_ignore_ascii_case(s.short())))
+            .collect()
+    }
+
+    fn short(self) -> &'static str {
+        match self {
+            Stack::Tls => "tls",
+            Stack::Noise => "noise",
+            Stack::Quic => "quic",
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Stack::Tls => "TCP+TLS+yamux",
