@@ -22,6 +22,7 @@ use x509_parser::x509::{AlgorithmIdentifier, SubjectPublicKeyInfo};
 
 use super::TlsSetupError;
 use crate::error::SecurityError;
+use crate::verified::VerifiedCache;
 
 /// The libp2p Public Key Extension's OID, 1.3.6.1.4.1.53594.1.1 (the libp2p project's IANA
 /// private enterprise number).
@@ -89,13 +90,13 @@ pub fn generate_certificate(
 /// the same certificate seen again, later in the same handshake or on a reconnection, is
 /// not checked twice; its validity period is.
 pub fn verify_certificate(der: &[u8]) -> Result<PublicKey, SecurityError> {
-    if let Some(key) = verified::lookup(der) {
+    if let Some(key) = VERIFIED.lookup(der) {
         return Ok(key);
     }
     let cert = parse(der)?;
     let key = check(der, &cert)?;
     let validity = cert.validity();
-    verified::insert(
+    VERIFIED.insert(
         der,
         &key,
         validity.not_before.timestamp(),
@@ -108,78 +109,10 @@ pub fn verify_certificate(der: &[u8]) -> Result<PublicKey, SecurityError> {
 /// certificate in the verifier and again when the transport asks for the peer's key
 /// (`peer_public_key`), and a peer that reconnects presents the same certificate again:
 /// the signatures (an ECDSA and an Ed25519 verification, most of a handshake's CPU) are
-/// checked once. An entry is the whole DER compared byte for byte, so only the very
-/// certificate that passed is taken; its validity period is checked again on every hit.
-/// Bounded: certificates up to 2 KiB, 512 of them, the oldest going first.
-mod verified {
-    use std::collections::{HashMap, VecDeque};
-    use std::sync::{Arc, Mutex, OnceLock};
-
-    use libp2p_identity::PublicKey;
-
-    /// Certificates remembered at once.
-    const CAPACITY: usize = 512;
-    /// The largest certificate remembered. Ours and those of go-libp2p, rust-libp2p and
-    /// js-libp2p are a few hundred bytes; a stranger's certificate padded with large
-    /// extensions (before it proved anything) must not pin memory, so it is checked
-    /// every time instead. The cache holds at most 512 x 2 KiB.
-    const MAX_DER_LEN: usize = 2048;
-
-    struct Entry {
-        key: PublicKey,
-        not_before: i64,
-        not_after: i64,
-    }
-
-    #[derive(Default)]
-    struct Cache {
-        entries: HashMap<Arc<[u8]>, Entry>,
-        order: VecDeque<Arc<[u8]>>,
-    }
-
-    fn cache() -> &'static Mutex<Cache> {
-        static CACHE: OnceLock<Mutex<Cache>> = OnceLock::new();
-        CACHE.get_or_init(Mutex::default)
-    }
-
-    fn now() -> i64 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-    }
-
-    pub(super) fn lookup(der: &[u8]) -> Option<PublicKey> {
-        let cache = cache().lock().unwrap_or_else(|p| p.into_inner());
-        let entry = cache.entries.get(der)?;
-        let now = now();
-        (entry.not_before <= now && now <= entry.not_after).then(|| entry.key.clone())
-    }
-
-    pub(super) fn insert(der: &[u8], key: &PublicKey, not_before: i64, not_after: i64) {
-        if der.len() > MAX_DER_LEN {
-            return;
-        }
-        let mut cache = cache().lock().unwrap_or_else(|p| p.into_inner());
-        if cache.entries.contains_key(der) {
-            return;
-        }
-        if cache.order.len() >= CAPACITY {
-            if let Some(oldest) = cache.order.pop_front() {
-                cache.entries.remove(&oldest);
-            }
-        }
-        let der: Arc<[u8]> = der.into();
-        cache.order.push_back(der.clone());
-        cache.entries.insert(
-            der,
-            Entry {
-                key: key.clone(),
-                not_before,
-                not_after,
-            },
-        );
-    }
-}
+/// checked once. Its validity period is checked again on every hit. The largest
+/// certificate remembered is 2 KiB: ours and those of go-libp2p, rust-libp2p and
+/// js-libp2p are a few hundred bytes.
+static VERIFIED: VerifiedCache = VerifiedCache::new(512, 2048);
 
 /// Parses a whole certificate, refusing trailing bytes.
 pub(crate) fn parse(der: &[u8]) -> Result<X509Certificate<'_>, SecurityError> {
@@ -418,27 +351,14 @@ mod tests {
         let (cert, _) = generate_certificate(&identity).unwrap();
         let der = cert.as_ref().to_vec();
         assert_eq!(verify_certificate(&der).unwrap(), identity.public());
-        assert_eq!(verified::lookup(&der), Some(identity.public()));
+        assert_eq!(VERIFIED.lookup(&der), Some(identity.public()));
         // Its last byte (inside the self-signature) changed: not served from the cache,
         // and refused.
         let mut altered = der.clone();
         *altered.last_mut().unwrap() ^= 1;
-        assert_eq!(verified::lookup(&altered), None);
+        assert_eq!(VERIFIED.lookup(&altered), None);
         assert!(verify_certificate(&altered).is_err());
         assert_eq!(verify_certificate(&der).unwrap(), identity.public());
-    }
-
-    #[test]
-    fn a_remembered_certificate_out_of_its_validity_is_not_served() {
-        let key = Keypair::generate_ed25519().public();
-        verified::insert(b"expired", &key, 0, 1);
-        assert_eq!(verified::lookup(b"expired"), None);
-        verified::insert(b"current", &key, 0, i64::MAX);
-        assert_eq!(verified::lookup(b"current"), Some(key.clone()));
-        // A large certificate is not remembered: it cannot pin memory.
-        let large = vec![7u8; 4096];
-        verified::insert(&large, &key, 0, i64::MAX);
-        assert_eq!(verified::lookup(&large), None);
     }
 
     #[test]

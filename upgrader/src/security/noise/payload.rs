@@ -5,6 +5,7 @@
 //! it without a socket.
 
 use prost::Message;
+use strata_core::verified::VerifiedCache;
 use strata_core::{Keypair, PeerId, PublicKey, SecurityError};
 
 /// What the identity key signs, followed by the 32-byte X25519 static public key.
@@ -76,6 +77,24 @@ pub struct RemoteIdentity {
     pub muxers: Vec<String>,
 }
 
+/// Identities proved lately: a peer that reconnects sends the same identity key and
+/// signature over the same static key, and its key is decoded and its signature checked
+/// once. Ed25519, secp256k1 and ECDSA keys with their signatures fit in 512 bytes; RSA
+/// proofs are larger and checked every time.
+static VERIFIED: VerifiedCache = VerifiedCache::new(512, 512);
+
+/// The exact bytes of a proof, unambiguous: the identity key with its length, then the
+/// static key (always 32 bytes in Noise_XX_25519) and the signature.
+fn proof_bytes(identity_key: &[u8], remote_static: &[u8], sig: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 + identity_key.len() + remote_static.len() + sig.len());
+    out.extend_from_slice(&(identity_key.len() as u64).to_be_bytes());
+    out.extend_from_slice(identity_key);
+    out.extend_from_slice(&(remote_static.len() as u64).to_be_bytes());
+    out.extend_from_slice(remote_static);
+    out.extend_from_slice(sig);
+    out
+}
+
 /// Decodes the remote's payload and checks that its identity key signed `remote_static`,
 /// the static key the Noise handshake authenticated.
 ///
@@ -97,13 +116,21 @@ pub fn decode_and_verify(
             "the payload carries no identity signature".into(),
         ));
     }
-    let public_key = PublicKey::try_decode_protobuf(&decoded.identity_key)
-        .map_err(|e| SecurityError::InvalidPayload(format!("bad identity key: {e}")))?;
-    if !public_key.verify(&static_key_message(remote_static), &decoded.identity_sig) {
-        return Err(SecurityError::InvalidPayload(
-            "the identity signature does not cover the noise static key".into(),
-        ));
-    }
+    let proof = proof_bytes(&decoded.identity_key, remote_static, &decoded.identity_sig);
+    let public_key = match VERIFIED.lookup(&proof) {
+        Some(key) => key,
+        None => {
+            let key = PublicKey::try_decode_protobuf(&decoded.identity_key)
+                .map_err(|e| SecurityError::InvalidPayload(format!("bad identity key: {e}")))?;
+            if !key.verify(&static_key_message(remote_static), &decoded.identity_sig) {
+                return Err(SecurityError::InvalidPayload(
+                    "the identity signature does not cover the noise static key".into(),
+                ));
+            }
+            VERIFIED.insert_forever(&proof, &key);
+            key
+        }
+    };
     Ok(RemoteIdentity {
         peer_id: public_key.to_peer_id(),
         public_key,
@@ -149,6 +176,39 @@ mod tests {
         assert_eq!(remote.peer_id, id.public().to_peer_id());
         assert_eq!(remote.public_key, id.public());
         assert_eq!(remote.muxers, strings(&["/yamux/1.0.0"]));
+    }
+
+    #[test]
+    fn a_proved_identity_is_remembered_only_for_its_exact_proof() {
+        let id = Keypair::generate_ed25519();
+        let static_key = [9u8; 32];
+        let sig = sign_static_key(&id, &static_key).unwrap();
+        let key = id.public().encode_protobuf();
+        let bytes = encode_payload(&key, &sig, &[]);
+        assert_eq!(
+            decode_and_verify(&bytes, &static_key).unwrap().public_key,
+            id.public()
+        );
+        assert_eq!(
+            VERIFIED.lookup(&proof_bytes(&key, &static_key, &sig)),
+            Some(id.public())
+        );
+        // Seen again (a reconnection): the same identity, from the cache.
+        assert_eq!(
+            decode_and_verify(&bytes, &static_key).unwrap().public_key,
+            id.public()
+        );
+        // The same payload over another static key, or with a flipped signature bit, is
+        // not served from the cache: it is checked, and refused.
+        assert!(decode_and_verify(&bytes, &[8u8; 32]).is_err());
+        let mut bad_sig = sig.clone();
+        bad_sig[0] ^= 1;
+        let altered = encode_payload(&key, &bad_sig, &[]);
+        assert!(decode_and_verify(&altered, &static_key).is_err());
+        assert_eq!(
+            VERIFIED.lookup(&proof_bytes(&key, &static_key, &bad_sig)),
+            None
+        );
     }
 
     #[test]
