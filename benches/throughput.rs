@@ -1,9 +1,11 @@
 //! Throughput and handshake rate on loopback, side by side in one run:
 //! raw TLS 1.3 over TCP (tokio-rustls, no muxer) against Strata TCP+TLS+yamux; raw Noise
-//! transport frames over TCP (snow, no muxer) against Strata TCP+Noise+yamux; raw quinn (one bidirectional stream, no libp2p) against Strata QUIC
-//! (one stream); then upgrades per second.
+//! transport frames over TCP (snow, no muxer) against Strata TCP+Noise+yamux; raw quinn
+//! (one bidirectional stream, no libp2p, Strata's windows) against Strata QUIC (one
+//! stream); then upgrades per second.
 //!
 //! Run: `cargo bench --bench throughput`. STRATA_BENCH_MIB sets the MiB per run;
+//! STRATA_BENCH_ROUNDS the rounds of each one-stream measure (3);
 //! STRATA_BENCH_SPLIT sets yamux's split send size;
 //! STRATA_BENCH_PROFILE=raw|raw-noise|tls|noise|streams|upgrades-tls|upgrades-noise runs
 //! one measure once (for perf).
@@ -21,7 +23,15 @@ use strata::upgrader::{
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 const CHUNK: usize = 256 * 1024;
-const ROUNDS: usize = 3;
+/// Rounds of each one-stream measure (STRATA_BENCH_ROUNDS, 3 by default): more rounds
+/// give a steadier median on a noisy machine.
+fn rounds() -> usize {
+    std::env::var("STRATA_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(3)
+}
 
 fn mib() -> usize {
     std::env::var("STRATA_BENCH_MIB")
@@ -411,17 +421,21 @@ async fn many_streams(streams: usize, per_stream: usize) -> ManyStreams {
     }
 }
 
-/// Raw quinn: two plain endpoints with quinn's default transport settings, the same TLS
-/// 1.3 certificates and suites (rustls with ring), one bidirectional stream.
+/// Raw quinn: two plain endpoints with the same transport settings as Strata's QUIC
+/// (windows, stream limits: `QuicConfig::quinn_transport_config`), the same TLS 1.3
+/// certificates and suites (rustls with ring), one bidirectional stream.
 async fn raw_quinn(total: usize) -> f64 {
     use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
     let alpn = vec![b"libp2p".to_vec()];
     let server_tls = strata::core::tls::server_config(&generate_ed25519(), alpn.clone()).unwrap();
     let client_tls = strata::core::tls::client_config(&generate_ed25519(), alpn).unwrap();
-    let server_cfg =
+    let transport = QuicConfig::default().quinn_transport_config().unwrap();
+    let mut server_cfg =
         quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(server_tls).unwrap()));
-    let client_cfg =
+    server_cfg.transport_config(transport.clone());
+    let mut client_cfg =
         quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(client_tls).unwrap()));
+    client_cfg.transport_config(transport);
     let server = quinn::Endpoint::server(server_cfg, "127.0.0.1:0".parse().unwrap()).unwrap();
     let server_addr = server.local_addr().unwrap();
     let client = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
@@ -512,17 +526,18 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    let rounds = if bench { rounds() } else { 1 };
     rt.block_on(async {
         let (mut raw, mut tls) = (Vec::new(), Vec::new());
         let (mut raw_n, mut noise) = (Vec::new(), Vec::new());
-        for _ in 0..if bench { ROUNDS } else { 1 } {
+        for _ in 0..rounds {
             raw.push(raw_tls(total).await);
             tls.push(strata_stream(false, total).await);
             raw_n.push(raw_noise(total).await);
             noise.push(strata_stream(true, total).await);
         }
         let (mut quinn, mut quic) = (Vec::new(), Vec::new());
-        for _ in 0..if bench { ROUNDS } else { 1 } {
+        for _ in 0..rounds {
             quinn.push(raw_quinn(total).await);
             quic.push(strata_quic(total).await);
         }
@@ -537,7 +552,7 @@ fn main() {
         println!(
             "throughput, one stream, {} MiB per run, best of {} (ratio: median of the rounds'):",
             total >> 20,
-            if bench { ROUNDS } else { 1 }
+            rounds
         );
         println!("  raw TLS 1.3 over TCP (tokio-rustls)   {raw:9.1} MiB/s");
         println!(

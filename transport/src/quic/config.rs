@@ -165,6 +165,13 @@ impl QuicConfig {
         tiers
     }
 
+    /// The quinn transport parameters these settings make (windows, stream limits,
+    /// timeouts), for a plain quinn endpoint that should behave as Strata's does: the
+    /// throughput bench's raw quinn baseline uses it, so both run with the same windows.
+    pub fn quinn_transport_config(&self) -> Result<Arc<TransportConfig>, QuicConfigError> {
+        self.transport_config()
+    }
+
     /// quinn's transport parameters for these settings (shared by client and server).
     pub(crate) fn transport_config(&self) -> Result<Arc<TransportConfig>, QuicConfigError> {
         self.transport_config_with(self.receive_window, self.stream_receive_window)
