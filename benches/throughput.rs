@@ -481,6 +481,16 @@ async fn strata_quic(total: usize) -> f64 {
     rate
 }
 
+/// Each round's `ours[i] / baseline[i]` in percent, in round order: how steady the
+/// machine was.
+fn round_ratios(ours: &[f64], baseline: &[f64]) -> String {
+    ours.iter()
+        .zip(baseline)
+        .map(|(o, b)| format!("{:.0}%", 100.0 * o / b))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// The median over rounds of `ours[i] / baseline[i]`.
 fn median_ratio(ours: &[f64], baseline: &[f64]) -> f64 {
     let mut ratios: Vec<f64> = ours.iter().zip(baseline).map(|(o, b)| o / b).collect();
@@ -547,6 +557,11 @@ fn main() {
         let tls_ratio = median_ratio(&tls, &raw);
         let noise_ratio = median_ratio(&noise, &raw_n);
         let quic_ratio = median_ratio(&quic, &quinn);
+        let spreads = [
+            round_ratios(&tls, &raw),
+            round_ratios(&noise, &raw_n),
+            round_ratios(&quic, &quinn),
+        ];
         let (raw, tls, raw_n, noise) = (best(raw), best(tls), best(raw_n), best(noise));
         let (quinn, quic) = (best(quinn), best(quic));
         println!(
@@ -568,6 +583,10 @@ fn main() {
         println!(
             "  strata QUIC                           {quic:9.1} MiB/s  {:5.1}% of raw quinn",
             100.0 * quic_ratio
+        );
+        println!(
+            "  each round's ratio: TLS {}; Noise {}; QUIC {}",
+            spreads[0], spreads[1], spreads[2]
         );
         // Many streams against one, the same bytes over TCP+TLS+yamux.
         let (streams, per_stream) = if bench {
