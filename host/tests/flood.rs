@@ -269,8 +269,10 @@ async fn at_the_inbound_limit_the_next_socket_is_reset_before_any_handshake_byte
             .await
             .expect("the socket is closed, not left hanging");
         assert!(matches!(read, Ok(0) | Err(_)), "got a reply: {read:?}");
+        // At once, not at the 5 s progress deadline (a loaded CI machine may take a
+        // few hundred milliseconds to schedule the accept loop).
         let gone = start.elapsed();
-        assert!(gone < Duration::from_millis(100), "gone after {gone:?}");
+        assert!(gone < Duration::from_secs(1), "gone after {gone:?}");
     }
     assert!(host.resource_manager().stat().refused_admissions >= 1);
     for c in clients {
