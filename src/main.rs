@@ -2,6 +2,7 @@
 //! scripts: `LISTEN <multiaddr>` lines, `EVENT ...` lines, and one JSON line from `dial`.
 
 use std::io::Write;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,6 +18,7 @@ use strata::host::{
 };
 use strata::metrics::MetricsServer;
 use strata::swarm::{Conn, DisconnectReason, Notifiee, Swarm};
+use strata::transport::WsTlsConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 mod report;
@@ -54,9 +56,16 @@ enum Command {
         #[arg(long)]
         quic: Vec<Multiaddr>,
         /// WebSocket address to listen on (repeatable), for example
-        /// /ip4/127.0.0.1/tcp/0/ws.
+        /// /ip4/127.0.0.1/tcp/0/ws, or /ip4/127.0.0.1/tcp/0/tls/ws for secure WebSocket
+        /// (with --ws-cert and --ws-key).
         #[arg(long)]
         ws: Vec<Multiaddr>,
+        /// PEM certificate chain that /tls/ws (or /wss) listeners present.
+        #[arg(long, value_name = "FILE", requires = "ws_key")]
+        ws_cert: Option<PathBuf>,
+        /// PEM private key of --ws-cert.
+        #[arg(long, value_name = "FILE", requires = "ws_cert")]
+        ws_key: Option<PathBuf>,
         /// Derive the identity from this seed (for reproducible peer IDs).
         #[arg(long)]
         seed: Option<u64>,
@@ -85,6 +94,9 @@ enum Command {
         /// The security protocol to use (both by default, TLS first).
         #[arg(long, value_enum)]
         security: Option<SecurityArg>,
+        /// PEM certificates to trust when dialing a /tls/ws (or /wss) address.
+        #[arg(long, value_name = "FILE")]
+        ws_trust: Option<PathBuf>,
         /// Measure one ping round trip.
         #[arg(long)]
         ping: bool,
@@ -128,25 +140,32 @@ async fn main() -> ExitCode {
             tcp,
             quic,
             ws,
+            ws_cert,
+            ws_key,
             seed,
             security,
             events,
             shutdown_timeout,
             metrics,
-        } => {
-            let opts = ListenOpts {
-                seed,
-                security,
-                events,
-                shutdown: Duration::from_secs_f64(shutdown_timeout),
-                metrics,
-            };
-            listen(tcp, quic, ws, opts).await
-        }
+        } => match ws_server_tls(ws_cert, ws_key) {
+            Ok(ws_tls) => {
+                let opts = ListenOpts {
+                    seed,
+                    security,
+                    events,
+                    shutdown: Duration::from_secs_f64(shutdown_timeout),
+                    metrics,
+                    ws_tls,
+                };
+                listen(tcp, quic, ws, opts).await
+            }
+            Err(e) => Err(e),
+        },
         Command::Dial {
             addr,
             seed,
             security,
+            ws_trust,
             ping,
             echo,
             perf_up,
@@ -160,7 +179,10 @@ async fn main() -> ExitCode {
                 perf_down,
                 conns,
             };
-            dial(addr, seed, security, asks).await
+            match ws_client_tls(ws_trust) {
+                Ok(ws_tls) => dial(addr, seed, security, ws_tls, asks).await,
+                Err(e) => Err(e),
+            }
         }
         Command::Demo => demo().await,
     };
@@ -173,7 +195,70 @@ async fn main() -> ExitCode {
     }
 }
 
-fn builder(seed: Option<u64>, security: Option<SecurityArg>) -> HostBuilder {
+/// A secure WebSocket address: `/tls/.../ws` or `/wss`.
+fn is_secure_ws(addr: &Multiaddr) -> bool {
+    use strata::core::Protocol;
+    addr.iter()
+        .any(|p| matches!(p, Protocol::Wss(_) | Protocol::Tls))
+        && addr
+            .iter()
+            .any(|p| matches!(p, Protocol::Wss(_) | Protocol::Ws(_)))
+}
+
+/// Secure WebSocket for listeners: the certificate chain and key from PEM files.
+fn ws_server_tls(cert: Option<PathBuf>, key: Option<PathBuf>) -> Result<WsTlsConfig, CliError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let (Some(cert), Some(key)) = (cert, key) else {
+        return Ok(WsTlsConfig::default());
+    };
+    let chain = CertificateDer::pem_file_iter(&cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("--ws-cert {}: {e}", cert.display()))?;
+    let key = PrivateKeyDer::from_pem_file(&key)
+        .map_err(|e| format!("--ws-key {}: {e}", key.display()))?;
+    let server = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .map_err(|e| format!("--ws-cert/--ws-key: {e}"))?;
+    Ok(WsTlsConfig {
+        server: Some(Arc::new(server)),
+        client: None,
+    })
+}
+
+/// Secure WebSocket for dials: the roots to trust from a PEM file.
+fn ws_client_tls(trust: Option<PathBuf>) -> Result<WsTlsConfig, CliError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let Some(trust) = trust else {
+        return Ok(WsTlsConfig::default());
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(&trust)
+        .map_err(|e| format!("--ws-trust {}: {e}", trust.display()))?
+    {
+        let cert = cert.map_err(|e| format!("--ws-trust {}: {e}", trust.display()))?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("--ws-trust {}: {e}", trust.display()))?;
+    }
+    let client = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(WsTlsConfig {
+        server: None,
+        client: Some(Arc::new(client)),
+    })
+}
+
+fn builder(seed: Option<u64>, security: Option<SecurityArg>, ws_tls: WsTlsConfig) -> HostBuilder {
     let key = seed.map_or_else(generate_ed25519, keypair_from_seed);
     let security = match security {
         None => vec![Security::Tls, Security::Noise],
@@ -184,7 +269,10 @@ fn builder(seed: Option<u64>, security: Option<SecurityArg>) -> HostBuilder {
     HostBuilder::new()
         .identity(key)
         .security(security)
-        .websocket(strata::transport::WsConfig::default())
+        .websocket(strata::transport::WsConfig {
+            tls: ws_tls,
+            ..strata::transport::WsConfig::default()
+        })
         .enable_perf()
 }
 
@@ -257,6 +345,7 @@ struct ListenOpts {
     events: bool,
     shutdown: Duration,
     metrics: Option<std::net::SocketAddr>,
+    ws_tls: WsTlsConfig,
 }
 
 /// Resolves on the next SIGINT or SIGTERM.
@@ -291,10 +380,14 @@ async fn listen(
         events,
         shutdown,
         metrics,
+        ws_tls,
     } = opts;
+    if ws_tls.server.is_none() && ws.iter().any(is_secure_ws) {
+        return Err("listening on /tls/ws (or /wss) needs --ws-cert and --ws-key".into());
+    }
     // Set up before anything listens, so that no signal can slip by unhandled.
     let mut signals = Signals::new()?;
-    let mut b = builder(seed, security);
+    let mut b = builder(seed, security, ws_tls);
     let (tcp, quic) = if tcp.is_empty() && quic.is_empty() && ws.is_empty() {
         (
             vec!["/ip4/0.0.0.0/tcp/0".parse()?],
@@ -368,10 +461,14 @@ async fn dial(
     addr: Multiaddr,
     seed: Option<u64>,
     security: Option<SecurityArg>,
+    ws_tls: WsTlsConfig,
     asks: Asks,
 ) -> Result<(), CliError> {
     let peer = peer_id_of(&addr).ok_or("the address must end with /p2p/<peer id>")?;
-    let (host, _) = builder(seed, security).build().await?;
+    if ws_tls.client.is_none() && is_secure_ws(&addr) {
+        return Err("dialing /tls/ws (or /wss) needs --ws-trust".into());
+    }
+    let (host, _) = builder(seed, security, ws_tls).build().await?;
     let result = dial_with(&host, peer, addr, asks).await;
     host.close().await;
     print_line(result?.to_json_line());

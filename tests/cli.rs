@@ -388,6 +388,68 @@ fn listen_and_dial_over_websocket() {
     assert_eq!(v["echo_verified"], true);
 }
 
+#[test]
+fn listen_and_dial_over_secure_websocket() {
+    let _serial = serial();
+    let dir = std::env::temp_dir().join(format!("strata-wss-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).unwrap();
+    let (cert_pem, key_pem) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert_pem, cert.cert.pem()).unwrap();
+    std::fs::write(&key_pem, cert.key_pair.serialize_pem()).unwrap();
+    let listener_id = keypair_from_seed(6).public().to_peer_id();
+    let (_listener, lines) = listen(&[
+        "--ws",
+        "/ip4/127.0.0.1/tcp/0/tls/ws",
+        "--ws-cert",
+        cert_pem.to_str().unwrap(),
+        "--ws-key",
+        key_pem.to_str().unwrap(),
+        "--seed",
+        "6",
+    ]);
+    let addr = next_line(&lines, "LISTEN ")
+        .strip_prefix("LISTEN ")
+        .unwrap()
+        .to_string();
+    assert!(
+        addr.ends_with(&format!("/tls/ws/p2p/{listener_id}")),
+        "the full /tls/ws address with /p2p: {addr}"
+    );
+    let dial = |trust: Option<&std::path::Path>| {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["dial", &addr, "--ping", "--echo", "10000"]);
+        if let Some(trust) = trust {
+            cmd.arg("--ws-trust").arg(trust);
+        }
+        cmd.output().unwrap()
+    };
+    let out = dial(Some(&cert_pem));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(v["peer_id"], listener_id.to_string());
+    assert_eq!(v["echo_verified"], true);
+    // Without --ws-trust there is nothing to trust the listener with: a clean failure.
+    let out = dial(None);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("needs --ws-trust"), "{stderr}");
+    // Nor can a secure listener start without its certificate.
+    let out = Command::new(BIN)
+        .args(["listen", "--ws", "/ip4/127.0.0.1/tcp/0/tls/ws"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("needs --ws-cert and --ws-key"), "{stderr}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// A blocking `GET /metrics`; returns the body.
 fn scrape(url: &str) -> String {
     use std::io::{Read, Write};

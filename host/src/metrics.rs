@@ -82,7 +82,11 @@ fn transport_of(addr: &Multiaddr) -> &'static str {
     for p in addr.iter() {
         transport = match p {
             Protocol::QuicV1 => return "quic-v1",
+            // `/tls/ws` (and `/tls/sni/HOST/ws`): TLS came first, so secure WebSocket.
+            Protocol::Ws(_) if transport == "tls" => return "wss",
             Protocol::Ws(_) => return "ws",
+            Protocol::Wss(_) => return "wss",
+            Protocol::Tls => "tls",
             Protocol::Memory(_) => return "memory",
             Protocol::Tcp(_) => "tcp",
             _ => continue,
@@ -558,6 +562,22 @@ impl prometheus_client::collector::Collector for ScrapeTimeFigures {
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[test]
+    fn transports_are_labelled_by_address() {
+        for (addr, label) in [
+            ("/ip4/127.0.0.1/tcp/1", "tcp"),
+            ("/ip4/127.0.0.1/udp/1/quic-v1", "quic-v1"),
+            ("/ip4/127.0.0.1/tcp/1/ws", "ws"),
+            ("/ip4/127.0.0.1/tcp/1/wss", "wss"),
+            ("/ip4/127.0.0.1/tcp/1/tls/ws", "wss"),
+            ("/dns/example.com/tcp/443/tls/sni/example.com/ws", "wss"),
+            ("/memory/3", "memory"),
+        ] {
+            let addr: Multiaddr = addr.parse().unwrap();
+            assert_eq!(transport_of(&addr), label, "{addr}");
+        }
+    }
 
     /// A duplex pipe as a muxed stream.
     struct Pipe(tokio::io::DuplexStream);

@@ -237,6 +237,64 @@ async fn websocket_hosts_with_tls_and_noise_echo_and_identify() {
     }
 }
 
+/// Secure WebSocket between two hosts: web TLS with a certificate for 127.0.0.1 that the
+/// dialer trusts, then the libp2p upgrade (TLS or Noise, yamux) inside it.
+#[tokio::test]
+async fn secure_websocket_hosts_echo_and_identify() {
+    let provider = || Arc::new(rustls::crypto::ring::default_provider());
+    let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).unwrap();
+    let der = cert.cert.der().clone();
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.key_pair.serialize_der().into());
+    let server_tls = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![der.clone()], key)
+        .unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(der).unwrap();
+    let client_tls = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let ws = strata_transport::WsConfig {
+        tls: strata_transport::WsTlsConfig {
+            server: Some(Arc::new(server_tls)),
+            client: Some(Arc::new(client_tls)),
+        },
+        ..strata_transport::WsConfig::default()
+    };
+    for sec in [Security::Tls, Security::Noise] {
+        let build = || {
+            HostBuilder::new()
+                .no_tcp()
+                .no_quic()
+                .websocket(ws.clone())
+                .security(vec![sec.clone()])
+                .listen_on("/ip4/127.0.0.1/tcp/0/tls/ws".parse().unwrap())
+                .build()
+        };
+        let (server, outcomes) = build().await.unwrap();
+        let listened = outcomes[0].result.as_ref().unwrap();
+        assert!(listened.to_string().ends_with("/tls/ws"), "{listened}");
+        serve_echo(&server);
+        let (client, _) = build().await.unwrap();
+        let mut events = client.events();
+        client.connect(server.id(), &server.addrs()).await.unwrap();
+        let info = identified(&mut events, server.id()).await;
+        assert!(info.protocols.iter().any(|p| p == ECHO));
+        assert_eq!(
+            echo(&client, server.id(), b"over secure websocket").await,
+            b"over secure websocket"
+        );
+        let conn = client.network().best_conn(&server.id()).unwrap();
+        assert!(conn.remote_multiaddr().to_string().ends_with("/tls/ws"));
+        client.close().await;
+        server.close().await;
+    }
+}
+
 #[tokio::test]
 async fn builder_refuses_contradictions_and_reports_each_listen_address() {
     assert!(matches!(

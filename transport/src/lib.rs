@@ -22,4 +22,4 @@ pub mod ws;
 pub use memory::{MemoryListener, MemoryTransport};
 pub use quic::{QuicConfig, QuicTransport};
 pub use tcp::{TcpConfig, TcpConn, TcpListener, TcpTransport};
-pub use ws::{WsConfig, WsConn, WsListener, WsTransport};
+pub use ws::{WsConfig, WsConn, WsListener, WsTlsConfig, WsTransport};

@@ -1,0 +1,206 @@
+//! Secure WebSocket (`/tls/ws`, `/wss`) over real loopback sockets, with a certificate
+//! made for the test and trusted by the dialer: bytes both ways, the addresses it
+//! reports, and clear errors when the dialer does not trust the server, speaks plain
+//! WebSocket to it, or has no TLS settings.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use strata_core::{Multiaddr, RawTransport, TransportError};
+use strata_transport::{TcpConfig, WsConfig, WsTlsConfig, WsTransport};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::timeout;
+
+const LIMIT: Duration = Duration::from_secs(10);
+
+fn ring() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A self-signed web certificate for `localhost` and 127.0.0.1: (server config, a client
+/// config that trusts it).
+fn web_tls() -> (Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>) {
+    let cert =
+        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    let der: CertificateDer<'static> = cert.cert.der().clone();
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(cert.key_pair.serialize_der()));
+    let server = rustls::ServerConfig::builder_with_provider(ring())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![der.clone()], key)
+        .unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(der).unwrap();
+    let client = rustls::ClientConfig::builder_with_provider(ring())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    (Arc::new(server), Arc::new(client))
+}
+
+fn transport(tls: WsTlsConfig) -> WsTransport {
+    WsTransport::new(WsConfig {
+        tcp: TcpConfig::default().reuseport(false),
+        tls,
+        ..WsConfig::default()
+    })
+}
+
+fn ma(s: &str) -> Multiaddr {
+    s.parse().unwrap()
+}
+
+/// The listener echoes 100,000 bytes back to one dialer, then closes.
+async fn echo_once(t: &WsTransport, listen: &str, dial: impl Fn(&Multiaddr) -> Multiaddr) {
+    let mut l = t.listen(&ma(listen)).await.unwrap();
+    let addr = l.multiaddr().clone();
+    let suffix = listen.trim_start_matches("/ip4/127.0.0.1/tcp/0").to_owned();
+    assert!(addr.to_string().ends_with(&suffix), "{addr}");
+    assert!(!addr.to_string().contains("/tcp/0/"), "{addr}");
+    let server_suffix = suffix.clone();
+    let server = tokio::spawn(async move {
+        let mut c = l.accept().await.unwrap();
+        assert!(c.remote_multiaddr().to_string().ends_with(&server_suffix));
+        let mut buf = vec![0u8; 100_000];
+        c.read_exact(&mut buf).await.unwrap();
+        c.write_all(&buf).await.unwrap();
+        c.flush().await.unwrap();
+        c.shutdown().await.unwrap();
+        let mut rest = Vec::new();
+        let _ = c.read_to_end(&mut rest).await;
+    });
+    let target = dial(&addr);
+    let mut c = timeout(LIMIT, t.dial(&target)).await.unwrap().unwrap();
+    // The dialer's view keeps the spelling it dialed (with or without /sni/).
+    assert_eq!(c.remote_multiaddr(), &target);
+    let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    c.write_all(&data).await.unwrap();
+    c.flush().await.unwrap();
+    let mut back = Vec::new();
+    timeout(LIMIT, c.read_to_end(&mut back))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(back, data);
+    server.await.unwrap();
+}
+
+#[tokio::test]
+async fn bytes_cross_secure_websocket_in_every_spelling() {
+    let (server, client) = web_tls();
+    let t = transport(WsTlsConfig {
+        server: Some(server),
+        client: Some(client),
+    });
+    // The certificate names the IP address, checked when dialing by IP.
+    echo_once(&t, "/ip4/127.0.0.1/tcp/0/tls/ws", Multiaddr::clone).await;
+    echo_once(&t, "/ip4/127.0.0.1/tcp/0/wss", Multiaddr::clone).await;
+    // The name in /sni/ is the one checked: the certificate also names localhost.
+    echo_once(&t, "/ip4/127.0.0.1/tcp/0/tls/ws", |addr| {
+        let port = addr.to_string().split('/').nth(4).unwrap().to_owned();
+        ma(&format!("/ip4/127.0.0.1/tcp/{port}/tls/sni/localhost/ws"))
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_dialer_that_does_not_trust_the_certificate_is_refused_on_both_sides() {
+    let (server, _) = web_tls();
+    let (_, other_client) = web_tls();
+    let listener = transport(WsTlsConfig {
+        server: Some(server),
+        client: None,
+    });
+    let mut l = listener
+        .listen(&ma("/ip4/127.0.0.1/tcp/0/tls/ws"))
+        .await
+        .unwrap();
+    let addr = l.multiaddr().clone();
+    let accepted = tokio::spawn(async move {
+        let mut c = l.accept().await.unwrap();
+        c.read(&mut [0u8; 16]).await
+    });
+    let dialer = transport(WsTlsConfig {
+        server: None,
+        client: Some(other_client),
+    });
+    match timeout(LIMIT, dialer.dial(&addr)).await.unwrap() {
+        Err(TransportError::Dial { source, .. }) => {
+            assert!(
+                source.to_string().contains("TLS handshake failed"),
+                "{source}"
+            )
+        }
+        other => panic!("expected a dial error, got {:?}", other.err()),
+    }
+    let err = timeout(LIMIT, accepted)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap_err();
+    assert!(err.to_string().contains("TLS handshake failed"), "{err}");
+}
+
+#[tokio::test]
+async fn plain_websocket_to_a_secure_listener_fails_cleanly() {
+    let (server, _) = web_tls();
+    let listener = transport(WsTlsConfig {
+        server: Some(server),
+        client: None,
+    });
+    let mut l = listener
+        .listen(&ma("/ip4/127.0.0.1/tcp/0/tls/ws"))
+        .await
+        .unwrap();
+    let addr = l.multiaddr().to_string();
+    let accepted = tokio::spawn(async move {
+        let mut c = l.accept().await.unwrap();
+        c.read(&mut [0u8; 16]).await
+    });
+    let plain = transport(WsTlsConfig::default());
+    let as_plain = ma(&addr.replace("/tls/ws", "/ws"));
+    let dialed = timeout(LIMIT, plain.dial(&as_plain)).await.unwrap();
+    assert!(
+        matches!(dialed, Err(TransportError::Dial { .. })),
+        "{:?}",
+        dialed.err()
+    );
+    let err = timeout(LIMIT, accepted)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap_err();
+    assert!(err.to_string().contains("TLS handshake failed"), "{err}");
+}
+
+#[tokio::test]
+async fn without_tls_settings_secure_addresses_are_neither_dialed_nor_listened_on() {
+    let plain = transport(WsTlsConfig::default());
+    let secure = ma("/ip4/127.0.0.1/tcp/0/tls/ws");
+    assert!(!plain.can_listen(&secure));
+    assert!(!plain.can_dial(&ma("/ip4/127.0.0.1/tcp/443/wss")));
+    match plain.listen(&secure).await {
+        Err(TransportError::Listen { source, .. }) => {
+            assert!(
+                source.to_string().contains("WsConfig::tls.server"),
+                "{source}"
+            )
+        }
+        other => panic!(
+            "expected a listen error, got {:?}",
+            other.err().map(|e| e.to_string())
+        ),
+    }
+    match plain.dial(&ma("/ip4/127.0.0.1/tcp/443/tls/ws")).await {
+        Err(TransportError::Dial { source, .. }) => {
+            assert!(
+                source.to_string().contains("WsConfig::tls.client"),
+                "{source}"
+            )
+        }
+        other => panic!("expected a dial error, got {:?}", other.err()),
+    }
+}
