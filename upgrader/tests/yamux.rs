@@ -202,6 +202,102 @@ async fn hundred_concurrent_streams_echo_intact() {
     assert_eq!(within("closed", b.closed()).await, CloseReason::Remote);
 }
 
+/// A secured stream that takes at most 7 bytes per write and pushes back every other
+/// write (waking the writer at once): every yamux header is cut in two, bodies in many
+/// pieces, and a write that took part of a frame is followed by a refusal.
+struct Trickle(tokio::io::DuplexStream, bool);
+
+impl tokio::io::AsyncRead for Trickle {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Trickle {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        self.1 = !self.1;
+        if self.1 {
+            cx.waker().wake_by_ref();
+            return std::task::Poll::Pending;
+        }
+        let n = buf.len().min(7);
+        std::pin::Pin::new(&mut self.0).poll_write(cx, &buf[..n])
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+/// Writers that find the queue empty write their frames straight into the secured
+/// stream; when it takes only part of a frame, the rest must go first, before any other
+/// frame. Two streams write at once through a stream that cuts every frame: each must
+/// arrive whole and in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_cut_by_a_trickling_stream_arrive_whole() {
+    const LEN: usize = 96 * 1024;
+    let (x, y) = tokio::io::duplex(300);
+    let a = muxed(
+        YamuxConfig::default(),
+        Trickle(x, false),
+        Direction::Outbound,
+    );
+    let b = muxed(
+        YamuxConfig::default(),
+        Trickle(y, false),
+        Direction::Inbound,
+    );
+    let acceptor = {
+        let b = b.clone();
+        tokio::spawn(async move {
+            let mut echoes = Vec::new();
+            while let Ok(s) = b.accept_stream().await {
+                echoes.push(tokio::spawn(echo(s)));
+            }
+            for e in echoes {
+                e.await.unwrap().unwrap();
+            }
+        })
+    };
+    let mut writers = Vec::new();
+    for n in 0..2 {
+        let a = a.clone();
+        writers.push(tokio::spawn(async move {
+            let mut s = a.open_stream().await.unwrap();
+            let data = payload(n, LEN);
+            // Writes of odd sizes, so frames and cuts fall everywhere.
+            for chunk in data.chunks(1000 + 337 * n) {
+                s.write_all(chunk).await.unwrap();
+            }
+            s.close_write().await.unwrap();
+            let mut back = Vec::new();
+            s.read_to_end(&mut back).await.unwrap();
+            assert!(back == data, "stream {n} came back altered");
+        }));
+    }
+    for w in writers {
+        within("writers", w).await.unwrap();
+    }
+    within("close", a.close()).await;
+    within("acceptor", acceptor).await.unwrap();
+}
+
 #[tokio::test]
 async fn half_close_leaves_the_other_direction_open() {
     let (a, b) = pair();

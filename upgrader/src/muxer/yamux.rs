@@ -77,10 +77,11 @@ impl StreamMuxer for Yamux {
             self.config.clone(),
             direction,
             scope,
+            io,
         ));
         let close = CancellationToken::new();
         let abort = CancellationToken::new();
-        let mut driver = Driver::new(session.clone(), io, close.clone(), abort.clone());
+        let mut driver = Driver::new(session.clone(), close.clone(), abort.clone());
         let tasks = TaskTracker::new();
         let ready = match tokio::runtime::Handle::try_current() {
             Ok(_) => driver.reserve_buffers(),
@@ -93,6 +94,7 @@ impl StreamMuxer for Yamux {
             Err(reason) => {
                 tracing::warn!(peer = %remote_peer, %reason, "yamux connection cannot start");
                 drop(driver);
+                drop(session.io.take());
                 drop(session.end(reason));
             }
         }

@@ -71,7 +71,6 @@ impl From<&str> for ProtocolError {
 /// The task's state.
 pub(crate) struct Driver {
     session: Arc<Session>,
-    io: Box<dyn SecureStream>,
     read_buf: BytesMut,
     /// The room the next read gets.
     read_size: usize,
@@ -95,13 +94,11 @@ pub(crate) struct Driver {
 impl Driver {
     pub(crate) fn new(
         session: Arc<Session>,
-        io: Box<dyn SecureStream>,
         close: CancellationToken,
         abort: CancellationToken,
     ) -> Self {
         Driver {
             session,
-            io,
             read_buf: BytesMut::new(),
             read_size: READ_START,
             read_state: ReadState::Header,
@@ -126,12 +123,9 @@ impl Driver {
         };
         tracing::debug!(peer = %self.session.peer, %reason, "yamux connection ended");
         let Driver {
-            session,
-            io,
-            buffers,
-            ..
+            session, buffers, ..
         } = self;
-        drop(io);
+        drop(session.io.take());
         let scope = session.end(reason);
         if let Some(scope) = scope {
             scope.release_memory(buffers);
@@ -180,7 +174,9 @@ impl Driver {
                 tracing::debug!(peer = %self.session.peer, "yamux protocol error: {e}");
                 // Best effort: tell the peer why before dropping the connection.
                 let frame = Header::new(FrameType::GoAway, 0, 0, go_away::PROTOCOL_ERROR);
-                let _ = Pin::new(&mut *self.io).poll_write(cx, &frame.encode());
+                if let Some(io) = self.session.io.lock().as_mut() {
+                    let _ = Pin::new(&mut **io).poll_write(cx, &frame.encode());
+                }
                 return Poll::Ready(CloseReason::Error(format!("yamux protocol error: {e}")));
             }
         }
@@ -192,7 +188,7 @@ impl Driver {
         }
         if let Some(deadline) = self.closing.as_mut() {
             if !self.shut_down && self.writing.is_empty() && self.session.lock().out.is_empty() {
-                match Pin::new(&mut *self.io).poll_shutdown(cx) {
+                match with_io(&self.session, |io, cx| io.poll_shutdown(cx), cx) {
                     Poll::Ready(_) => self.shut_down = true,
                     Poll::Pending => {}
                 }
@@ -238,7 +234,13 @@ impl Driver {
                 self.read_buf.reserve(self.read_size);
             }
             let room = self.read_buf.capacity() - self.read_buf.len();
-            match tokio_util::io::poll_read_buf(Pin::new(&mut *self.io), cx, &mut self.read_buf) {
+            let read_buf = &mut self.read_buf;
+            let polled = with_io(
+                &self.session,
+                |io, cx| tokio_util::io::poll_read_buf(io, cx, read_buf),
+                cx,
+            );
+            match polled {
                 Poll::Ready(Ok(0)) => {
                     self.read_eof = true;
                     if !matches!(self.read_state, ReadState::Header) || !self.read_buf.is_empty() {
@@ -513,7 +515,12 @@ impl Driver {
                 .take(WRITE_BATCH)
                 .map(|b| IoSlice::new(b))
                 .collect();
-            match Pin::new(&mut *self.io).poll_write_vectored(cx, &slices) {
+            let polled = with_io(
+                &self.session,
+                |io, cx| io.poll_write_vectored(cx, &slices),
+                cx,
+            );
+            match polled {
                 Poll::Ready(Ok(0)) => return Err(std::io::ErrorKind::WriteZero.into()),
                 Poll::Ready(Ok(n)) => {
                     self.advance_written(n);
@@ -524,8 +531,12 @@ impl Driver {
                 Poll::Pending => return Ok(()),
             }
         }
+        // A writer that wrote through and could not flush leaves that to us.
+        if std::mem::take(&mut self.session.lock().flush_wanted) {
+            self.needs_flush = true;
+        }
         if self.needs_flush {
-            match Pin::new(&mut *self.io).poll_flush(cx) {
+            match with_io(&self.session, |io, cx| io.poll_flush(cx), cx) {
                 Poll::Ready(Ok(())) => self.needs_flush = false,
                 Poll::Ready(Err(e)) => return Err(e),
                 Poll::Pending => {}
@@ -547,5 +558,18 @@ impl Driver {
                 n = 0;
             }
         }
+    }
+}
+
+/// Runs one poll call on the connection's secured stream under its lock (never held
+/// longer); once the driver has let go of the stream, every call fails.
+fn with_io<T>(
+    session: &Session,
+    f: impl FnOnce(Pin<&mut dyn SecureStream>, &mut Context<'_>) -> Poll<std::io::Result<T>>,
+    cx: &mut Context<'_>,
+) -> Poll<std::io::Result<T>> {
+    match session.io.lock().as_mut() {
+        Some(io) => f(Pin::new(&mut **io), cx),
+        None => Poll::Ready(Err(std::io::ErrorKind::NotConnected.into())),
     }
 }

@@ -2,14 +2,18 @@
 //! one short lock over the streams, the queue of frames to send, the windows reserved
 //! from the resource scope, and the wakers.
 //!
-//! Nothing here does I/O or waits. Streams and the handle queue frames and read what the
-//! driver delivered; the driver moves bytes between the queue, the socket and the
-//! streams' buffers.
+//! Nothing under the state lock waits. Streams and the handle queue frames and read what
+//! the driver delivered; the driver moves bytes between the queue, the socket and the
+//! streams' buffers. One shortcut: a writer that finds nothing queued ahead of it writes
+//! its data frame straight into the secured stream (see [`IoCell`]), so that the task
+//! that writes pays for its own encryption and no copy into the queue is made.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, Hasher};
+use std::io::IoSlice;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::Waker;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -20,6 +24,7 @@ use tokio::time::Instant;
 
 use super::config::YamuxConfig;
 use super::frame::{flags, FrameType, Header, HEADER_LEN, INITIAL_WINDOW};
+use crate::security::SecureStream;
 
 /// Answers to the remote's pings that may wait in the write queue at once. A peer
 /// measuring its round trip has one ping in flight; a burst gets its answers in batches
@@ -193,8 +198,38 @@ pub(crate) struct State {
     /// [`MAX_QUEUED_PING_ANSWERS`], so that a ping flood cannot grow the queue (past it,
     /// the driver reads nothing more until the queue is written).
     pub(crate) ping_answers_queued: usize,
+    /// A writer wrote through and could not flush all of it: the driver flushes.
+    pub(crate) flush_wanted: bool,
     /// The connection's resource scope until the connection ends.
     scope: Option<Arc<ConnScope>>,
+}
+
+/// The connection's secured stream. The driver reads it and writes what is queued;
+/// a writer that finds the queue empty writes its frame through it directly. Each holds
+/// the lock only for one poll call. `None` once the driver has ended, so the socket goes
+/// with the driver, however long stream handles live on.
+pub(crate) struct IoCell(Mutex<Option<Box<dyn SecureStream>>>);
+
+impl IoCell {
+    /// Waits for the lock (the driver: never held across an await, only for one call).
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Option<Box<dyn SecureStream>>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The lock if free now (writers: when the driver is busy with the socket, they
+    /// queue instead of waiting).
+    pub(crate) fn try_lock(&self) -> Option<MutexGuard<'_, Option<Box<dyn SecureStream>>>> {
+        match self.0.try_lock() {
+            Ok(guard) => Some(guard),
+            Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        }
+    }
+
+    /// Takes the stream out, for the driver to drop as it ends.
+    pub(crate) fn take(&self) -> Option<Box<dyn SecureStream>> {
+        self.lock().take()
+    }
 }
 
 /// The shared part of a connection.
@@ -203,6 +238,8 @@ pub(crate) struct Session {
     pub(crate) config: YamuxConfig,
     /// Whether we dialed (the client opens odd stream IDs).
     pub(crate) direction: Direction,
+    /// The secured stream underneath.
+    pub(crate) io: IoCell,
     state: Mutex<State>,
     /// Wakes `accept_stream` callers.
     pub(crate) accept: Notify,
@@ -224,10 +261,12 @@ impl Session {
         config: YamuxConfig,
         direction: Direction,
         scope: Arc<ConnScope>,
+        io: Box<dyn SecureStream>,
     ) -> Self {
         Session {
             peer,
             direction,
+            io: IoCell(Mutex::new(Some(io))),
             state: Mutex::new(State {
                 streams: HashMap::with_hasher(StreamIdHash::random()),
                 next_id: if direction == Direction::Outbound {
@@ -248,6 +287,7 @@ impl Session {
                 rtt: None,
                 ping: None,
                 ping_answers_queued: 0,
+                flush_wanted: false,
                 scope: Some(scope),
             }),
             accept: Notify::new(),
@@ -459,6 +499,63 @@ impl State {
         self.wake_driver();
     }
 
+    /// Writes a data frame straight into `io`, in the writer's task, when nothing is
+    /// queued or being written ahead of it (`out_bytes` is 0, checked and kept so under
+    /// the state lock the caller holds): no frame can then overtake it or be cut by it.
+    /// What the stream does not take at once (the socket pushes back) is queued, first
+    /// in line, for the driver; what it took but could not flush, the driver flushes.
+    /// Returns false when nothing was written: the caller queues the frame as usual.
+    pub(crate) fn write_through(
+        &mut self,
+        io: &IoCell,
+        header: Header,
+        body: &[u8],
+        cx: &mut Context<'_>,
+    ) -> bool {
+        debug_assert_eq!(self.out_bytes, 0);
+        let Some(mut guard) = io.try_lock() else {
+            return false;
+        };
+        let Some(io) = guard.as_mut() else {
+            return false;
+        };
+        let head = header.encode();
+        let total = HEADER_LEN + body.len();
+        let mut done = 0;
+        while done < total {
+            let slices = if done < HEADER_LEN {
+                [IoSlice::new(&head[done..]), IoSlice::new(body)]
+            } else {
+                [IoSlice::new(&body[done - HEADER_LEN..]), IoSlice::new(&[])]
+            };
+            match Pin::new(&mut **io).poll_write_vectored(cx, &slices) {
+                Poll::Ready(Ok(n)) if n > 0 => done += n,
+                // Pushed back, or failed: the driver writes the rest (and meets the
+                // error, if any, and ends the connection with it).
+                _ => break,
+            }
+        }
+        if done == 0 {
+            return false;
+        }
+        if done < total {
+            let mut rest = BytesMut::with_capacity(total - done);
+            if done < HEADER_LEN {
+                rest.put_slice(&head[done..]);
+                rest.put_slice(body);
+            } else {
+                rest.put_slice(&body[done - HEADER_LEN..]);
+            }
+            self.out_bytes += rest.len();
+            self.out.push_front(rest.freeze());
+            self.wake_driver();
+        } else if !matches!(Pin::new(&mut **io).poll_flush(cx), Poll::Ready(Ok(()))) {
+            self.flush_wanted = true;
+            self.wake_driver();
+        }
+        true
+    }
+
     /// Room in the queue for data, for a writer; registers `waker` when there is none.
     /// Whether the queue has room for stream `id`'s writer, wanting `wanted` bytes; if
     /// not, the writer waits in line (once, however often it is polled).
@@ -610,6 +707,7 @@ impl State {
 mod tests {
     use super::*;
     use std::collections::HashSet;
+    use strata_core::PeerId;
 
     fn hash(builder: &StreamIdHash, id: u32) -> u64 {
         builder.hash_one(id)
@@ -629,6 +727,89 @@ mod tests {
             assert!(buckets.len() > 2400, "{} buckets used", buckets.len());
             assert_eq!(tags.len(), 128);
         }
+    }
+
+    /// A secured stream that takes `take` bytes, then pushes back.
+    struct TakesFew {
+        take: usize,
+        got: Vec<u8>,
+    }
+
+    impl tokio::io::AsyncRead for TakesFew {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &mut tokio::io::ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Poll::Pending
+        }
+    }
+
+    impl tokio::io::AsyncWrite for TakesFew {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            let n = buf.len().min(self.take);
+            if n == 0 {
+                return Poll::Pending;
+            }
+            self.take -= n;
+            self.got.extend_from_slice(&buf[..n]);
+            Poll::Ready(Ok(n))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// Writes one frame through a stream that takes `take` bytes; returns whether it was
+    /// written through, and what then sits in the queue.
+    fn write_through_taking(take: usize) -> (bool, Vec<u8>, usize) {
+        let io = TakesFew {
+            take,
+            got: Vec::new(),
+        };
+        let session = Session::new(
+            PeerId::random(),
+            YamuxConfig::default(),
+            Direction::Outbound,
+            Arc::new(ConnScope::unlimited()),
+            Box::new(io),
+        );
+        let header = Header::new(FrameType::Data, 0, 1, 5);
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut st = session.lock();
+        let through = st.write_through(&session.io, header, b"hello", &mut cx);
+        let queued: Vec<u8> = st.out.iter().flat_map(|b| b.iter().copied()).collect();
+        (through, queued, st.out_bytes)
+    }
+
+    #[test]
+    fn a_frame_written_through_in_part_leaves_exactly_its_rest_first_in_line() {
+        let frame = [
+            &Header::new(FrameType::Data, 0, 1, 5).encode()[..],
+            b"hello",
+        ]
+        .concat();
+        // Nothing taken: not written through, the caller queues the whole frame.
+        assert_eq!(write_through_taking(0), (false, Vec::new(), 0));
+        // The header cut: its rest and the whole body wait.
+        assert_eq!(
+            write_through_taking(5),
+            (true, frame[5..].to_vec(), frame.len() - 5)
+        );
+        // The body cut.
+        assert_eq!(
+            write_through_taking(14),
+            (true, frame[14..].to_vec(), frame.len() - 14)
+        );
+        // All taken: nothing waits.
+        assert_eq!(write_through_taking(100), (true, Vec::new(), 0));
     }
 
     #[test]

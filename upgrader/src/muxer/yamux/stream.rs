@@ -160,10 +160,10 @@ impl AsyncWrite for YamuxStream {
         };
         s.send_credit -= n as u32;
         let open_flag = std::mem::take(&mut s.open_flag);
-        st.queue_data(
-            Header::new(FrameType::Data, open_flag, this.id, n as u32),
-            &buf[..n],
-        );
+        let header = Header::new(FrameType::Data, open_flag, this.id, n as u32);
+        if st.out_bytes > 0 || st.closing || !st.write_through(&session.io, header, &buf[..n], cx) {
+            st.queue_data(header, &buf[..n]);
+        }
         Poll::Ready(Ok(n))
     }
 
