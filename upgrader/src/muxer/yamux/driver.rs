@@ -503,6 +503,12 @@ impl Driver {
         loop {
             if self.writing.is_empty() {
                 let mut st = self.session.lock();
+                if st.writing_through {
+                    // A writer is writing a frame through; what it leaves goes first.
+                    // It wakes us when it is done.
+                    st.io_wanted = true;
+                    break;
+                }
                 if st.out.is_empty() {
                     break;
                 }
@@ -562,13 +568,26 @@ impl Driver {
 }
 
 /// Runs one poll call on the connection's secured stream under its lock (never held
-/// longer); once the driver has let go of the stream, every call fails.
+/// longer); once the driver has let go of the stream, every call fails. While a writer
+/// holds the stream (writing a frame through), the driver does not block its thread on
+/// it: it asks to be woken when the writer is done, and waits.
 fn with_io<T>(
     session: &Session,
     f: impl FnOnce(Pin<&mut dyn SecureStream>, &mut Context<'_>) -> Poll<std::io::Result<T>>,
     cx: &mut Context<'_>,
 ) -> Poll<std::io::Result<T>> {
-    match session.io.lock().as_mut() {
+    let mut guard = match session.io.try_lock() {
+        Some(guard) => guard,
+        None => {
+            session.lock().io_wanted = true;
+            // The writer may have finished in between, before it could see the flag.
+            match session.io.try_lock() {
+                Some(guard) => guard,
+                None => return Poll::Pending,
+            }
+        }
+    };
+    match guard.as_mut() {
         Some(io) => f(Pin::new(&mut **io), cx),
         None => Poll::Ready(Err(std::io::ErrorKind::NotConnected.into())),
     }

@@ -200,6 +200,12 @@ pub(crate) struct State {
     pub(crate) ping_answers_queued: usize,
     /// A writer wrote through and could not flush all of it: the driver flushes.
     pub(crate) flush_wanted: bool,
+    /// A writer is writing a frame through (outside this lock): the driver leaves the
+    /// queue alone until it is done, so that whatever the writer leaves unwritten goes
+    /// first.
+    pub(crate) writing_through: bool,
+    /// The driver found the secured stream taken by a writer: the writer wakes it.
+    pub(crate) io_wanted: bool,
     /// The connection's resource scope until the connection ends.
     scope: Option<Arc<ConnScope>>,
 }
@@ -288,6 +294,8 @@ impl Session {
                 ping: None,
                 ping_answers_queued: 0,
                 flush_wanted: false,
+                writing_through: false,
+                io_wanted: false,
                 scope: Some(scope),
             }),
             accept: Notify::new(),
@@ -300,6 +308,83 @@ impl Session {
         // Every change under the lock is made whole before it is released; a panic in a
         // waker cannot leave the state half-changed.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Writes a data frame straight into the secured stream, in the writer's task, if the
+    /// queue is empty and no one else is writing through: no frame can then overtake
+    /// it, and none can cut it. The state lock is not held while the frame is written
+    /// (encryption and the socket write take long); `writing_through` holds the driver
+    /// off the queue meanwhile, and what the stream did not take is queued first in
+    /// line afterwards. Returns false when the frame was not taken at all, for the
+    /// caller to queue as usual. `st` is released during the write and taken again.
+    pub(crate) fn write_through<'a>(
+        &'a self,
+        mut st: MutexGuard<'a, State>,
+        header: Header,
+        body: &[u8],
+        cx: &mut Context<'_>,
+    ) -> (bool, MutexGuard<'a, State>) {
+        if st.out_bytes > 0 || st.closing || st.writing_through || st.ended.is_some() {
+            return (false, st);
+        }
+        st.writing_through = true;
+        drop(st);
+        let (done, flushed) = self.write_frame(header, body, cx);
+        let mut st = self.lock();
+        st.writing_through = false;
+        let total = HEADER_LEN + body.len();
+        if done > 0 && done < total {
+            let head = header.encode();
+            let mut rest = BytesMut::with_capacity(total - done);
+            if done < HEADER_LEN {
+                rest.put_slice(&head[done..]);
+                rest.put_slice(body);
+            } else {
+                rest.put_slice(&body[done - HEADER_LEN..]);
+            }
+            st.out_bytes += rest.len();
+            st.out.push_front(rest.freeze());
+            st.wake_driver();
+        } else if done == total && !flushed {
+            st.flush_wanted = true;
+            st.wake_driver();
+        }
+        if std::mem::take(&mut st.io_wanted) || !st.out.is_empty() {
+            // The driver waited for the stream, or others queued behind us.
+            st.wake_driver();
+        }
+        (done > 0, st)
+    }
+
+    /// Writes as much of one frame as the secured stream takes now, then flushes:
+    /// (bytes taken, whether all of it was flushed). Takes nothing if a writer or the
+    /// driver holds the stream.
+    fn write_frame(&self, header: Header, body: &[u8], cx: &mut Context<'_>) -> (usize, bool) {
+        let Some(mut guard) = self.io.try_lock() else {
+            return (0, false);
+        };
+        let Some(io) = guard.as_mut() else {
+            return (0, false);
+        };
+        let head = header.encode();
+        let total = HEADER_LEN + body.len();
+        let mut done = 0;
+        while done < total {
+            let slices = if done < HEADER_LEN {
+                [IoSlice::new(&head[done..]), IoSlice::new(body)]
+            } else {
+                [IoSlice::new(&body[done - HEADER_LEN..]), IoSlice::new(&[])]
+            };
+            match Pin::new(&mut **io).poll_write_vectored(cx, &slices) {
+                Poll::Ready(Ok(n)) if n > 0 => done += n,
+                // Pushed back, or failed: the driver writes the rest (and meets the
+                // error, if any, and ends the connection with it).
+                _ => break,
+            }
+        }
+        let flushed =
+            done == total && matches!(Pin::new(&mut **io).poll_flush(cx), Poll::Ready(Ok(())));
+        (done, flushed)
     }
 
     /// True when `id` is one the remote may open (the other parity than ours).
@@ -497,63 +582,6 @@ impl State {
         self.out_bytes += frame.len();
         self.out.push_back(frame.freeze());
         self.wake_driver();
-    }
-
-    /// Writes a data frame straight into `io`, in the writer's task, when nothing is
-    /// queued or being written ahead of it (`out_bytes` is 0, checked and kept so under
-    /// the state lock the caller holds): no frame can then overtake it or be cut by it.
-    /// What the stream does not take at once (the socket pushes back) is queued, first
-    /// in line, for the driver; what it took but could not flush, the driver flushes.
-    /// Returns false when nothing was written: the caller queues the frame as usual.
-    pub(crate) fn write_through(
-        &mut self,
-        io: &IoCell,
-        header: Header,
-        body: &[u8],
-        cx: &mut Context<'_>,
-    ) -> bool {
-        debug_assert_eq!(self.out_bytes, 0);
-        let Some(mut guard) = io.try_lock() else {
-            return false;
-        };
-        let Some(io) = guard.as_mut() else {
-            return false;
-        };
-        let head = header.encode();
-        let total = HEADER_LEN + body.len();
-        let mut done = 0;
-        while done < total {
-            let slices = if done < HEADER_LEN {
-                [IoSlice::new(&head[done..]), IoSlice::new(body)]
-            } else {
-                [IoSlice::new(&body[done - HEADER_LEN..]), IoSlice::new(&[])]
-            };
-            match Pin::new(&mut **io).poll_write_vectored(cx, &slices) {
-                Poll::Ready(Ok(n)) if n > 0 => done += n,
-                // Pushed back, or failed: the driver writes the rest (and meets the
-                // error, if any, and ends the connection with it).
-                _ => break,
-            }
-        }
-        if done == 0 {
-            return false;
-        }
-        if done < total {
-            let mut rest = BytesMut::with_capacity(total - done);
-            if done < HEADER_LEN {
-                rest.put_slice(&head[done..]);
-                rest.put_slice(body);
-            } else {
-                rest.put_slice(&body[done - HEADER_LEN..]);
-            }
-            self.out_bytes += rest.len();
-            self.out.push_front(rest.freeze());
-            self.wake_driver();
-        } else if !matches!(Pin::new(&mut **io).poll_flush(cx), Poll::Ready(Ok(()))) {
-            self.flush_wanted = true;
-            self.wake_driver();
-        }
-        true
     }
 
     /// Room in the queue for data, for a writer; registers `waker` when there is none.
@@ -783,8 +811,8 @@ mod tests {
         );
         let header = Header::new(FrameType::Data, 0, 1, 5);
         let mut cx = Context::from_waker(Waker::noop());
-        let mut st = session.lock();
-        let through = st.write_through(&session.io, header, b"hello", &mut cx);
+        let (through, st) = session.write_through(session.lock(), header, b"hello", &mut cx);
+        assert!(!st.writing_through);
         let queued: Vec<u8> = st.out.iter().flat_map(|b| b.iter().copied()).collect();
         (through, queued, st.out_bytes)
     }

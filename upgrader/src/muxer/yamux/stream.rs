@@ -161,7 +161,8 @@ impl AsyncWrite for YamuxStream {
         s.send_credit -= n as u32;
         let open_flag = std::mem::take(&mut s.open_flag);
         let header = Header::new(FrameType::Data, open_flag, this.id, n as u32);
-        if st.out_bytes > 0 || st.closing || !st.write_through(&session.io, header, &buf[..n], cx) {
+        let (written, mut st) = session.write_through(st, header, &buf[..n], cx);
+        if !written {
             st.queue_data(header, &buf[..n]);
         }
         Poll::Ready(Ok(n))
