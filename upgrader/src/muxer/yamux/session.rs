@@ -32,6 +32,12 @@ use crate::security::SecureStream;
 /// of growing the queue.
 pub(crate) const MAX_QUEUED_PING_ANSWERS: usize = 8;
 
+/// The largest data frame a writer writes through itself (see
+/// [`Session::write_through`]). Larger frames go through the queue, so that the driver
+/// encrypts and sends one chunk while the writer copies the next: on two cores, bulk
+/// transfers run faster pipelined than written through.
+pub(crate) const WRITE_THROUGH_MAX: usize = 16 * 1024;
+
 /// Who reset a stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Reset {
@@ -324,7 +330,12 @@ impl Session {
         body: &[u8],
         cx: &mut Context<'_>,
     ) -> (bool, MutexGuard<'a, State>) {
-        if st.out_bytes > 0 || st.closing || st.writing_through || st.ended.is_some() {
+        if body.len() > WRITE_THROUGH_MAX
+            || st.out_bytes > 0
+            || st.closing
+            || st.writing_through
+            || st.ended.is_some()
+        {
             return (false, st);
         }
         st.writing_through = true;
