@@ -217,17 +217,9 @@ fn ws_server_tls(cert: Option<PathBuf>, key: Option<PathBuf>) -> Result<WsTlsCon
         .map_err(|e| format!("--ws-cert {}: {e}", cert.display()))?;
     let key = PrivateKeyDer::from_pem_file(&key)
         .map_err(|e| format!("--ws-key {}: {e}", key.display()))?;
-    let server = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_no_client_auth()
-    .with_single_cert(chain, key)
-    .map_err(|e| format!("--ws-cert/--ws-key: {e}"))?;
-    Ok(WsTlsConfig {
-        server: Some(Arc::new(server)),
-        client: None,
-    })
+    Ok(WsTlsConfig::default()
+        .with_certificate(chain, key)
+        .map_err(|e| format!("--ws-cert/--ws-key: {e}"))?)
 }
 
 /// Secure WebSocket for dials: the roots to trust from a PEM file.
@@ -237,25 +229,12 @@ fn ws_client_tls(trust: Option<PathBuf>) -> Result<WsTlsConfig, CliError> {
     let Some(trust) = trust else {
         return Ok(WsTlsConfig::default());
     };
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(&trust)
-        .map_err(|e| format!("--ws-trust {}: {e}", trust.display()))?
-    {
-        let cert = cert.map_err(|e| format!("--ws-trust {}: {e}", trust.display()))?;
-        roots
-            .add(cert)
-            .map_err(|e| format!("--ws-trust {}: {e}", trust.display()))?;
-    }
-    let client = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    Ok(WsTlsConfig {
-        server: None,
-        client: Some(Arc::new(client)),
-    })
+    let roots = CertificateDer::pem_file_iter(&trust)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("--ws-trust {}: {e}", trust.display()))?;
+    Ok(WsTlsConfig::default()
+        .trusting(roots)
+        .map_err(|e| format!("--ws-trust {}: {e}", trust.display()))?)
 }
 
 fn builder(seed: Option<u64>, security: Option<SecurityArg>, ws_tls: WsTlsConfig) -> HostBuilder {

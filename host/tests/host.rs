@@ -205,21 +205,22 @@ async fn tcp_hosts_with_tls_and_noise() {
     }
 }
 
-#[tokio::test]
-async fn websocket_hosts_with_tls_and_noise_echo_and_identify() {
+/// Two hosts on WebSocket only (`ws`, listening on `/ip4/127.0.0.1/tcp/0{suffix}`), with
+/// TLS and then Noise inside: connect, identify and echo.
+async fn websocket_hosts_echo_and_identify(ws: strata_transport::WsConfig, suffix: &str) {
     for sec in [Security::Tls, Security::Noise] {
         let build = || {
             HostBuilder::new()
                 .no_tcp()
                 .no_quic()
-                .websocket(strata_transport::WsConfig::default())
+                .websocket(ws.clone())
                 .security(vec![sec.clone()])
-                .listen_on("/ip4/127.0.0.1/tcp/0/ws".parse().unwrap())
+                .listen_on(format!("/ip4/127.0.0.1/tcp/0{suffix}").parse().unwrap())
                 .build()
         };
         let (server, outcomes) = build().await.unwrap();
         let listened = outcomes[0].result.as_ref().unwrap();
-        assert!(listened.to_string().ends_with("/ws"), "{listened}");
+        assert!(listened.to_string().ends_with(suffix), "{listened}");
         serve_echo(&server);
         let (client, _) = build().await.unwrap();
         let mut events = client.events();
@@ -231,68 +232,33 @@ async fn websocket_hosts_with_tls_and_noise_echo_and_identify() {
             b"over websocket"
         );
         let conn = client.network().best_conn(&server.id()).unwrap();
-        assert!(conn.remote_multiaddr().to_string().ends_with("/ws"));
+        assert!(conn.remote_multiaddr().to_string().ends_with(suffix));
         client.close().await;
         server.close().await;
     }
+}
+
+#[tokio::test]
+async fn websocket_hosts_with_tls_and_noise_echo_and_identify() {
+    websocket_hosts_echo_and_identify(strata_transport::WsConfig::default(), "/ws").await;
 }
 
 /// Secure WebSocket between two hosts: web TLS with a certificate for 127.0.0.1 that the
 /// dialer trusts, then the libp2p upgrade (TLS or Noise, yamux) inside it.
 #[tokio::test]
 async fn secure_websocket_hosts_echo_and_identify() {
-    let provider = || Arc::new(rustls::crypto::ring::default_provider());
     let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).unwrap();
     let der = cert.cert.der().clone();
     let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.key_pair.serialize_der().into());
-    let server_tls = rustls::ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(vec![der.clone()], key)
-        .unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(der).unwrap();
-    let client_tls = rustls::ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
     let ws = strata_transport::WsConfig {
-        tls: strata_transport::WsTlsConfig {
-            server: Some(Arc::new(server_tls)),
-            client: Some(Arc::new(client_tls)),
-        },
+        tls: strata_transport::WsTlsConfig::default()
+            .with_certificate(vec![der.clone()], key)
+            .unwrap()
+            .trusting([der])
+            .unwrap(),
         ..strata_transport::WsConfig::default()
     };
-    for sec in [Security::Tls, Security::Noise] {
-        let build = || {
-            HostBuilder::new()
-                .no_tcp()
-                .no_quic()
-                .websocket(ws.clone())
-                .security(vec![sec.clone()])
-                .listen_on("/ip4/127.0.0.1/tcp/0/tls/ws".parse().unwrap())
-                .build()
-        };
-        let (server, outcomes) = build().await.unwrap();
-        let listened = outcomes[0].result.as_ref().unwrap();
-        assert!(listened.to_string().ends_with("/tls/ws"), "{listened}");
-        serve_echo(&server);
-        let (client, _) = build().await.unwrap();
-        let mut events = client.events();
-        client.connect(server.id(), &server.addrs()).await.unwrap();
-        let info = identified(&mut events, server.id()).await;
-        assert!(info.protocols.iter().any(|p| p == ECHO));
-        assert_eq!(
-            echo(&client, server.id(), b"over secure websocket").await,
-            b"over secure websocket"
-        );
-        let conn = client.network().best_conn(&server.id()).unwrap();
-        assert!(conn.remote_multiaddr().to_string().ends_with("/tls/ws"));
-        client.close().await;
-        server.close().await;
-    }
+    websocket_hosts_echo_and_identify(ws, "/tls/ws").await;
 }
 
 #[tokio::test]

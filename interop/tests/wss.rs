@@ -2,8 +2,6 @@
 //! this process, each dialing the other: web TLS with a certificate for 127.0.0.1 that
 //! both trust, Noise and yamux inside, and a 1 MiB echo each way.
 
-use std::sync::Arc;
-
 use futures::{AsyncReadExt as _, AsyncWriteExt as _};
 use libp2p::core::upgrade::Version;
 use libp2p::{noise, tcp, websocket, yamux, StreamProtocol, SwarmBuilder, Transport as _};
@@ -56,31 +54,19 @@ fn libp2p_node(
 
 /// A Strata host on secure WebSocket only, presenting and trusting `cert`, echoing ECHO.
 async fn strata_host(cert: &[u8], key: &[u8], listen: bool) -> Host {
-    let provider = || Arc::new(rustls::crypto::ring::default_provider());
     let der = rustls::pki_types::CertificateDer::from(cert.to_vec());
     let key = rustls::pki_types::PrivateKeyDer::Pkcs8(key.to_vec().into());
-    let server = rustls::ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
+    let tls = WsTlsConfig::default()
+        .with_certificate(vec![der.clone()], key)
         .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(vec![der.clone()], key)
+        .trusting([der])
         .unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(der).unwrap();
-    let client = rustls::ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
     let mut builder = HostBuilder::new()
         .no_tcp()
         .no_quic()
         .security(vec![Security::Noise])
         .websocket(WsConfig {
-            tls: WsTlsConfig {
-                server: Some(Arc::new(server)),
-                client: Some(Arc::new(client)),
-            },
+            tls,
             ..WsConfig::default()
         });
     if listen {

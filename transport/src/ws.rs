@@ -26,7 +26,7 @@ use std::task::{ready, Context, Poll};
 use async_trait::async_trait;
 use bytes::{Buf, Bytes};
 use futures::{Sink, Stream};
-use rustls::pki_types::ServerName;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use strata_core::{
     BoxRawConn, BoxRawListener, Multiaddr, Protocol, RawConnection, RawListener, RawTransport,
     TransportError,
@@ -77,6 +77,45 @@ pub struct WsTlsConfig {
     /// TLS settings. The name checked is the address's `/sni/HOST`, else its DNS name,
     /// else its IP address.
     pub client: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl WsTlsConfig {
+    /// Listens on secure addresses presenting `chain` (the server's certificate first)
+    /// and its private `key`, with ring and rustls' safe defaults.
+    pub fn with_certificate(
+        mut self,
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+    ) -> Result<Self, rustls::Error> {
+        let server = rustls::ServerConfig::builder_with_provider(ring())
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_single_cert(chain, key)?;
+        self.server = Some(Arc::new(server));
+        Ok(self)
+    }
+
+    /// Dials secure addresses trusting exactly `roots` (a private CA, or a self-signed
+    /// certificate), with ring and rustls' safe defaults.
+    pub fn trusting(
+        mut self,
+        roots: impl IntoIterator<Item = CertificateDer<'static>>,
+    ) -> Result<Self, rustls::Error> {
+        let mut store = rustls::RootCertStore::empty();
+        for root in roots {
+            store.add(root)?;
+        }
+        let client = rustls::ClientConfig::builder_with_provider(ring())
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(store)
+            .with_no_client_auth();
+        self.client = Some(Arc::new(client));
+        Ok(self)
+    }
+}
+
+fn ring() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
 }
 
 impl std::fmt::Debug for WsTlsConfig {
@@ -674,6 +713,16 @@ mod tests {
             let tcp = strata_core::addr::without_peer_id(&parsed.tcp);
             assert_eq!(parsed.around(&tcp), ma(addr));
         }
+    }
+
+    #[test]
+    fn tls_settings_refuse_what_is_not_a_certificate() {
+        let junk = CertificateDer::from(vec![0x30, 0x03, 1, 2, 3]);
+        assert!(WsTlsConfig::default().trusting([junk.clone()]).is_err());
+        let key = PrivateKeyDer::Pkcs8(vec![0x30, 0x00].into());
+        assert!(WsTlsConfig::default()
+            .with_certificate(vec![junk], key)
+            .is_err());
     }
 
     #[test]

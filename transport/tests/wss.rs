@@ -3,7 +3,6 @@
 //! reports, and clear errors when the dialer does not trust the server, speaks plain
 //! WebSocket to it, or has no TLS settings.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
@@ -14,31 +13,19 @@ use tokio::time::timeout;
 
 const LIMIT: Duration = Duration::from_secs(10);
 
-fn ring() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
-/// A self-signed web certificate for `localhost` and 127.0.0.1: (server config, a client
-/// config that trusts it).
-fn web_tls() -> (Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>) {
+/// A self-signed web certificate for `localhost` and 127.0.0.1: (the settings of a
+/// listener presenting it, the settings of a dialer trusting it).
+fn web_tls() -> (WsTlsConfig, WsTlsConfig) {
     let cert =
         rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
     let der: CertificateDer<'static> = cert.cert.der().clone();
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(cert.key_pair.serialize_der()));
-    let server = rustls::ServerConfig::builder_with_provider(ring())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(vec![der.clone()], key)
-        .unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(der).unwrap();
-    let client = rustls::ClientConfig::builder_with_provider(ring())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    (Arc::new(server), Arc::new(client))
+    (
+        WsTlsConfig::default()
+            .with_certificate(vec![der.clone()], key)
+            .unwrap(),
+        WsTlsConfig::default().trusting([der]).unwrap(),
+    )
 }
 
 fn transport(tls: WsTlsConfig) -> WsTransport {
@@ -92,8 +79,8 @@ async fn echo_once(t: &WsTransport, listen: &str, dial: impl Fn(&Multiaddr) -> M
 async fn bytes_cross_secure_websocket_in_every_spelling() {
     let (server, client) = web_tls();
     let t = transport(WsTlsConfig {
-        server: Some(server),
-        client: Some(client),
+        server: server.server,
+        client: client.client,
     });
     // The certificate names the IP address, checked when dialing by IP.
     echo_once(&t, "/ip4/127.0.0.1/tcp/0/tls/ws", Multiaddr::clone).await;
@@ -110,10 +97,7 @@ async fn bytes_cross_secure_websocket_in_every_spelling() {
 async fn a_dialer_that_does_not_trust_the_certificate_is_refused_on_both_sides() {
     let (server, _) = web_tls();
     let (_, other_client) = web_tls();
-    let listener = transport(WsTlsConfig {
-        server: Some(server),
-        client: None,
-    });
+    let listener = transport(server);
     let mut l = listener
         .listen(&ma("/ip4/127.0.0.1/tcp/0/tls/ws"))
         .await
@@ -123,10 +107,7 @@ async fn a_dialer_that_does_not_trust_the_certificate_is_refused_on_both_sides()
         let mut c = l.accept().await.unwrap();
         c.read(&mut [0u8; 16]).await
     });
-    let dialer = transport(WsTlsConfig {
-        server: None,
-        client: Some(other_client),
-    });
+    let dialer = transport(other_client);
     match timeout(LIMIT, dialer.dial(&addr)).await.unwrap() {
         Err(TransportError::Dial { source, .. }) => {
             assert!(
@@ -147,10 +128,7 @@ async fn a_dialer_that_does_not_trust_the_certificate_is_refused_on_both_sides()
 #[tokio::test]
 async fn plain_websocket_to_a_secure_listener_fails_cleanly() {
     let (server, _) = web_tls();
-    let listener = transport(WsTlsConfig {
-        server: Some(server),
-        client: None,
-    });
+    let listener = transport(server);
     let mut l = listener
         .listen(&ma("/ip4/127.0.0.1/tcp/0/tls/ws"))
         .await
