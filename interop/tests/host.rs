@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use futures::{AsyncReadExt as _, AsyncWriteExt as _, StreamExt};
+use futures::StreamExt;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{identify, noise, ping, tcp, tls, yamux, StreamProtocol, Swarm, SwarmBuilder};
 use strata_core::{Multiaddr, PeerId, Protocol};
@@ -17,7 +17,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio::time::timeout;
 
 mod common;
-use common::ECHO;
+use common::{echo_both_ways, ECHO};
 
 const IDENTIFY: &str = "/ipfs/id/1.0.0";
 const PING: &str = "/ipfs/ping/1.0.0";
@@ -257,10 +257,6 @@ async fn strata_identified(
     }
 }
 
-fn payload() -> Vec<u8> {
-    (0..100_000u32).map(|i| (i % 251) as u8).collect()
-}
-
 async fn run(stack: Stack, dialer: Dialer) {
     let host = stack.strata_host().await;
     let mut host_events = host.events();
@@ -326,38 +322,8 @@ async fn run(stack: Stack, dialer: Dialer) {
     let rtt = timeout(LIMIT, host.ping(node.peer)).await.unwrap().unwrap();
     assert!(rtt > Duration::ZERO);
 
-    // Strata opens ECHO on rust-libp2p (libp2p-stream serves it).
-    let data = payload();
-    let mut s = timeout(LIMIT, host.new_stream(node.peer, &[ECHO]))
-        .await
-        .unwrap()
-        .unwrap();
-    timeout(LIMIT, s.write_all(&data)).await.unwrap().unwrap();
-    timeout(LIMIT, s.close_write()).await.unwrap().unwrap();
-    let mut back = Vec::new();
-    timeout(LIMIT, s.read_to_end(&mut back))
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(back == data, "the echo from rust-libp2p must be intact");
-
-    // rust-libp2p opens ECHO on Strata (the host's handler serves it).
-    let mut s = timeout(
-        LIMIT,
-        node.control
-            .open_stream(host.id(), StreamProtocol::new(ECHO)),
-    )
-    .await
-    .unwrap()
-    .unwrap();
-    timeout(LIMIT, s.write_all(&data)).await.unwrap().unwrap();
-    timeout(LIMIT, s.close()).await.unwrap().unwrap();
-    let mut back = Vec::new();
-    timeout(LIMIT, s.read_to_end(&mut back))
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(back == data, "the echo from Strata must be intact");
+    // Strata opens ECHO on rust-libp2p, and rust-libp2p on Strata.
+    echo_both_ways(&host, node.peer, &mut node.control).await;
 
     timeout(LIMIT, host.close()).await.unwrap();
 }

@@ -2,9 +2,8 @@
 //! this process, each dialing the other: web TLS with a certificate for 127.0.0.1 that
 //! both trust, Noise and yamux inside, and a 1 MiB echo each way.
 
-use futures::{AsyncReadExt as _, AsyncWriteExt as _};
 use libp2p::core::upgrade::Version;
-use libp2p::{noise, tcp, websocket, yamux, StreamProtocol, SwarmBuilder, Transport as _};
+use libp2p::{noise, tcp, websocket, yamux, SwarmBuilder, Transport as _};
 use strata_core::{Multiaddr, Protocol};
 use strata_host::{Host, HostBuilder, Security};
 use strata_transport::{WsConfig, WsTlsConfig};
@@ -12,7 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::timeout;
 
 mod common;
-use common::{payload, start_libp2p, Libp2pNode, ECHO, LIMIT};
+use common::{echo_both_ways, start_libp2p, Libp2pNode, ECHO, LIMIT};
 
 /// A self-signed web certificate for 127.0.0.1: (certificate DER, PKCS#8 key DER).
 fn certificate() -> (Vec<u8>, Vec<u8>) {
@@ -84,40 +83,6 @@ async fn strata_host(cert: &[u8], key: &[u8], listen: bool) -> Host {
     host
 }
 
-/// 1 MiB echoed by rust-libp2p for Strata, then by Strata for rust-libp2p.
-async fn echo_both_ways(host: &Host, node: &mut Libp2pNode) {
-    let data = payload();
-    let mut s = timeout(LIMIT, host.new_stream(node.peer, &[ECHO]))
-        .await
-        .unwrap()
-        .unwrap();
-    timeout(LIMIT, s.write_all(&data)).await.unwrap().unwrap();
-    timeout(LIMIT, s.close_write()).await.unwrap().unwrap();
-    let mut back = Vec::new();
-    timeout(LIMIT, s.read_to_end(&mut back))
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(back == data, "the echo from rust-libp2p must be intact");
-
-    let mut s = timeout(
-        LIMIT,
-        node.control
-            .open_stream(host.id(), StreamProtocol::new(ECHO)),
-    )
-    .await
-    .unwrap()
-    .unwrap();
-    timeout(LIMIT, s.write_all(&data)).await.unwrap().unwrap();
-    timeout(LIMIT, s.close()).await.unwrap().unwrap();
-    let mut back = Vec::new();
-    timeout(LIMIT, s.read_to_end(&mut back))
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(back == data, "the echo from Strata must be intact");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn strata_dials_rust_libp2p_over_secure_websocket() {
     let (cert, key) = certificate();
@@ -133,7 +98,7 @@ async fn strata_dials_rust_libp2p_over_secure_websocket() {
         .await
         .unwrap()
         .unwrap();
-    echo_both_ways(&host, &mut node).await;
+    echo_both_ways(&host, node.peer, &mut node.control).await;
     timeout(LIMIT, host.close()).await.unwrap();
 }
 
@@ -151,6 +116,6 @@ async fn rust_libp2p_dials_strata_over_secure_websocket() {
         swarm.dial(addr).unwrap();
     });
     assert_eq!(node.connected().await, host.id());
-    echo_both_ways(&host, &mut node).await;
+    echo_both_ways(&host, node.peer, &mut node.control).await;
     timeout(LIMIT, host.close()).await.unwrap();
 }

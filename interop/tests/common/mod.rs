@@ -9,6 +9,7 @@ use futures::{AsyncReadExt as _, AsyncWriteExt as _, StreamExt};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{StreamProtocol, Swarm};
 use strata_core::{BoxCapableConn, Multiaddr, PeerId};
+use strata_host::Host;
 use strata_upgrader::multistream::{dialer_select, listener_select};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
@@ -147,4 +148,39 @@ pub async fn strata_echo_server(conn: BoxCapableConn) {
     stream.write_all(&buf).await.unwrap();
     stream.close_write().await.unwrap();
     let _ = conn.closed().await;
+}
+
+/// 1 MiB echoed by the rust-libp2p node `peer` for Strata's `host` (libp2p-stream serves
+/// ECHO), then by Strata for the node (the host's handler serves it), over their
+/// connection.
+pub async fn echo_both_ways(host: &Host, peer: PeerId, control: &mut libp2p_stream::Control) {
+    let data = payload();
+    let mut s = timeout(LIMIT, host.new_stream(peer, &[ECHO]))
+        .await
+        .unwrap()
+        .unwrap();
+    timeout(LIMIT, s.write_all(&data)).await.unwrap().unwrap();
+    timeout(LIMIT, s.close_write()).await.unwrap().unwrap();
+    let mut back = Vec::new();
+    timeout(LIMIT, s.read_to_end(&mut back))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(back == data, "the echo from rust-libp2p must be intact");
+
+    let mut s = timeout(
+        LIMIT,
+        control.open_stream(host.id(), StreamProtocol::new(ECHO)),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    timeout(LIMIT, s.write_all(&data)).await.unwrap().unwrap();
+    timeout(LIMIT, s.close()).await.unwrap().unwrap();
+    let mut back = Vec::new();
+    timeout(LIMIT, s.read_to_end(&mut back))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(back == data, "the echo from Strata must be intact");
 }
