@@ -93,12 +93,12 @@ async fn bytes_cross_secure_websocket_in_every_spelling() {
     .await;
 }
 
-#[tokio::test]
-async fn a_dialer_that_does_not_trust_the_certificate_is_refused_on_both_sides() {
+/// A `/tls/ws` listener with a fresh certificate: its address, and the outcome of the
+/// first read on the first connection it accepts.
+async fn secure_listener_reading_once(
+) -> (Multiaddr, tokio::task::JoinHandle<std::io::Result<usize>>) {
     let (server, _) = web_tls();
-    let (_, other_client) = web_tls();
-    let listener = transport(server);
-    let mut l = listener
+    let mut l = transport(server)
         .listen(&ma("/ip4/127.0.0.1/tcp/0/tls/ws"))
         .await
         .unwrap();
@@ -107,6 +107,13 @@ async fn a_dialer_that_does_not_trust_the_certificate_is_refused_on_both_sides()
         let mut c = l.accept().await.unwrap();
         c.read(&mut [0u8; 16]).await
     });
+    (addr, accepted)
+}
+
+#[tokio::test]
+async fn a_dialer_that_does_not_trust_the_certificate_is_refused_on_both_sides() {
+    let (_, other_client) = web_tls();
+    let (addr, accepted) = secure_listener_reading_once().await;
     let dialer = transport(other_client);
     match timeout(LIMIT, dialer.dial(&addr)).await.unwrap() {
         Err(TransportError::Dial { source, .. }) => {
@@ -127,19 +134,9 @@ async fn a_dialer_that_does_not_trust_the_certificate_is_refused_on_both_sides()
 
 #[tokio::test]
 async fn plain_websocket_to_a_secure_listener_fails_cleanly() {
-    let (server, _) = web_tls();
-    let listener = transport(server);
-    let mut l = listener
-        .listen(&ma("/ip4/127.0.0.1/tcp/0/tls/ws"))
-        .await
-        .unwrap();
-    let addr = l.multiaddr().to_string();
-    let accepted = tokio::spawn(async move {
-        let mut c = l.accept().await.unwrap();
-        c.read(&mut [0u8; 16]).await
-    });
+    let (addr, accepted) = secure_listener_reading_once().await;
     let plain = transport(WsTlsConfig::default());
-    let as_plain = ma(&addr.replace("/tls/ws", "/ws"));
+    let as_plain = ma(&addr.to_string().replace("/tls/ws", "/ws"));
     let dialed = timeout(LIMIT, plain.dial(&as_plain)).await.unwrap();
     assert!(
         matches!(dialed, Err(TransportError::Dial { .. })),
