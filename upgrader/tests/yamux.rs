@@ -298,6 +298,127 @@ async fn frames_cut_by_a_trickling_stream_arrive_whole() {
     within("acceptor", acceptor).await.unwrap();
 }
 
+/// A secured stream whose reads hand out at most the next of `sizes` bytes each (round
+/// and round), so that the reader meets headers and bodies cut at every size, from a few
+/// bytes to more than a whole read buffer.
+struct CutReads {
+    io: tokio::io::DuplexStream,
+    sizes: &'static [usize],
+    next: usize,
+}
+
+impl tokio::io::AsyncRead for CutReads {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        let most = self.sizes[self.next % self.sizes.len()].min(buf.remaining());
+        let mut room = vec![0u8; most];
+        let mut limited = tokio::io::ReadBuf::new(&mut room);
+        let polled = std::pin::Pin::new(&mut self.io).poll_read(cx, &mut limited);
+        if polled.is_ready() {
+            self.next += 1;
+            buf.put_slice(limited.filled());
+        }
+        polled
+    }
+}
+
+impl tokio::io::AsyncWrite for CutReads {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// The rest of a large body is read straight into its stream's buffer, everything else
+/// through the read buffer. Bulk streams (256 KiB frames) and a stream of small writes
+/// go at once, through reads cut at sizes from 5 bytes to 200 KiB, while the readers
+/// take their time: a direct read that ran past its body into the next header, or bytes
+/// joined to a stream's buffer in the wrong place, would corrupt a stream or break the
+/// connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_bodies_read_directly_arrive_whole_between_small_frames() {
+    const SIZES: &[usize] = &[5, 70_000, 3_000, 200_000, 12, 1_500, 40_000, 17];
+    const BULK: usize = 1536 * 1024;
+    let (x, y) = tokio::io::duplex(256 * 1024);
+    let cut = |io| CutReads {
+        io,
+        sizes: SIZES,
+        next: 0,
+    };
+    let a = muxed(YamuxConfig::default(), cut(x), Direction::Outbound);
+    let b = muxed(YamuxConfig::default(), cut(y), Direction::Inbound);
+    let acceptor = {
+        let b = b.clone();
+        tokio::spawn(async move {
+            let mut echoes = Vec::new();
+            while let Ok(s) = b.accept_stream().await {
+                echoes.push(tokio::spawn(echo_in_small_reads(s)));
+            }
+            for e in echoes {
+                e.await.unwrap().unwrap();
+            }
+        })
+    };
+    let mut writers = Vec::new();
+    for (n, (len, write)) in [(BULK, BULK), (BULK, BULK), (64 * 1024, 100)]
+        .into_iter()
+        .enumerate()
+    {
+        let a = a.clone();
+        writers.push(tokio::spawn(async move {
+            let mut s = a.open_stream().await.unwrap();
+            let data = payload(n, len);
+            for chunk in data.chunks(write) {
+                s.write_all(chunk).await.unwrap();
+            }
+            s.close_write().await.unwrap();
+            let mut back = Vec::new();
+            s.read_to_end(&mut back).await.unwrap();
+            assert!(back == data, "stream {n} came back altered");
+        }));
+    }
+    for w in writers {
+        within("writers", w).await.unwrap();
+    }
+    within("close", a.close()).await;
+    within("acceptor", acceptor).await.unwrap();
+}
+
+/// Reads everything to EOF in reads of a few KiB, yielding between them (so that the
+/// driver appends to a buffer the reader is draining), then writes it back.
+async fn echo_in_small_reads(mut s: Stream) -> io::Result<()> {
+    let mut all = Vec::new();
+    let mut buf = [0u8; 3000];
+    loop {
+        let n = s.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        all.extend_from_slice(&buf[..n]);
+        tokio::task::yield_now().await;
+    }
+    s.write_all(&all).await?;
+    s.close_write().await
+}
+
 #[tokio::test]
 async fn half_close_leaves_the_other_direction_open() {
     let (a, b) = pair();

@@ -3,7 +3,10 @@
 //! Reading: frames are parsed from a reusable buffer as bytes arrive; a data body is
 //! handed to its stream piece by piece, so no frame is ever held whole and a body can be
 //! as large as the window the remote was granted. Every body is checked against its
-//! stream's window before a byte of it is kept.
+//! stream's window before a byte of it is kept. The rest of a large body is read
+//! straight into its stream's own buffer, at its end (the secured stream's copy out of
+//! its decryption buffer is then the only one before the application's read); the
+//! buffer is the one the stream keeps and reuses anyway, so this costs no memory more.
 //!
 //! Writing: frames queued by streams and by the parser go out in vectored writes; a frame
 //! is header and body in one buffer, so each lands in as few records as the security
@@ -21,7 +24,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use strata_core::rcmgr::priority;
 use strata_core::CloseReason;
 use tokio::time::{Instant, Sleep};
@@ -40,6 +43,11 @@ const READ_START: usize = 4 * 1024;
 const READS_PER_TURN: usize = 32;
 /// Frames handed to one vectored write.
 const WRITE_BATCH: usize = 64;
+/// A data body with at least this much still to come is read straight into its
+/// stream's buffer, once the read buffer holds none of it.
+const DIRECT_MIN: usize = 16 * 1024;
+/// The most room a direct read is given.
+const DIRECT_CHUNK: usize = 64 * 1024;
 
 /// Where the parser is.
 enum ReadState {
@@ -50,6 +58,31 @@ enum ReadState {
         remaining: u32,
         fin: bool,
     },
+}
+
+/// Body bytes for a stream: to be copied, or read into the end of its buffer.
+enum Received<'a> {
+    Copy(&'a [u8]),
+    InPlace(BytesMut),
+}
+
+/// Hands body bytes to stream `id`, unless it was reset meanwhile, and wakes its reader.
+fn deliver(session: &Session, id: u32, data: Received<'_>) {
+    let mut st = session.lock();
+    let Some(s) = st.streams.get_mut(&id) else {
+        return;
+    };
+    if s.reset.is_some() {
+        return;
+    }
+    match data {
+        Received::Copy(bytes) => s.recv.extend_from_slice(bytes),
+        // Split from the end of this very buffer, so joined back without a copy.
+        Received::InPlace(read) => s.recv.unsplit(read),
+    }
+    if let Some(w) = s.read_waker.take() {
+        w.wake();
+    }
 }
 
 /// The remote broke the protocol.
@@ -74,6 +107,11 @@ pub(crate) struct Driver {
     read_buf: BytesMut,
     /// The room the next read gets.
     read_size: usize,
+    /// The current body is being read directly (see [`DIRECT_MIN`]), to its end.
+    direct_body: bool,
+    /// A body was just read directly: the next read takes only a header, so that if
+    /// another large body follows, it too is read directly rather than copied.
+    header_only: bool,
     read_state: ReadState,
     read_eof: bool,
     /// Reading waits: a ping is next and its answer has no room in the write queue
@@ -101,6 +139,8 @@ impl Driver {
             session,
             read_buf: BytesMut::new(),
             read_size: READ_START,
+            direct_body: false,
+            header_only: false,
             read_state: ReadState::Header,
             read_eof: false,
             read_paused: false,
@@ -230,16 +270,30 @@ impl Driver {
             if self.read_eof || self.read_paused {
                 return Ok(());
             }
-            if self.read_buf.capacity() - self.read_buf.len() < self.read_size / 2 {
-                self.read_buf.reserve(self.read_size);
-            }
-            let room = self.read_buf.capacity() - self.read_buf.len();
-            let read_buf = &mut self.read_buf;
-            let polled = with_io(
-                &self.session,
-                |io, cx| tokio_util::io::poll_read_buf(io, cx, read_buf),
-                cx,
-            );
+            let mut direct = match self.read_state {
+                ReadState::Body {
+                    stream: Some(_),
+                    remaining,
+                    ..
+                } => {
+                    self.read_buf.is_empty()
+                        && (remaining as usize >= DIRECT_MIN || self.direct_body)
+                }
+                _ => false,
+            };
+            // For a chunk read, the room it had: a full one doubles the next.
+            let (polled, chunk_room) = if direct {
+                match self.poll_read_direct(cx) {
+                    Some(polled) => (polled, None),
+                    None => {
+                        // The stream is gone: its body is read and dropped as usual.
+                        direct = false;
+                        self.poll_read_buffered(cx)
+                    }
+                }
+            } else {
+                self.poll_read_buffered(cx)
+            };
             match polled {
                 Poll::Ready(Ok(0)) => {
                     self.read_eof = true;
@@ -252,7 +306,13 @@ impl Driver {
                     return Ok(());
                 }
                 Poll::Ready(Ok(n)) => {
-                    if n == room {
+                    if direct {
+                        self.body_advanced(n);
+                        match self.read_state {
+                            ReadState::Body { .. } => self.direct_body = true,
+                            ReadState::Header => self.header_only = true,
+                        }
+                    } else if chunk_room == Some(n) {
                         self.read_size = (self.read_size * 2).min(READ_CHUNK);
                     }
                     continue;
@@ -280,6 +340,92 @@ impl Driver {
         Ok(())
     }
 
+    /// Reads into the read buffer: a chunk (returned with the room it had), or only a
+    /// header right after a direct body.
+    fn poll_read_buffered(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> (Poll<std::io::Result<usize>>, Option<usize>) {
+        if self.read_buf.capacity() - self.read_buf.len() < self.read_size / 2 {
+            self.read_buf.reserve(self.read_size);
+        }
+        let chunk_room = self.read_buf.capacity() - self.read_buf.len();
+        let (room, chunk) = if std::mem::take(&mut self.header_only) {
+            (HEADER_LEN.saturating_sub(self.read_buf.len()).max(1), None)
+        } else {
+            (chunk_room, Some(chunk_room))
+        };
+        let read_buf = &mut self.read_buf;
+        let polled = with_io(
+            &self.session,
+            |io, cx| tokio_util::io::poll_read_buf(io, cx, &mut read_buf.limit(room)),
+            cx,
+        );
+        (polled, chunk)
+    }
+
+    /// Reads the current body's next bytes straight into the end of its stream's
+    /// buffer, at most what is left of the body; the bytes are handed over as they come.
+    /// `None` when the stream is gone or reset (nothing was read).
+    fn poll_read_direct(&mut self, cx: &mut Context<'_>) -> Option<Poll<std::io::Result<usize>>> {
+        let ReadState::Body {
+            stream: Some(id),
+            remaining,
+            ..
+        } = self.read_state
+        else {
+            return None;
+        };
+        // Never past the body's end: what follows is the next frame's header.
+        let room = (remaining as usize).min(DIRECT_CHUNK);
+        let mut spare = {
+            let mut st = self.session.lock();
+            let s = st.streams.get_mut(&id).filter(|s| s.reset.is_none())?;
+            // Reclaims the room the reader has emptied, or grows as a copy would.
+            s.recv.reserve(room);
+            let len = s.recv.len();
+            s.recv.split_off(len)
+        };
+        let polled = with_io(
+            &self.session,
+            |io, cx| tokio_util::io::poll_read_buf(io, cx, &mut (&mut spare).limit(room)),
+            cx,
+        );
+        if let Poll::Ready(Ok(n)) = polled {
+            if n > 0 {
+                deliver(&self.session, id, Received::InPlace(spare));
+            }
+        }
+        Some(polled)
+    }
+
+    /// `n` more bytes of the current body are handled: moves on to the next header at
+    /// its end.
+    fn body_advanced(&mut self, n: usize) {
+        let ReadState::Body {
+            stream,
+            remaining,
+            fin,
+        } = self.read_state
+        else {
+            return;
+        };
+        let remaining = remaining - n as u32;
+        if remaining == 0 {
+            self.read_state = ReadState::Header;
+            self.direct_body = false;
+            if let (true, Some(id)) = (fin, stream) {
+                self.on_fin(id);
+            }
+        } else {
+            self.read_state = ReadState::Body {
+                stream,
+                remaining,
+                fin,
+            };
+        }
+    }
+
     /// Parses every whole header and every piece of body in the buffer.
     fn parse(&mut self) -> Result<(), ProtocolError> {
         loop {
@@ -304,39 +450,17 @@ impl Driver {
                     self.on_header(header)?;
                 }
                 ReadState::Body {
-                    stream,
-                    remaining,
-                    fin,
+                    stream, remaining, ..
                 } => {
                     if self.read_buf.is_empty() {
                         return Ok(());
                     }
                     let n = self.read_buf.len().min(remaining as usize);
                     if let Some(id) = stream {
-                        let mut st = self.session.lock();
-                        if let Some(s) = st.streams.get_mut(&id) {
-                            if s.reset.is_none() {
-                                s.recv.extend_from_slice(&self.read_buf[..n]);
-                                if let Some(w) = s.read_waker.take() {
-                                    w.wake();
-                                }
-                            }
-                        }
+                        deliver(&self.session, id, Received::Copy(&self.read_buf[..n]));
                     }
                     self.read_buf.advance(n);
-                    let remaining = remaining - n as u32;
-                    if remaining == 0 {
-                        self.read_state = ReadState::Header;
-                        if let (true, Some(id)) = (fin, stream) {
-                            self.on_fin(id);
-                        }
-                    } else {
-                        self.read_state = ReadState::Body {
-                            stream,
-                            remaining,
-                            fin,
-                        };
-                    }
+                    self.body_advanced(n);
                 }
             }
         }
