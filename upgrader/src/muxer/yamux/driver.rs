@@ -48,6 +48,8 @@ const WRITE_BATCH: usize = 64;
 const DIRECT_MIN: usize = 16 * 1024;
 /// The most room a direct read is given.
 const DIRECT_CHUNK: usize = 64 * 1024;
+/// Written frames at least this large have their buffers kept for the next frames.
+const RECYCLE_MIN: usize = 16 * 1024;
 
 /// Where the parser is.
 enum ReadState {
@@ -119,6 +121,8 @@ pub(crate) struct Driver {
     read_paused: bool,
     /// Frames taken from the queue and not yet written.
     writing: VecDeque<Bytes>,
+    /// Buffers of data frames just written, to be kept for reuse.
+    written_frames: Vec<BytesMut>,
     needs_flush: bool,
     close_wait: Pin<Box<WaitForCancellationFutureOwned>>,
     abort_wait: Pin<Box<WaitForCancellationFutureOwned>>,
@@ -145,6 +149,7 @@ impl Driver {
             read_eof: false,
             read_paused: false,
             writing: VecDeque::new(),
+            written_frames: Vec::new(),
             needs_flush: false,
             close_wait: Box::pin(close.cancelled_owned()),
             abort_wait: Box::pin(abort.cancelled_owned()),
@@ -624,6 +629,7 @@ impl Driver {
     /// Writes queued frames until the socket pushes back, then flushes.
     fn poll_write_side(&mut self, cx: &mut Context<'_>) -> std::io::Result<()> {
         let limit = self.session.config.write_queue_limit();
+        let mut wrote = false;
         loop {
             if self.writing.is_empty() {
                 let mut st = self.session.lock();
@@ -634,6 +640,10 @@ impl Driver {
                     break;
                 }
                 if st.out.is_empty() {
+                    if !wrote {
+                        // Nothing to write this turn: hold no spare memory while idle.
+                        st.drop_spare_frames();
+                    }
                     break;
                 }
                 std::mem::swap(&mut self.writing, &mut st.out);
@@ -654,8 +664,14 @@ impl Driver {
                 Poll::Ready(Ok(0)) => return Err(std::io::ErrorKind::WriteZero.into()),
                 Poll::Ready(Ok(n)) => {
                     self.advance_written(n);
-                    self.session.lock().written(n, limit);
+                    let mut st = self.session.lock();
+                    st.written(n, limit);
+                    if !self.written_frames.is_empty() {
+                        st.keep_spare_frames(&mut self.written_frames, limit);
+                    }
+                    drop(st);
                     self.needs_flush = true;
+                    wrote = true;
                 }
                 Poll::Ready(Err(e)) => return Err(e),
                 Poll::Pending => return Ok(()),
@@ -682,7 +698,15 @@ impl Driver {
             };
             if n >= front.len() {
                 n -= front.len();
-                self.writing.pop_front();
+                if let Some(Ok(mut buf)) = self.writing.pop_front().map(Bytes::try_into_mut) {
+                    // Written, and nobody else holds it: worth keeping if large. What a
+                    // frame written in parts shows is only its last part; reclaiming
+                    // brings back the whole buffer.
+                    buf.clear();
+                    if buf.try_reclaim(RECYCLE_MIN) {
+                        self.written_frames.push(buf);
+                    }
+                }
             } else {
                 front.advance(n);
                 n = 0;

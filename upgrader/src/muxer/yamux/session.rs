@@ -38,6 +38,9 @@ pub(crate) const MAX_QUEUED_PING_ANSWERS: usize = 8;
 /// transfers run faster pipelined than written through.
 pub(crate) const WRITE_THROUGH_MAX: usize = 16 * 1024;
 
+/// Written frame buffers kept for reuse (see `State::spare_frames`).
+const MAX_SPARE_FRAMES: usize = 2;
+
 /// Who reset a stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Reset {
@@ -181,6 +184,11 @@ pub(crate) struct State {
     pub(crate) out: VecDeque<Bytes>,
     /// Bytes in `out` plus those the driver has taken and not yet written.
     pub(crate) out_bytes: usize,
+    /// Buffers of written data frames, for the next frames to be copied into: fresh
+    /// memory for every frame of a bulk transfer costs page faults. What they hold and
+    /// what is queued stay within the queue limit together.
+    spare_frames: Vec<BytesMut>,
+    spare_bytes: usize,
     driver: Option<Waker>,
     /// Streams whose writer waits for room in the queue, first come first woken (each
     /// stream's waker and wanted bytes are in its state, so a writer polled twice waits
@@ -288,6 +296,8 @@ impl Session {
                 },
                 out: VecDeque::new(),
                 out_bytes: 0,
+                spare_frames: Vec::new(),
+                spare_bytes: 0,
                 driver: None,
                 space: VecDeque::new(),
                 inbound: VecDeque::new(),
@@ -587,12 +597,39 @@ impl State {
 
     /// Queues a data frame: header and body in one buffer, so they leave in one write.
     pub(crate) fn queue_data(&mut self, header: Header, body: &[u8]) {
-        let mut frame = BytesMut::with_capacity(HEADER_LEN + body.len());
+        let mut frame = match self.spare_frames.pop() {
+            Some(mut spare) => {
+                self.spare_bytes -= spare.capacity();
+                spare.clear();
+                spare.reserve(HEADER_LEN + body.len());
+                spare
+            }
+            None => BytesMut::with_capacity(HEADER_LEN + body.len()),
+        };
         frame.put_slice(&header.encode());
         frame.put_slice(body);
         self.out_bytes += frame.len();
         self.out.push_back(frame.freeze());
         self.wake_driver();
+    }
+
+    /// Keeps the buffers of written frames for reuse, as far as the queue limit allows.
+    pub(crate) fn keep_spare_frames(&mut self, written: &mut Vec<BytesMut>, limit: usize) {
+        for frame in written.drain(..) {
+            let size = frame.capacity();
+            if self.spare_frames.len() < MAX_SPARE_FRAMES
+                && self.out_bytes + self.spare_bytes + size <= limit
+            {
+                self.spare_bytes += size;
+                self.spare_frames.push(frame);
+            }
+        }
+    }
+
+    /// Lets go of the spare frame buffers (the connection has nothing to write).
+    pub(crate) fn drop_spare_frames(&mut self) {
+        self.spare_frames = Vec::new();
+        self.spare_bytes = 0;
     }
 
     /// Room in the queue for data, for a writer; registers `waker` when there is none.
@@ -808,6 +845,47 @@ mod tests {
 
     /// Writes one frame through a stream that takes `take` bytes; returns whether it was
     /// written through, and what then sits in the queue.
+    /// A written frame's buffer is copied into again for the next frame; what spare
+    /// buffers hold and what is queued stay within the queue limit together; an idle
+    /// connection lets them go.
+    #[test]
+    fn written_frame_buffers_are_reused_within_the_queue_limit() {
+        let session = Session::new(
+            PeerId::random(),
+            YamuxConfig::default(),
+            Direction::Outbound,
+            Arc::new(ConnScope::unlimited()),
+            Box::new(TakesFew {
+                take: 0,
+                got: Vec::new(),
+            }),
+        );
+        let limit = 100_000;
+        let mut st = session.lock();
+        let mut written = vec![BytesMut::with_capacity(40_000)];
+        let kept_at = written[0].as_ptr();
+        st.keep_spare_frames(&mut written, limit);
+        assert!(written.is_empty());
+        assert_eq!(st.spare_bytes, 40_000);
+        st.queue_data(Header::new(FrameType::Data, 0, 1, 30_000), &[7; 30_000]);
+        let frame = st.out.back().expect("queued");
+        assert_eq!(frame.as_ptr(), kept_at, "the spare buffer is used again");
+        assert_eq!(frame.len(), HEADER_LEN + 30_000);
+        assert_eq!(st.spare_bytes, 0);
+
+        // 30,012 queued: a 40,000-byte spare fits beside it, a second does not (and
+        // neither would a third past MAX_SPARE_FRAMES).
+        let mut written = vec![
+            BytesMut::with_capacity(40_000),
+            BytesMut::with_capacity(40_000),
+        ];
+        st.keep_spare_frames(&mut written, limit);
+        assert_eq!(st.spare_frames.len(), 1);
+        assert!(st.out_bytes + st.spare_bytes <= limit);
+        st.drop_spare_frames();
+        assert_eq!((st.spare_frames.len(), st.spare_bytes), (0, 0));
+    }
+
     fn write_through_taking(take: usize) -> (bool, Vec<u8>, usize) {
         let io = TakesFew {
             take,
