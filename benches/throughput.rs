@@ -5,7 +5,8 @@
 //! stream); then upgrades per second.
 //!
 //! Run: `cargo bench --bench throughput`. STRATA_BENCH_MIB sets the MiB per run;
-//! STRATA_BENCH_ROUNDS the rounds of each one-stream measure (3);
+//! STRATA_BENCH_ROUNDS the rounds of each measure (3), each compared with its baseline
+//! measured right before it (the figure is the median of those ratios);
 //! STRATA_BENCH_SPLIT sets yamux's split send size;
 //! STRATA_BENCH_PROFILE=raw|raw-noise|tls|noise|streams|upgrades-tls|upgrades-noise runs
 //! one measure once (for perf).
@@ -23,7 +24,7 @@ use strata::upgrader::{
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 const CHUNK: usize = 256 * 1024;
-/// Rounds of each one-stream measure (STRATA_BENCH_ROUNDS, 3 by default): more rounds
+/// Rounds of each measure (STRATA_BENCH_ROUNDS, 3 by default): more rounds
 /// give a steadier median on a noisy machine.
 fn rounds() -> usize {
     std::env::var("STRATA_BENCH_ROUNDS")
@@ -594,19 +595,34 @@ fn main() {
         } else {
             (200, 16 * 1024)
         };
-        let one = strata_stream(false, streams * per_stream).await;
-        let many = many_streams(streams, per_stream).await;
+        // In rounds too, each against one stream measured right before it.
+        let (mut ones, mut manys, mut latencies) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..rounds {
+            ones.push(strata_stream(false, streams * per_stream).await);
+            let many = many_streams(streams, per_stream).await;
+            manys.push(many.rate);
+            latencies.push(many);
+        }
+        let many_ratio = median_ratio(&manys, &ones);
+        let many_spread = round_ratios(&manys, &ones);
+        // The latencies reported are those of the median round by rate.
+        latencies.sort_by(|a, b| a.rate.total_cmp(&b.rate));
+        let many = &latencies[latencies.len() / 2];
         println!(
             "{streams} concurrent streams on one TCP+TLS+yamux connection, {} KiB each:",
             per_stream / 1024
         );
-        println!("  one stream, same bytes                {one:9.1} MiB/s");
+        println!(
+            "  one stream, same bytes                {:9.1} MiB/s",
+            best(ones)
+        );
         println!(
             "  {:<36}{:9.1} MiB/s  {:5.1}% of one stream",
             format!("{streams} streams at once"),
-            many.rate,
-            100.0 * many.rate / one
+            best(manys),
+            100.0 * many_ratio
         );
+        println!("  each round's ratio: {many_spread}");
         println!(
             "  open to first byte: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
             many.first_byte_p50.as_secs_f64() * 1e3,

@@ -48,6 +48,8 @@ const WRITE_BATCH: usize = 64;
 const DIRECT_MIN: usize = 16 * 1024;
 /// The most room a direct read is given.
 const DIRECT_CHUNK: usize = 64 * 1024;
+/// Reads that take only up to the next header's end after a direct body.
+const EXACT_READS: u8 = 4;
 /// Written frames at least this large have their buffers kept for the next frames.
 const RECYCLE_MIN: usize = 16 * 1024;
 
@@ -111,9 +113,11 @@ pub(crate) struct Driver {
     read_size: usize,
     /// The current body is being read directly (see [`DIRECT_MIN`]), to its end.
     direct_body: bool,
-    /// A body was just read directly: the next read takes only a header, so that if
-    /// another large body follows, it too is read directly rather than copied.
-    header_only: bool,
+    /// Buffered reads left that take only what the parser needs to reach the end of
+    /// the next header ([`EXACT_READS`] after a direct body), so that when another
+    /// large body follows, a few small frames in between, it too is read directly
+    /// rather than pulled into the read buffer and copied.
+    exact_reads: u8,
     read_state: ReadState,
     read_eof: bool,
     /// Reading waits: a ping is next and its answer has no room in the write queue
@@ -144,7 +148,7 @@ impl Driver {
             read_buf: BytesMut::new(),
             read_size: READ_START,
             direct_body: false,
-            header_only: false,
+            exact_reads: 0,
             read_state: ReadState::Header,
             read_eof: false,
             read_paused: false,
@@ -315,7 +319,7 @@ impl Driver {
                         self.body_advanced(n);
                         match self.read_state {
                             ReadState::Body { .. } => self.direct_body = true,
-                            ReadState::Header => self.header_only = true,
+                            ReadState::Header => self.exact_reads = EXACT_READS,
                         }
                     } else if chunk_room == Some(n) {
                         self.read_size = (self.read_size * 2).min(READ_CHUNK);
@@ -345,8 +349,8 @@ impl Driver {
         Ok(())
     }
 
-    /// Reads into the read buffer: a chunk (returned with the room it had), or only a
-    /// header right after a direct body.
+    /// Reads into the read buffer: a chunk (returned with the room it had), or, shortly
+    /// after a direct body, only up to the end of the next header.
     fn poll_read_buffered(
         &mut self,
         cx: &mut Context<'_>,
@@ -355,8 +359,14 @@ impl Driver {
             self.read_buf.reserve(self.read_size);
         }
         let chunk_room = self.read_buf.capacity() - self.read_buf.len();
-        let (room, chunk) = if std::mem::take(&mut self.header_only) {
-            (HEADER_LEN.saturating_sub(self.read_buf.len()).max(1), None)
+        let (room, chunk) = if self.exact_reads > 0 {
+            self.exact_reads -= 1;
+            let needed = match self.read_state {
+                ReadState::Header => HEADER_LEN.saturating_sub(self.read_buf.len()),
+                // The parser took every body byte there was: the rest, then a header.
+                ReadState::Body { remaining, .. } => remaining as usize + HEADER_LEN,
+            };
+            (needed.clamp(1, chunk_room), None)
         } else {
             (chunk_room, Some(chunk_room))
         };
