@@ -10,7 +10,7 @@
 //! refuse most of them.
 //!
 //! Run: `cargo bench -p strata-interop --bench idle_memory`. Target: Strata's RSS per
-//! connection no more than rust-libp2p's.
+//! connection at most half of rust-libp2p's.
 
 use std::io::BufRead;
 use std::process::{Command, Stdio};
@@ -190,7 +190,7 @@ async fn main() {
     println!("| Strata | {strata:.1} KiB |");
     println!("| rust-libp2p 0.57 | {libp2p:.1} KiB |");
     println!(
-        "Strata / rust-libp2p: {:.2} (target: at most 1.00)",
+        "Strata / rust-libp2p: {:.2} (target: at most 0.50)",
         strata / libp2p
     );
 }
