@@ -7,6 +7,7 @@
 //! what ties the encrypted channel to a peer ID, and optionally the muxers offered for
 //! early muxer negotiation. Afterwards [`NoiseStream`] encrypts the connection.
 
+mod dh;
 pub mod framed;
 pub mod payload;
 
@@ -17,6 +18,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 pub use framed::NoiseStream;
 
 use crate::security::{SecureTransport, Secured};
+use dh::{StaticKeyPair, StaticKeyResolver};
 use framed::{encode_len, LEN_PREFIX, MAX_FRAME_LEN};
 use payload::RemoteIdentity;
 
@@ -28,7 +30,8 @@ const NOISE_PARAMS: &str = "Noise_XX_25519_ChaChaPoly_SHA256";
 
 /// Our static X25519 key and the identity's signature over it.
 struct StaticIdentity {
-    private: Vec<u8>,
+    /// The private key, and its public key computed once (see [`dh`]).
+    keys: StaticKeyPair,
     /// Our libp2p public key in protobuf form, as the payload carries it.
     identity_key: Vec<u8>,
     identity_sig: Vec<u8>,
@@ -74,9 +77,14 @@ impl NoiseTransport {
                     .map_err(|e| format!("generating the noise static key failed: {e}"))
             })
             .and_then(|kp| {
-                let identity_sig = payload::sign_static_key(&identity, &kp.public)?;
+                let private: [u8; 32] =
+                    kp.private.as_slice().try_into().map_err(|_| {
+                        format!("the noise static key has {} bytes", kp.private.len())
+                    })?;
+                let keys = StaticKeyPair::from_private(private);
+                let identity_sig = payload::sign_static_key(&identity, &keys.public)?;
                 Ok(StaticIdentity {
-                    private: kp.private,
+                    keys,
                     identity_key: identity.public().encode_protobuf(),
                     identity_sig,
                 })
@@ -99,8 +107,8 @@ impl NoiseTransport {
     }
 
     fn builder<'a>(&self, statics: &'a StaticIdentity) -> Result<snow::Builder<'a>, SecurityError> {
-        snow::Builder::new(params()?)
-            .local_private_key(&statics.private)
+        snow::Builder::with_resolver(params()?, Box::new(StaticKeyResolver::new(statics.keys)))
+            .local_private_key(&statics.keys.private)
             .map_err(|e| snow_err("noise static key", e))
     }
 }
