@@ -597,7 +597,13 @@ impl State {
 
     /// Queues a data frame: header and body in one buffer, so they leave in one write.
     pub(crate) fn queue_data(&mut self, header: Header, body: &[u8]) {
-        let mut frame = match self.spare_frames.pop() {
+        // Spare buffers are large: a small frame takes fresh memory of its own size.
+        let spare = if body.len() > WRITE_THROUGH_MAX {
+            self.spare_frames.pop()
+        } else {
+            None
+        };
+        let mut frame = match spare {
             Some(mut spare) => {
                 self.spare_bytes -= spare.capacity();
                 spare.clear();
@@ -867,13 +873,19 @@ mod tests {
         st.keep_spare_frames(&mut written, limit);
         assert!(written.is_empty());
         assert_eq!(st.spare_bytes, 40_000);
+        st.queue_data(Header::new(FrameType::Data, 0, 1, 100), &[7; 100]);
+        assert_ne!(st.out.back().map(|f| f.as_ptr()), Some(kept_at));
+        assert_eq!(
+            st.spare_bytes, 40_000,
+            "a small frame leaves the spare alone"
+        );
         st.queue_data(Header::new(FrameType::Data, 0, 1, 30_000), &[7; 30_000]);
         let frame = st.out.back().expect("queued");
         assert_eq!(frame.as_ptr(), kept_at, "the spare buffer is used again");
         assert_eq!(frame.len(), HEADER_LEN + 30_000);
         assert_eq!(st.spare_bytes, 0);
 
-        // 30,012 queued: a 40,000-byte spare fits beside it, a second does not (and
+        // 30,124 queued: a 40,000-byte spare fits beside it, a second does not (and
         // neither would a third past MAX_SPARE_FRAMES).
         let mut written = vec![
             BytesMut::with_capacity(40_000),
