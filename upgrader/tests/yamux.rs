@@ -263,26 +263,38 @@ async fn frames_cut_by_a_trickling_stream_arrive_whole() {
         Trickle(y, false),
         Direction::Inbound,
     );
-    let acceptor = {
-        let b = b.clone();
-        tokio::spawn(async move {
-            let mut echoes = Vec::new();
-            while let Ok(s) = b.accept_stream().await {
-                echoes.push(tokio::spawn(echo(s)));
-            }
-            for e in echoes {
-                e.await.unwrap().unwrap();
-            }
-        })
-    };
+    echo_each_and_check(a, b, &[(LEN, 1000), (LEN, 1337)], false).await;
+}
+
+/// Stream `n` sends `len` bytes of `payload(n, len)` from `a` in writes of `write` bytes
+/// and closes; `b` echoes every stream (in small reads if `small_reads`); each must come
+/// back whole. Then `a` closes and `b`'s echoes all end cleanly.
+async fn echo_each_and_check(
+    a: Arc<dyn MuxedConn>,
+    b: Arc<dyn MuxedConn>,
+    streams: &[(usize, usize)],
+    small_reads: bool,
+) {
+    let acceptor = tokio::spawn(async move {
+        let mut echoes = Vec::new();
+        while let Ok(s) = b.accept_stream().await {
+            echoes.push(if small_reads {
+                tokio::spawn(echo_in_small_reads(s))
+            } else {
+                tokio::spawn(echo(s))
+            });
+        }
+        for e in echoes {
+            e.await.unwrap().unwrap();
+        }
+    });
     let mut writers = Vec::new();
-    for n in 0..2 {
+    for (n, &(len, write)) in streams.iter().enumerate() {
         let a = a.clone();
         writers.push(tokio::spawn(async move {
             let mut s = a.open_stream().await.unwrap();
-            let data = payload(n, LEN);
-            // Writes of odd sizes, so frames and cuts fall everywhere.
-            for chunk in data.chunks(1000 + 337 * n) {
+            let data = payload(n, len);
+            for chunk in data.chunks(write) {
                 s.write_all(chunk).await.unwrap();
             }
             s.close_write().await.unwrap();
@@ -365,41 +377,8 @@ async fn large_bodies_read_directly_arrive_whole_between_small_frames() {
     };
     let a = muxed(YamuxConfig::default(), cut(x), Direction::Outbound);
     let b = muxed(YamuxConfig::default(), cut(y), Direction::Inbound);
-    let acceptor = {
-        let b = b.clone();
-        tokio::spawn(async move {
-            let mut echoes = Vec::new();
-            while let Ok(s) = b.accept_stream().await {
-                echoes.push(tokio::spawn(echo_in_small_reads(s)));
-            }
-            for e in echoes {
-                e.await.unwrap().unwrap();
-            }
-        })
-    };
-    let mut writers = Vec::new();
-    for (n, (len, write)) in [(BULK, BULK), (BULK, BULK), (64 * 1024, 100)]
-        .into_iter()
-        .enumerate()
-    {
-        let a = a.clone();
-        writers.push(tokio::spawn(async move {
-            let mut s = a.open_stream().await.unwrap();
-            let data = payload(n, len);
-            for chunk in data.chunks(write) {
-                s.write_all(chunk).await.unwrap();
-            }
-            s.close_write().await.unwrap();
-            let mut back = Vec::new();
-            s.read_to_end(&mut back).await.unwrap();
-            assert!(back == data, "stream {n} came back altered");
-        }));
-    }
-    for w in writers {
-        within("writers", w).await.unwrap();
-    }
-    within("close", a.close()).await;
-    within("acceptor", acceptor).await.unwrap();
+    let streams = [(BULK, BULK), (BULK, BULK), (64 * 1024, 100)];
+    echo_each_and_check(a, b, &streams, true).await;
 }
 
 /// Reads everything to EOF in reads of a few KiB, yielding between them (so that the
