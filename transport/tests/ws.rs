@@ -8,6 +8,9 @@ use strata_transport::{TcpConfig, WsConfig, WsTransport};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::timeout;
 
+mod common;
+use common::echo_once;
+
 const LIMIT: Duration = Duration::from_secs(10);
 
 fn transport() -> WsTransport {
@@ -23,39 +26,7 @@ fn any() -> Multiaddr {
 
 #[tokio::test]
 async fn bytes_cross_both_ways_and_addresses_end_in_ws() {
-    let t = transport();
-    let mut l = t.listen(&any()).await.unwrap();
-    let addr = l.multiaddr().clone();
-    assert!(addr.to_string().ends_with("/ws"), "{addr}");
-    assert!(
-        !addr.to_string().contains("/tcp/0/"),
-        "port 0 resolved: {addr}"
-    );
-    let server = tokio::spawn(async move {
-        let mut c = l.accept().await.unwrap();
-        assert!(c.remote_multiaddr().to_string().ends_with("/ws"));
-        let mut buf = vec![0u8; 100_000];
-        c.read_exact(&mut buf).await.unwrap();
-        c.write_all(&buf).await.unwrap();
-        c.flush().await.unwrap();
-        c.shutdown().await.unwrap();
-        // The closing handshake: wait for the client's Close before letting go (our
-        // sockets reset on drop, which would destroy what the client has not read).
-        let mut rest = Vec::new();
-        let _ = c.read_to_end(&mut rest).await;
-    });
-    let mut c = timeout(LIMIT, t.dial(&addr)).await.unwrap().unwrap();
-    assert_eq!(c.remote_multiaddr(), &addr);
-    let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
-    c.write_all(&data).await.unwrap();
-    c.flush().await.unwrap();
-    let mut back = Vec::new();
-    timeout(LIMIT, c.read_to_end(&mut back))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(back, data);
-    server.await.unwrap();
+    echo_once(&transport(), "/ip4/127.0.0.1/tcp/0/ws", Multiaddr::clone).await;
 }
 
 #[tokio::test]

@@ -8,8 +8,11 @@ use std::time::Duration;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use strata_core::{Multiaddr, RawTransport, TransportError};
 use strata_transport::{TcpConfig, WsConfig, WsTlsConfig, WsTransport};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::time::timeout;
+
+mod common;
+use common::echo_once;
 
 const LIMIT: Duration = Duration::from_secs(10);
 
@@ -38,41 +41,6 @@ fn transport(tls: WsTlsConfig) -> WsTransport {
 
 fn ma(s: &str) -> Multiaddr {
     s.parse().unwrap()
-}
-
-/// The listener echoes 100,000 bytes back to one dialer, then closes.
-async fn echo_once(t: &WsTransport, listen: &str, dial: impl Fn(&Multiaddr) -> Multiaddr) {
-    let mut l = t.listen(&ma(listen)).await.unwrap();
-    let addr = l.multiaddr().clone();
-    let suffix = listen.trim_start_matches("/ip4/127.0.0.1/tcp/0").to_owned();
-    assert!(addr.to_string().ends_with(&suffix), "{addr}");
-    assert!(!addr.to_string().contains("/tcp/0/"), "{addr}");
-    let server_suffix = suffix.clone();
-    let server = tokio::spawn(async move {
-        let mut c = l.accept().await.unwrap();
-        assert!(c.remote_multiaddr().to_string().ends_with(&server_suffix));
-        let mut buf = vec![0u8; 100_000];
-        c.read_exact(&mut buf).await.unwrap();
-        c.write_all(&buf).await.unwrap();
-        c.flush().await.unwrap();
-        c.shutdown().await.unwrap();
-        let mut rest = Vec::new();
-        let _ = c.read_to_end(&mut rest).await;
-    });
-    let target = dial(&addr);
-    let mut c = timeout(LIMIT, t.dial(&target)).await.unwrap().unwrap();
-    // The dialer's view keeps the spelling it dialed (with or without /sni/).
-    assert_eq!(c.remote_multiaddr(), &target);
-    let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
-    c.write_all(&data).await.unwrap();
-    c.flush().await.unwrap();
-    let mut back = Vec::new();
-    timeout(LIMIT, c.read_to_end(&mut back))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(back, data);
-    server.await.unwrap();
 }
 
 #[tokio::test]
@@ -110,6 +78,16 @@ async fn secure_listener_reading_once(
     (addr, accepted)
 }
 
+/// The listener's first read failed in the TLS handshake.
+async fn listener_saw_tls_fail(accepted: tokio::task::JoinHandle<std::io::Result<usize>>) {
+    let err = timeout(LIMIT, accepted)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap_err();
+    assert!(err.to_string().contains("TLS handshake failed"), "{err}");
+}
+
 #[tokio::test]
 async fn a_dialer_that_does_not_trust_the_certificate_is_refused_on_both_sides() {
     let (_, other_client) = web_tls();
@@ -124,12 +102,7 @@ async fn a_dialer_that_does_not_trust_the_certificate_is_refused_on_both_sides()
         }
         other => panic!("expected a dial error, got {:?}", other.err()),
     }
-    let err = timeout(LIMIT, accepted)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap_err();
-    assert!(err.to_string().contains("TLS handshake failed"), "{err}");
+    listener_saw_tls_fail(accepted).await;
 }
 
 #[tokio::test]
@@ -143,12 +116,7 @@ async fn plain_websocket_to_a_secure_listener_fails_cleanly() {
         "{:?}",
         dialed.err()
     );
-    let err = timeout(LIMIT, accepted)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap_err();
-    assert!(err.to_string().contains("TLS handshake failed"), "{err}");
+    listener_saw_tls_fail(accepted).await;
 }
 
 #[tokio::test]
