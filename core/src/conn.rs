@@ -11,7 +11,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::error::{CloseReason, ConnError, TransportError};
 use crate::identity::{PeerId, PublicKey};
-use crate::rcmgr::StreamScope;
+use crate::rcmgr::{ScopeMemory, StreamScope};
 
 /// Who opened a connection or stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -28,6 +28,12 @@ pub trait RawConnection: AsyncRead + AsyncWrite + Send + Unpin + 'static {
     fn local_multiaddr(&self) -> &Multiaddr;
     /// The remote end of the connection.
     fn remote_multiaddr(&self) -> &Multiaddr;
+    /// Hands the connection its resource scope's memory before the upgrade reads a byte:
+    /// a transport that buffers what the remote sends (WebSocket frames) reserves those
+    /// buffers there. Transports that buffer nothing of their own ignore it.
+    fn attach_memory(&mut self, memory: ScopeMemory) {
+        let _ = memory;
+    }
 }
 
 /// A boxed raw connection, as transports hand them out.
@@ -111,6 +117,12 @@ impl Stream {
     /// Counts the stream in `scope` (released when the stream is dropped).
     pub fn set_scope(&mut self, scope: StreamScope) {
         self.scope = scope;
+    }
+
+    /// Takes the stream's scope out (leaving an unlimited one), for a wrapper that takes
+    /// the stream's place and should carry its scope.
+    pub fn take_scope(&mut self) -> StreamScope {
+        std::mem::replace(&mut self.scope, StreamScope::unlimited())
     }
 
     /// The protocol negotiated on this stream, once negotiation has picked one.

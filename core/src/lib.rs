@@ -28,6 +28,6 @@ pub use gater::{AllowAll, ConnectionGater, GateStage};
 pub use identity::{Keypair, PeerId, PublicKey};
 pub use multiaddr::{self, Multiaddr, Protocol};
 pub use rcmgr::{
-    ConnScope, NullResourceManager, ResourceError, ResourceManager, SharedResourceManager,
-    StreamScope,
+    ConnScope, HandshakeProgress, NullResourceManager, Reservation, ResourceError, ResourceManager,
+    ScopeMemory, SharedResourceManager, SpanOwner, StreamScope,
 };

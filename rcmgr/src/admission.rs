@@ -17,11 +17,19 @@ use crate::limits::AdmissionLimits;
 /// bound keeps a newcomer's cost small when none is idle.
 const EVICTION_SCAN: usize = 256;
 
-/// Handshakes in flight and connections of one address or subnet.
+/// Handshakes in flight, connections and the memory their connections hold, of one
+/// address or subnet.
 #[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct AddrCounts {
     pub(crate) pending: usize,
     pub(crate) conns: usize,
+    pub(crate) memory: u64,
+}
+
+impl AddrCounts {
+    fn is_empty(&self) -> bool {
+        self.pending == 0 && self.conns == 0 && self.memory == 0
+    }
 }
 
 /// Where an inbound connection from an IP address is counted.
@@ -124,25 +132,60 @@ impl Admission {
     }
 
     /// A connection from `key` ended (call [`Admission::end_pending`] first if it was
-    /// still pending).
+    /// still pending). Memory its buffers still hold stays counted until released.
     pub(crate) fn remove_conn(&mut self, key: Option<&AddrKey>) {
         let Some(key) = key else { return };
         if let Some(ip) = self.ips.get_mut(&key.ip) {
             ip.conns = ip.conns.saturating_sub(1);
-            if ip.conns == 0 {
-                self.ips.remove(&key.ip);
-            }
         }
         if let Some(net) = self.subnets.get_mut(&key.subnet) {
             net.conns = net.conns.saturating_sub(1);
-            if net.conns == 0 {
-                self.subnets.remove(&key.subnet);
-            }
+        }
+        self.forget_if_empty(key);
+    }
+
+    /// The memory held by connections from `key` (address, subnet).
+    pub(crate) fn memory(&self, key: &AddrKey) -> (u64, u64) {
+        (
+            self.ips.get(&key.ip).map_or(0, |c| c.memory),
+            self.subnets.get(&key.subnet).map_or(0, |c| c.memory),
+        )
+    }
+
+    /// Counts `size` more bytes held by a connection from `key`.
+    pub(crate) fn add_memory(&mut self, key: &AddrKey, size: u64) {
+        self.ips.entry(key.ip).or_default().memory += size;
+        self.subnets.entry(key.subnet).or_default().memory += size;
+    }
+
+    /// Counts `size` bytes fewer held by a connection from `key`.
+    pub(crate) fn sub_memory(&mut self, key: &AddrKey, size: u64) {
+        if let Some(ip) = self.ips.get_mut(&key.ip) {
+            ip.memory = ip.memory.saturating_sub(size);
+        }
+        if let Some(net) = self.subnets.get_mut(&key.subnet) {
+            net.memory = net.memory.saturating_sub(size);
+        }
+        self.forget_if_empty(key);
+    }
+
+    /// Drops the entries of `key` that count nothing any more.
+    fn forget_if_empty(&mut self, key: &AddrKey) {
+        if self.ips.get(&key.ip).is_some_and(AddrCounts::is_empty) {
+            self.ips.remove(&key.ip);
+        }
+        if self
+            .subnets
+            .get(&key.subnet)
+            .is_some_and(AddrCounts::is_empty)
+        {
+            self.subnets.remove(&key.subnet);
         }
     }
 
     /// The oldest pending connection (in `subnet`, or anywhere) for which `evictable`
-    /// says yes, among the oldest [`EVICTION_SCAN`].
+    /// says yes, among the oldest [`EVICTION_SCAN`]. Pending connections exempt from the
+    /// address caps (allowlisted) are found only when `subnet` is `None`.
     pub(crate) fn oldest(
         &self,
         subnet: Option<&IpNet>,

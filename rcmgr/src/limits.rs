@@ -71,6 +71,12 @@ pub struct AdmissionLimits {
     pub handshakes_per_subnet: usize,
     /// Connections (pending or established) from one subnet.
     pub conns_per_subnet: usize,
+    /// Bytes the connections from one IP address may hold together (their muxer windows
+    /// and buffers), so that one address with many fresh identities cannot claim the
+    /// system's memory.
+    pub memory_per_ip: u64,
+    /// Bytes the connections from one subnet may hold together.
+    pub memory_per_subnet: u64,
     /// Prefix length of an IPv4 subnet.
     pub ipv4_subnet_prefix: u8,
     /// Prefix length of an IPv6 subnet.
@@ -86,6 +92,8 @@ impl Default for AdmissionLimits {
             conns_per_ip: 32,
             handshakes_per_subnet: 64,
             conns_per_subnet: 256,
+            memory_per_ip: 96 * MIB,
+            memory_per_subnet: 384 * MIB,
             ipv4_subnet_prefix: 24,
             ipv6_subnet_prefix: 56,
             allowlist: Vec::new(),
@@ -218,7 +226,12 @@ impl LimitConfig {
     /// | protocol | streams | half the system's |
     /// | service | — | none |
     /// | per IP | handshakes, connections | 8, 32 |
+    /// | per IP | memory | the peer's memory |
     /// | per subnet (IPv4 /24, IPv6 /56) | handshakes, connections | 64, 256 |
+    /// | per subnet | memory | 1/8 of the system's |
+    ///
+    /// Any descriptor limit works, however small: connections and pending handshakes
+    /// never get a floor above the descriptors there are (at least 16 connections).
     pub fn scaled_for(memory: u64, fd_limit: u64) -> Self {
         let system_memory = (memory / 8).max(128 * MIB);
         let fds = (fd_limit / 2).max(32) as usize;
@@ -235,7 +248,10 @@ impl LimitConfig {
             memory: system_memory,
             fds,
         };
-        let pending = ((fd_limit / 4) as usize).clamp(64, conns);
+        // At least 64 pending handshakes where the system allows that many connections;
+        // a machine with very few descriptors gets what it has (clamp's floor must not
+        // pass its ceiling).
+        let pending = ((fd_limit / 4) as usize).max(64).min(conns);
         let transient = ScopeLimit {
             conns: pending,
             conns_inbound: pending,
@@ -273,7 +289,11 @@ impl LimitConfig {
             protocol_overrides: HashMap::new(),
             service: ScopeLimit::UNLIMITED,
             service_overrides: HashMap::new(),
-            admission: AdmissionLimits::default(),
+            admission: AdmissionLimits {
+                memory_per_ip: peer.memory,
+                memory_per_subnet: (system_memory / 8).max(peer.memory),
+                ..AdmissionLimits::default()
+            },
         }
     }
 
@@ -296,6 +316,8 @@ impl LimitConfig {
                 conns_per_ip: usize::MAX,
                 handshakes_per_subnet: usize::MAX,
                 conns_per_subnet: usize::MAX,
+                memory_per_ip: u64::MAX,
+                memory_per_subnet: u64::MAX,
                 ..AdmissionLimits::default()
             },
         }
@@ -316,6 +338,13 @@ impl LimitConfig {
         nonzero(
             "admission.handshakes_per_subnet",
             u(a.handshakes_per_subnet),
+        )?;
+        nonzero("admission.memory_per_ip", a.memory_per_ip)?;
+        not_above(
+            "admission.memory_per_ip",
+            a.memory_per_ip,
+            "admission.memory_per_subnet",
+            a.memory_per_subnet,
         )?;
         for (name, scope) in [
             ("system", &self.system),

@@ -1,23 +1,28 @@
 //! The resource manager: every count and reservation under one short lock.
 //!
 //! One lock is enough: connections and streams open and close at most thousands of times
-//! a second, memory is reserved when a window grows (not per frame), and nothing here
-//! waits or runs user code under it.
+//! a second, memory is reserved when a buffer or window grows (not per frame), and
+//! nothing here waits or runs user code under it.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use strata_core::rcmgr::{
-    priority, ConnScopeOps, Resource, ResourceStat, ScopeStat, StreamScopeOps,
+    priority, ConnScopeOps, MemoryOps, Resource, ResourceStat, ScopeStat, SpanOwner, StreamScopeOps,
 };
 use strata_core::{
-    ConnScope, Direction, Multiaddr, PeerId, Protocol, ResourceError, ResourceManager, StreamScope,
+    ConnScope, Direction, Multiaddr, PeerId, Protocol, ResourceError, ResourceManager, ScopeMemory,
+    StreamScope,
 };
 use tokio_util::sync::CancellationToken;
 
 use crate::admission::{AddrCap, AddrKey, Admission};
 use crate::limits::{LimitConfig, LimitError, ScopeLimit};
+
+/// Evictions one reservation may cause before it gives up (each frees one pending
+/// handshake's memory).
+const MAX_MEMORY_EVICTIONS: usize = 4;
 
 /// The resource manager, after go-libp2p's `rcmgr`: scopes system, transient, peer,
 /// connection, stream, protocol and service, each with limits on connections, streams,
@@ -28,9 +33,20 @@ use crate::limits::{LimitConfig, LimitError, ScopeLimit};
 /// transient (pending) or system connection limits, the oldest *idle* pending handshake
 /// of that subnet (or anywhere, for the global limits) is evicted to make room, and the
 /// newcomer is refused only if none is idle. A handshake is idle until the remote has
-/// completed its first protocol negotiation ([`ConnScope::handshake_progress`]): a socket
+/// completed its first handshake message ([`ConnScope::handshake_progress`]): a socket
 /// that has said nothing is the cheapest thing to drop, and an honest peer says its first
 /// words within one round trip.
+///
+/// Memory: a connection's reservations are charged to the connection, its source address
+/// and subnet (inbound), its peer (or the transient scope before the peer is known) and
+/// the system; a stream's to the stream, its protocol and service, its peer and the
+/// system; a span's to its owners and the system. When a reservation does not fit the
+/// transient or system memory (or its subnet's), the oldest unauthenticated pending
+/// handshakes are evicted first (idle ones before live ones) to make room.
+///
+/// A scope that has ended (a closed connection, a finished stream) no longer counts as a
+/// connection or stream, but the memory its buffers still hold stays charged until
+/// released.
 ///
 /// Cheap to clone; clones share one state.
 #[derive(Clone)]
@@ -53,6 +69,7 @@ struct State {
     admission: Admission,
     conns: HashMap<u64, ConnEntry>,
     streams: HashMap<u64, StreamEntry>,
+    spans: HashMap<u64, SpanEntry>,
     next_id: u64,
     refused: u64,
     evictions: u64,
@@ -65,8 +82,10 @@ struct ConnEntry {
     memory: u64,
     /// An inbound connection still in its handshake.
     pending: bool,
-    /// The remote has completed its first negotiation: no longer evictable.
+    /// The remote has completed a handshake message: no longer idle.
     progressed: bool,
+    /// The connection has ended; the entry stays only while memory is still charged.
+    closed: bool,
     addr: Option<AddrKey>,
     evict: CancellationToken,
 }
@@ -76,6 +95,13 @@ struct StreamEntry {
     peer: PeerId,
     protocol: Option<String>,
     service: Option<String>,
+    memory: u64,
+    /// The stream has ended; the entry stays only while memory is still charged.
+    closed: bool,
+}
+
+struct SpanEntry {
+    owner: SpanOwner,
     memory: u64,
 }
 
@@ -211,6 +237,20 @@ fn drop_empty<K: std::hash::Hash + Eq>(map: &mut HashMap<K, ScopeStat>, key: &K)
     }
 }
 
+/// Subtracts `size` bytes from the scope `key` names in `map` and forgets it when empty.
+fn sub_memory_in<K, Q>(map: &mut HashMap<K, ScopeStat>, key: &Q, size: u64)
+where
+    K: std::borrow::Borrow<Q> + std::hash::Hash + Eq,
+    Q: std::hash::Hash + Eq + ?Sized,
+{
+    if let Some(s) = map.get_mut(key) {
+        s.memory = s.memory.saturating_sub(size);
+        if s.is_empty() {
+            map.remove(key);
+        }
+    }
+}
+
 /// The IP address a multiaddr starts with, if any.
 fn ip_of(addr: &Multiaddr) -> Option<IpAddr> {
     match addr.iter().next()? {
@@ -224,9 +264,19 @@ fn peer_scope(peer: &PeerId) -> String {
     format!("peer:{peer}")
 }
 
+/// What memory of one kind is charged to besides the system: used to check and to book
+/// a reservation in one place for connections, streams and spans.
+struct Charge<'a> {
+    peer: Option<PeerId>,
+    transient: bool,
+    protocol: Option<&'a str>,
+    service: Option<&'a str>,
+    addr: Option<AddrKey>,
+}
+
 impl State {
-    /// Gives back everything connection `id` holds (its entry is already removed).
-    fn release_conn(&mut self, id: u64, e: &ConnEntry) {
+    /// Gives back the slot connection `id` holds (its counts; not its memory).
+    fn release_conn_slot(&mut self, id: u64, e: &ConnEntry) {
         if e.pending {
             self.admission.end_pending(id, e.addr.as_ref());
         }
@@ -238,29 +288,178 @@ impl State {
             None => &mut self.transient,
         };
         sub_conn(owner, e.dir, e.fd);
-        owner.memory = owner.memory.saturating_sub(e.memory);
         if let Some(p) = e.peer {
             drop_empty(&mut self.peers, &p);
         }
         sub_conn(&mut self.system, e.dir, e.fd);
-        self.system.memory = self.system.memory.saturating_sub(e.memory);
     }
 
-    /// Evicts the oldest idle pending handshake (of `subnet`, or anywhere). False when
-    /// none is idle.
-    fn evict_one(&mut self, subnet: Option<&crate::ipnet::IpNet>) -> bool {
+    /// Gives back `size` bytes charged as `charge` describes.
+    fn release_charge(&mut self, charge: &Charge<'_>, size: u64) {
+        if size == 0 {
+            return;
+        }
+        if let Some(key) = &charge.addr {
+            self.admission.sub_memory(key, size);
+        }
+        if let Some(p) = &charge.peer {
+            sub_memory_in(&mut self.peers, p, size);
+        }
+        if charge.transient {
+            self.transient.memory = self.transient.memory.saturating_sub(size);
+        }
+        if let Some(proto) = charge.protocol {
+            sub_memory_in(&mut self.protocols, proto, size);
+        }
+        if let Some(svc) = charge.service {
+            sub_memory_in(&mut self.services, svc, size);
+        }
+        self.system.memory = self.system.memory.saturating_sub(size);
+    }
+
+    /// Books `size` bytes as `charge` describes (after the checks passed).
+    fn add_charge(&mut self, charge: &Charge<'_>, size: u64) {
+        if let Some(key) = &charge.addr {
+            self.admission.add_memory(key, size);
+        }
+        if let Some(p) = &charge.peer {
+            self.peers.entry(*p).or_default().memory += size;
+        }
+        if charge.transient {
+            self.transient.memory += size;
+        }
+        if let Some(proto) = charge.protocol {
+            self.protocols.entry(proto.to_owned()).or_default().memory += size;
+        }
+        if let Some(svc) = charge.service {
+            self.services.entry(svc.to_owned()).or_default().memory += size;
+        }
+        self.system.memory += size;
+    }
+
+    /// Whether `size` more bytes fit every scope `charge` names, at `prio`.
+    fn check_charge(
+        &self,
+        limits: &LimitConfig,
+        charge: &Charge<'_>,
+        size: u64,
+        prio: u8,
+    ) -> Result<(), ResourceError> {
+        if let Some(key) = &charge.addr {
+            let (ip, net) = self.admission.memory(key);
+            check_memory(ip, size, limits.admission.memory_per_ip, prio, || {
+                format!("ip:{}", key.ip)
+            })?;
+            check_memory(net, size, limits.admission.memory_per_subnet, prio, || {
+                format!("subnet:{}", key.subnet)
+            })?;
+        }
+        if let Some(p) = &charge.peer {
+            let usage = self.peers.get(p).map_or(0, |s| s.memory);
+            check_memory(usage, size, limits.peer_limit(p).memory, prio, || {
+                peer_scope(p)
+            })?;
+        }
+        if charge.transient {
+            check_memory(
+                self.transient.memory,
+                size,
+                limits.transient.memory,
+                prio,
+                || "transient".to_owned(),
+            )?;
+        }
+        if let Some(proto) = charge.protocol {
+            let usage = self.protocols.get(proto).map_or(0, |s| s.memory);
+            check_memory(
+                usage,
+                size,
+                limits.protocol_limit(proto).memory,
+                prio,
+                || format!("protocol:{proto}"),
+            )?;
+        }
+        if let Some(svc) = charge.service {
+            let usage = self.services.get(svc).map_or(0, |s| s.memory);
+            check_memory(usage, size, limits.service_limit(svc).memory, prio, || {
+                format!("service:{svc}")
+            })?;
+        }
+        check_memory(self.system.memory, size, limits.system.memory, prio, || {
+            "system".to_owned()
+        })
+    }
+
+    /// Evicts the oldest pending handshake (of `subnet`, or anywhere) that `pick`
+    /// accepts, other than `keep`. False when there is none.
+    fn evict_where(
+        &mut self,
+        subnet: Option<&crate::ipnet::IpNet>,
+        keep: Option<u64>,
+        pick: impl Fn(&ConnEntry) -> bool,
+    ) -> bool {
         let conns = &self.conns;
         let victim = self.admission.oldest(subnet, |id| {
-            conns.get(&id).is_some_and(|e| e.pending && !e.progressed)
+            Some(id) != keep && conns.get(&id).is_some_and(|e| e.pending && pick(e))
         });
         let Some(id) = victim else { return false };
         let Some(e) = self.conns.remove(&id) else {
             return false;
         };
-        self.release_conn(id, &e);
+        self.release_conn_slot(id, &e);
+        self.release_charge(&conn_charge(&e), e.memory);
         e.evict.cancel();
         self.evictions += 1;
         true
+    }
+
+    /// Evicts the oldest idle pending handshake (of `subnet`, or anywhere).
+    fn evict_idle(&mut self, subnet: Option<&crate::ipnet::IpNet>) -> bool {
+        self.evict_where(subnet, None, |e| !e.progressed)
+    }
+
+    /// Makes room in memory: evicts the oldest unauthenticated pending handshake other
+    /// than `keep` (idle ones first).
+    fn evict_for_memory(&mut self, subnet: Option<&crate::ipnet::IpNet>, keep: u64) -> bool {
+        self.evict_where(subnet, Some(keep), |e| !e.progressed)
+            || self.evict_where(subnet, Some(keep), |e| e.peer.is_none())
+    }
+}
+
+/// What a connection's memory is charged to.
+fn conn_charge(e: &ConnEntry) -> Charge<'static> {
+    Charge {
+        peer: e.peer,
+        transient: e.peer.is_none(),
+        protocol: None,
+        service: None,
+        addr: if e.dir == Direction::Inbound {
+            e.addr
+        } else {
+            None
+        },
+    }
+}
+
+/// What a stream's memory is charged to.
+fn stream_charge(e: &StreamEntry) -> Charge<'_> {
+    Charge {
+        peer: Some(e.peer),
+        transient: false,
+        protocol: e.protocol.as_deref(),
+        service: e.service.as_deref(),
+        addr: None,
+    }
+}
+
+/// What a span's memory is charged to.
+fn span_charge(owner: &SpanOwner) -> Charge<'_> {
+    Charge {
+        peer: owner.peer,
+        transient: false,
+        protocol: owner.protocol.as_deref(),
+        service: owner.service.as_deref(),
+        addr: None,
     }
 }
 
@@ -328,7 +527,7 @@ impl BasicResourceManager {
                         true,
                     ),
                 };
-                if !(may_evict && st.evict_one(Some(&key.subnet))) {
+                if !(may_evict && st.evict_idle(Some(&key.subnet))) {
                     return Err(err(scope, resource, as_u64(limit)));
                 }
             }
@@ -342,7 +541,7 @@ impl BasicResourceManager {
             match checked {
                 Ok(()) => return Ok(()),
                 Err(e) => {
-                    if !st.evict_one(None) {
+                    if !st.evict_idle(None) {
                         return Err(e);
                     }
                     last = Some(e);
@@ -389,13 +588,14 @@ impl ResourceManager for BasicResourceManager {
                 memory: 0,
                 pending,
                 progressed: false,
+                closed: false,
                 addr: key,
                 evict: evict.clone(),
             },
         );
         drop(st);
         Ok(ConnScope::new(
-            Box::new(ConnOps {
+            Arc::new(ConnOps {
                 mgr: self.clone(),
                 id,
             }),
@@ -433,13 +633,44 @@ impl ResourceManager for BasicResourceManager {
                 protocol: None,
                 service: None,
                 memory: 0,
+                closed: false,
             },
         );
         drop(st);
-        Ok(StreamScope::new(Box::new(StreamOps {
+        Ok(StreamScope::new(Arc::new(StreamOps {
             mgr: self.clone(),
             id,
         })))
+    }
+
+    fn open_span(&self, owner: &SpanOwner) -> ScopeMemory {
+        let mut st = self.lock();
+        st.next_id += 1;
+        let id = st.next_id;
+        st.spans.insert(
+            id,
+            SpanEntry {
+                owner: owner.clone(),
+                memory: 0,
+            },
+        );
+        drop(st);
+        ScopeMemory::new(Arc::new(SpanOps {
+            mgr: self.clone(),
+            id,
+        }))
+    }
+
+    fn under_pressure(&self) -> bool {
+        let limits = &self.inner.limits;
+        let st = self.lock();
+        let half = |usage: u64, limit: u64| limit != u64::MAX && usage > limit / 2;
+        half(st.transient.memory, limits.transient.memory)
+            || half(
+                as_u64(st.admission.pending()),
+                as_u64(limits.transient.conns),
+            )
+            || half(st.system.memory, limits.system.memory / 4 * 3)
     }
 
     fn stat(&self) -> ResourceStat {
@@ -468,13 +699,82 @@ struct ConnOps {
     id: u64,
 }
 
+impl ConnOps {
+    /// One attempt to reserve: the checks, then the booking.
+    fn try_reserve(&self, st: &mut State, size: u64, prio: u8) -> Result<(), ResourceError> {
+        let limits = &self.mgr.inner.limits;
+        let (memory, charge) = match st.conns.get(&self.id) {
+            Some(e) if !e.closed => (e.memory, conn_charge(e)),
+            _ => return Err(gone()),
+        };
+        check_memory(memory, size, limits.conn.memory, prio, || "conn".to_owned())?;
+        st.check_charge(limits, &charge, size, prio)?;
+        if let Some(e) = st.conns.get_mut(&self.id) {
+            e.memory += size;
+        }
+        st.add_charge(&charge, size);
+        Ok(())
+    }
+}
+
+impl MemoryOps for ConnOps {
+    fn reserve_memory(&self, size: usize, prio: u8) -> Result<(), ResourceError> {
+        let size = as_u64(size);
+        let mut st = self.mgr.lock();
+        let mut evictions = 0;
+        loop {
+            let e = match self.try_reserve(&mut st, size, prio) {
+                Ok(()) => return Ok(()),
+                Err(e) => e,
+            };
+            // Memory pressure in the scopes that pending handshakes share: the oldest
+            // unauthenticated ones make way (never this one, never a live connection).
+            let subnet = st
+                .conns
+                .get(&self.id)
+                .and_then(|c| c.addr)
+                .map(|k| k.subnet);
+            let shared = e.resource == Resource::Memory
+                && (e.scope == "transient"
+                    || e.scope == "system"
+                    || e.scope.starts_with("subnet:"));
+            let within = if e.scope.starts_with("subnet:") {
+                subnet
+            } else {
+                None
+            };
+            if !shared
+                || evictions >= MAX_MEMORY_EVICTIONS
+                || !st.evict_for_memory(within.as_ref(), self.id)
+            {
+                return Err(e);
+            }
+            evictions += 1;
+        }
+    }
+
+    fn release_memory(&self, size: usize) {
+        let mut st = self.mgr.lock();
+        let Some(e) = st.conns.get_mut(&self.id) else {
+            return;
+        };
+        let size = as_u64(size).min(e.memory);
+        e.memory -= size;
+        let (charge, forget) = (conn_charge(e), e.closed && e.memory == 0);
+        st.release_charge(&charge, size);
+        if forget {
+            st.conns.remove(&self.id);
+        }
+    }
+}
+
 impl ConnScopeOps for ConnOps {
     fn set_peer(&self, peer: PeerId) -> Result<(), ResourceError> {
         let limits = &self.mgr.inner.limits;
         let mut st = self.mgr.lock();
         let (dir, fd, memory, current) = match st.conns.get(&self.id) {
-            Some(e) => (e.dir, e.fd, e.memory, e.peer),
-            None => return Err(gone()),
+            Some(e) if !e.closed => (e.dir, e.fd, e.memory, e.peer),
+            _ => return Err(gone()),
         };
         if current.is_some() {
             return Ok(());
@@ -505,7 +805,7 @@ impl ConnScopeOps for ConnOps {
     fn established(&self) {
         let mut st = self.mgr.lock();
         let key = match st.conns.get_mut(&self.id) {
-            Some(e) if e.pending => {
+            Some(e) if e.pending && !e.closed => {
                 e.pending = false;
                 e.progressed = true;
                 e.addr
@@ -515,67 +815,20 @@ impl ConnScopeOps for ConnOps {
         st.admission.end_pending(self.id, key.as_ref());
     }
 
-    fn reserve_memory(&self, size: usize, prio: u8) -> Result<(), ResourceError> {
-        let limits = &self.mgr.inner.limits;
-        let size = as_u64(size);
-        let mut st = self.mgr.lock();
-        let (memory, peer) = match st.conns.get(&self.id) {
-            Some(e) => (e.memory, e.peer),
-            None => return Err(gone()),
-        };
-        check_memory(memory, size, limits.conn.memory, prio, || "conn".to_owned())?;
-        match peer {
-            Some(p) => {
-                let usage = st.peers.get(&p).map_or(0, |s| s.memory);
-                check_memory(usage, size, limits.peer_limit(&p).memory, prio, || {
-                    peer_scope(&p)
-                })?;
-            }
-            None => check_memory(
-                st.transient.memory,
-                size,
-                limits.transient.memory,
-                prio,
-                || "transient".to_owned(),
-            )?,
-        }
-        check_memory(st.system.memory, size, limits.system.memory, prio, || {
-            "system".to_owned()
-        })?;
-        if let Some(e) = st.conns.get_mut(&self.id) {
-            e.memory += size;
-        }
-        match peer {
-            Some(p) => st.peers.entry(p).or_default().memory += size,
-            None => st.transient.memory += size,
-        }
-        st.system.memory += size;
-        Ok(())
-    }
-
-    fn release_memory(&self, size: usize) {
-        let mut st = self.mgr.lock();
-        let Some(e) = st.conns.get_mut(&self.id) else {
-            return;
-        };
-        let size = as_u64(size).min(e.memory);
-        e.memory -= size;
-        let peer = e.peer;
-        match peer {
-            Some(p) => {
-                if let Some(s) = st.peers.get_mut(&p) {
-                    s.memory = s.memory.saturating_sub(size);
-                }
-            }
-            None => st.transient.memory = st.transient.memory.saturating_sub(size),
-        }
-        st.system.memory = st.system.memory.saturating_sub(size);
-    }
-
     fn done(&self) {
         let mut st = self.mgr.lock();
-        if let Some(e) = st.conns.remove(&self.id) {
-            st.release_conn(self.id, &e);
+        let Some(mut e) = st.conns.remove(&self.id) else {
+            return;
+        };
+        if e.closed {
+            st.conns.insert(self.id, e);
+            return;
+        }
+        st.release_conn_slot(self.id, &e);
+        e.pending = false;
+        e.closed = true;
+        if e.memory > 0 {
+            st.conns.insert(self.id, e);
         }
     }
 }
@@ -585,24 +838,68 @@ struct StreamOps {
     id: u64,
 }
 
+impl MemoryOps for StreamOps {
+    fn reserve_memory(&self, size: usize, prio: u8) -> Result<(), ResourceError> {
+        let limits = &self.mgr.inner.limits;
+        let size = as_u64(size);
+        let mut st = self.mgr.lock();
+        let Some(e) = st.streams.get(&self.id).filter(|e| !e.closed) else {
+            return Err(gone());
+        };
+        check_memory(e.memory, size, limits.stream.memory, prio, || {
+            "stream".to_owned()
+        })?;
+        st.check_charge(limits, &stream_charge(e), size, prio)?;
+        let Some(e) = st.streams.remove(&self.id) else {
+            return Err(gone());
+        };
+        st.add_charge(&stream_charge(&e), size);
+        st.streams.insert(
+            self.id,
+            StreamEntry {
+                memory: e.memory + size,
+                ..e
+            },
+        );
+        Ok(())
+    }
+
+    fn release_memory(&self, size: usize) {
+        let mut st = self.mgr.lock();
+        let Some(mut e) = st.streams.remove(&self.id) else {
+            return;
+        };
+        let size = as_u64(size).min(e.memory);
+        e.memory -= size;
+        st.release_charge(&stream_charge(&e), size);
+        if !(e.closed && e.memory == 0) {
+            st.streams.insert(self.id, e);
+        }
+    }
+}
+
 impl StreamScopeOps for StreamOps {
     fn set_protocol(&self, protocol: &str) -> Result<(), ResourceError> {
         let limits = &self.mgr.inner.limits;
         let mut st = self.mgr.lock();
-        let dir = match st.streams.get(&self.id) {
+        let (dir, memory) = match st.streams.get(&self.id) {
             Some(e) if e.protocol.as_deref() == Some(protocol) => return Ok(()),
             Some(e) if e.protocol.is_some() => {
                 return Err(err(format!("protocol:{protocol}"), Resource::Streams, 0))
             }
-            Some(e) => e.dir,
-            None => return Ok(()),
+            Some(e) if !e.closed => (e.dir, e.memory),
+            _ => return Ok(()),
         };
         let usage = st.protocols.get(protocol).copied().unwrap_or_default();
-        check_stream(&usage, limits.protocol_limit(protocol), dir, || {
+        let limit = limits.protocol_limit(protocol);
+        check_stream(&usage, limit, dir, || format!("protocol:{protocol}"))?;
+        check_memory(usage.memory, memory, limit.memory, priority::ALWAYS, || {
             format!("protocol:{protocol}")
         })?;
         sub_stream(&mut st.transient, dir);
-        add_stream(st.protocols.entry(protocol.to_owned()).or_default(), dir);
+        let p = st.protocols.entry(protocol.to_owned()).or_default();
+        add_stream(p, dir);
+        p.memory += memory;
         if let Some(e) = st.streams.get_mut(&self.id) {
             e.protocol = Some(protocol.to_owned());
         }
@@ -612,72 +909,38 @@ impl StreamScopeOps for StreamOps {
     fn set_service(&self, service: &str) -> Result<(), ResourceError> {
         let limits = &self.mgr.inner.limits;
         let mut st = self.mgr.lock();
-        let dir = match st.streams.get(&self.id) {
+        let (dir, memory) = match st.streams.get(&self.id) {
             Some(e) if e.service.is_some() => return Ok(()),
-            Some(e) => e.dir,
-            None => return Ok(()),
+            Some(e) if !e.closed => (e.dir, e.memory),
+            _ => return Ok(()),
         };
         let usage = st.services.get(service).copied().unwrap_or_default();
-        check_stream(&usage, limits.service_limit(service), dir, || {
+        let limit = limits.service_limit(service);
+        check_stream(&usage, limit, dir, || format!("service:{service}"))?;
+        check_memory(usage.memory, memory, limit.memory, priority::ALWAYS, || {
             format!("service:{service}")
         })?;
-        add_stream(st.services.entry(service.to_owned()).or_default(), dir);
+        let s = st.services.entry(service.to_owned()).or_default();
+        add_stream(s, dir);
+        s.memory += memory;
         if let Some(e) = st.streams.get_mut(&self.id) {
             e.service = Some(service.to_owned());
         }
         Ok(())
     }
 
-    fn reserve_memory(&self, size: usize, prio: u8) -> Result<(), ResourceError> {
-        let limits = &self.mgr.inner.limits;
-        let size = as_u64(size);
-        let mut st = self.mgr.lock();
-        let (memory, peer) = match st.streams.get(&self.id) {
-            Some(e) => (e.memory, e.peer),
-            None => return Err(gone()),
-        };
-        check_memory(memory, size, limits.stream.memory, prio, || {
-            "stream".to_owned()
-        })?;
-        let usage = st.peers.get(&peer).map_or(0, |s| s.memory);
-        check_memory(usage, size, limits.peer_limit(&peer).memory, prio, || {
-            peer_scope(&peer)
-        })?;
-        check_memory(st.system.memory, size, limits.system.memory, prio, || {
-            "system".to_owned()
-        })?;
-        if let Some(e) = st.streams.get_mut(&self.id) {
-            e.memory += size;
-        }
-        st.peers.entry(peer).or_default().memory += size;
-        st.system.memory += size;
-        Ok(())
-    }
-
-    fn release_memory(&self, size: usize) {
-        let mut st = self.mgr.lock();
-        let Some(e) = st.streams.get_mut(&self.id) else {
-            return;
-        };
-        let size = as_u64(size).min(e.memory);
-        e.memory -= size;
-        let peer = e.peer;
-        if let Some(s) = st.peers.get_mut(&peer) {
-            s.memory = s.memory.saturating_sub(size);
-        }
-        st.system.memory = st.system.memory.saturating_sub(size);
-    }
-
     fn done(&self) {
         let mut st = self.mgr.lock();
-        let Some(e) = st.streams.remove(&self.id) else {
+        let Some(mut e) = st.streams.remove(&self.id) else {
             return;
         };
+        if e.closed {
+            st.streams.insert(self.id, e);
+            return;
+        }
         sub_stream(&mut st.system, e.dir);
-        st.system.memory = st.system.memory.saturating_sub(e.memory);
         if let Some(p) = st.peers.get_mut(&e.peer) {
             sub_stream(p, e.dir);
-            p.memory = p.memory.saturating_sub(e.memory);
         }
         drop_empty(&mut st.peers, &e.peer);
         match &e.protocol {
@@ -694,6 +957,60 @@ impl StreamScopeOps for StreamOps {
                 sub_stream(s, e.dir);
             }
             drop_empty(&mut st.services, svc);
+        }
+        e.closed = true;
+        if e.memory > 0 {
+            st.streams.insert(self.id, e);
+        }
+    }
+}
+
+struct SpanOps {
+    mgr: BasicResourceManager,
+    id: u64,
+}
+
+impl MemoryOps for SpanOps {
+    fn reserve_memory(&self, size: usize, prio: u8) -> Result<(), ResourceError> {
+        let limits = &self.mgr.inner.limits;
+        let size = as_u64(size);
+        let mut st = self.mgr.lock();
+        let Some(span) = st.spans.remove(&self.id) else {
+            return Err(gone());
+        };
+        let checked = st.check_charge(limits, &span_charge(&span.owner), size, prio);
+        if checked.is_ok() {
+            st.add_charge(&span_charge(&span.owner), size);
+        }
+        st.spans.insert(
+            self.id,
+            SpanEntry {
+                memory: span.memory + if checked.is_ok() { size } else { 0 },
+                owner: span.owner,
+            },
+        );
+        checked
+    }
+
+    fn release_memory(&self, size: usize) {
+        let mut st = self.mgr.lock();
+        let Some(mut span) = st.spans.remove(&self.id) else {
+            return;
+        };
+        let size = as_u64(size).min(span.memory);
+        span.memory -= size;
+        st.release_charge(&span_charge(&span.owner), size);
+        st.spans.insert(self.id, span);
+    }
+}
+
+impl Drop for SpanOps {
+    fn drop(&mut self) {
+        // The last handle is gone, and every reservation holds one: nothing should be
+        // left, but whatever is goes back.
+        let mut st = self.mgr.lock();
+        if let Some(span) = st.spans.remove(&self.id) {
+            st.release_charge(&span_charge(&span.owner), span.memory);
         }
     }
 }

@@ -3,7 +3,7 @@
 
 use strata_core::identity::keypair_from_seed;
 use strata_core::rcmgr::{priority, Resource};
-use strata_core::{Direction, Multiaddr, PeerId, ResourceManager};
+use strata_core::{Direction, Multiaddr, PeerId, ResourceManager, SpanOwner};
 use strata_rcmgr::{AdmissionLimits, BasicResourceManager, LimitConfig, ScopeLimit};
 
 fn peer(seed: u64) -> PeerId {
@@ -227,8 +227,188 @@ fn memory_is_charged_up_the_scopes_with_priorities() {
     c.release_memory(900);
     d.reserve_memory(700, priority::ALWAYS).unwrap();
     drop(c);
+    d.release_memory(700);
     drop(d);
     assert!(m.stat().system.is_empty());
+}
+
+#[test]
+fn memory_outlives_the_slot_until_released() {
+    let m = manager(caps(8, 32, 64, 256));
+    let c = m
+        .open_connection(Direction::Inbound, true, &from("10.0.0.1"))
+        .unwrap();
+    c.set_peer(peer(1)).unwrap();
+    c.established();
+    let held = c.memory().reserve(4096, priority::ALWAYS).unwrap();
+    drop(c);
+    // The connection is gone as a connection, but its buffer is still charged, to the
+    // peer, the address and the system.
+    let stat = m.stat();
+    assert_eq!(stat.system.conns(), 0);
+    assert_eq!(stat.system.memory, 4096);
+    assert_eq!(stat.peers[&peer(1)].memory, 4096);
+    assert_eq!(stat.tracked_ips, 1);
+    // No new reservation on an ended connection.
+    assert!(held.memory().reserve(1, priority::ALWAYS).is_err());
+    drop(held);
+    let stat = m.stat();
+    assert!(stat.system.is_empty() && stat.peers.is_empty(), "{stat:?}");
+    assert_eq!(stat.tracked_ips, 0);
+
+    // Streams alike.
+    let s = m.open_stream(peer(2), Direction::Inbound).unwrap();
+    s.set_protocol("/p/1").unwrap();
+    s.set_service("svc").unwrap();
+    let held = s.memory().reserve(100, priority::ALWAYS).unwrap();
+    let stat = m.stat();
+    assert_eq!(
+        (
+            stat.protocols["/p/1"].memory,
+            stat.services["svc"].memory,
+            stat.peers[&peer(2)].memory
+        ),
+        (100, 100, 100)
+    );
+    drop(s);
+    assert_eq!(m.stat().system.streams(), 0);
+    assert_eq!(m.stat().system.memory, 100);
+    drop(held);
+    let stat = m.stat();
+    assert!(stat.system.is_empty() && stat.protocols.is_empty() && stat.services.is_empty());
+}
+
+#[test]
+fn stream_memory_is_bounded_by_its_protocol_and_service() {
+    let mut limits = LimitConfig::unlimited();
+    limits
+        .protocol_overrides
+        .insert("/p/1".to_owned(), ScopeLimit::memory_only(1000));
+    limits
+        .service_overrides
+        .insert("svc".to_owned(), ScopeLimit::memory_only(1500));
+    let m = BasicResourceManager::new(limits).unwrap();
+    let a = m.open_stream(peer(1), Direction::Inbound).unwrap();
+    a.set_protocol("/p/1").unwrap();
+    let _r = a.memory().reserve(900, priority::ALWAYS).unwrap();
+    let e = a.memory().reserve(200, priority::ALWAYS).unwrap_err();
+    assert_eq!(e.scope, "protocol:/p/1");
+    let b = m.open_stream(peer(2), Direction::Inbound).unwrap();
+    b.set_service("svc").unwrap();
+    let _r2 = b.memory().reserve(1400, priority::ALWAYS).unwrap();
+    let c = m.open_stream(peer(3), Direction::Inbound).unwrap();
+    c.set_service("svc").unwrap();
+    let e = c.memory().reserve(200, priority::ALWAYS).unwrap_err();
+    assert_eq!(e.scope, "service:svc");
+}
+
+#[test]
+fn spans_charge_their_owners_and_go_when_dropped() {
+    let mut limits = LimitConfig::unlimited();
+    limits.peer = ScopeLimit::memory_only(1000);
+    let m = BasicResourceManager::new(limits).unwrap();
+    let owner = SpanOwner::peer(peer(1)).with_protocol("/q/1");
+    let span = m.open_span(&owner);
+    let a = span.reserve(600, priority::ALWAYS).unwrap();
+    let other = m.open_span(&SpanOwner::peer(peer(1)));
+    let e = other.reserve(600, priority::ALWAYS).unwrap_err();
+    assert_eq!(e.scope, format!("peer:{}", peer(1)));
+    let stat = m.stat();
+    assert_eq!(stat.protocols["/q/1"].memory, 600);
+    assert_eq!(stat.system.memory, 600);
+    drop(span);
+    assert_eq!(m.stat().system.memory, 600, "the reservation keeps it");
+    drop(a);
+    drop(other);
+    let stat = m.stat();
+    assert!(stat.system.is_empty() && stat.peers.is_empty() && stat.protocols.is_empty());
+}
+
+#[test]
+fn one_address_cannot_hold_more_than_its_memory_cap() {
+    let mut limits = LimitConfig::unlimited();
+    limits.admission = AdmissionLimits {
+        memory_per_ip: 1000,
+        memory_per_subnet: 1500,
+        ..caps(8, 32, 64, 256)
+    };
+    let m = BasicResourceManager::new(limits).unwrap();
+    let open = |ip: &str, seed| {
+        let c = m
+            .open_connection(Direction::Inbound, true, &from(ip))
+            .unwrap();
+        c.set_peer(peer(seed)).unwrap();
+        c.established();
+        c
+    };
+    // Fresh identities do not help: the address's connections share one budget.
+    let (a, b) = (open("10.0.0.1", 1), open("10.0.0.1", 2));
+    let _ra = a.memory().reserve(700, priority::ALWAYS).unwrap();
+    let e = b.memory().reserve(400, priority::ALWAYS).unwrap_err();
+    assert_eq!(e.scope, "ip:10.0.0.1");
+    // Another address of the subnet has its own, within the subnet's.
+    let c = open("10.0.0.2", 3);
+    let _rc = c.memory().reserve(700, priority::ALWAYS).unwrap();
+    let e = c.memory().reserve(200, priority::ALWAYS).unwrap_err();
+    assert_eq!(e.scope, "subnet:10.0.0.0/24");
+    // Another subnet is untouched.
+    let d = open("10.0.1.1", 4);
+    let _rd = d.memory().reserve(900, priority::ALWAYS).unwrap();
+}
+
+#[test]
+fn memory_pressure_evicts_the_oldest_unauthenticated_handshake() {
+    let mut limits = LimitConfig::unlimited();
+    limits.transient = ScopeLimit::memory_only(1000);
+    limits.system.memory = 10_000;
+    let m = BasicResourceManager::new(limits).unwrap();
+    let old = m
+        .open_connection(Direction::Inbound, true, &from("10.0.0.1"))
+        .unwrap();
+    let _r_old = old.memory().reserve(800, priority::ALWAYS).unwrap();
+    let young = m
+        .open_connection(Direction::Inbound, true, &from("10.0.1.1"))
+        .unwrap();
+    // The newcomer's handshake buffer does not fit beside the old one's: the old,
+    // unauthenticated handshake is evicted and its memory given back.
+    let _r_young = young.memory().reserve(600, priority::ALWAYS).unwrap();
+    assert!(old.is_evicted());
+    assert!(!young.is_evicted());
+    let stat = m.stat();
+    assert_eq!(stat.transient.memory, 600);
+    assert_eq!(stat.evictions, 1);
+    // An established connection is never evicted for memory.
+    young.set_peer(peer(1)).unwrap();
+    young.established();
+    let third = m
+        .open_connection(Direction::Inbound, true, &from("10.0.2.1"))
+        .unwrap();
+    let _r_third = third.memory().reserve(1000, priority::ALWAYS).unwrap();
+    assert!(!young.is_evicted());
+    assert!(m
+        .open_connection(Direction::Inbound, true, &from("10.0.3.1"))
+        .unwrap()
+        .memory()
+        .reserve(100, priority::ALWAYS)
+        .is_ok());
+    assert!(
+        third.is_evicted(),
+        "the oldest unauthenticated one made room"
+    );
+}
+
+#[test]
+fn autoscaling_never_panics_on_few_descriptors() {
+    for fds in [0u64, 16, 64, 127, 128, 1000, 1_000_000] {
+        for memory in [256 << 20, 1 << 30, 24 << 30] {
+            let limits = LimitConfig::scaled_for(memory, fds);
+            limits
+                .validate()
+                .unwrap_or_else(|e| panic!("{fds} fds, {memory} bytes: {e}"));
+            assert!(limits.transient.conns <= limits.system.conns);
+            BasicResourceManager::new(limits).unwrap();
+        }
+    }
 }
 
 #[test]
