@@ -51,8 +51,9 @@ fn scope_of(m: &BasicResourceManager) -> ConnScope {
         .unwrap()
 }
 
-/// Buffers the driver reserves for itself (read buffer and write queue, defaults).
-const DRIVER_BUFFERS: u64 = 128 * 1024 + 512 * 1024;
+/// Buffers the driver reserves for itself (read buffer, write queue and the control
+/// frames beside it, defaults).
+const DRIVER_BUFFERS: u64 = 128 * 1024 + 512 * 1024 + 32 * 1024;
 const WINDOW: u64 = 256 * 1024;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -114,7 +115,7 @@ async fn a_connection_short_of_memory_moves_64_mib_with_a_small_window() {
 }
 
 #[tokio::test]
-async fn a_stream_that_cannot_reserve_its_window_is_refused() {
+async fn a_stream_that_cannot_reserve_even_the_smallest_window_is_refused() {
     // Room for the buffers and exactly two stream windows on each side.
     let ra = tight(DRIVER_BUFFERS + 2 * WINDOW);
     let rb = tight(DRIVER_BUFFERS + 2 * WINDOW);
@@ -194,16 +195,183 @@ async fn data_sent_just_before_a_close_is_still_read() {
     }
 }
 
-/// A connection driven by us against a raw peer whose bytes the test writes.
-fn against_raw() -> (Arc<dyn MuxedConn>, DuplexStream) {
-    let (x, y) = tokio::io::duplex(64 * 1024);
-    let conn = muxed(
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_short_of_memory_gets_a_smaller_window_not_a_reset() {
+    // Room for b's buffers, one full window (its own stream) and a 64 KiB one.
+    let rb = tight(DRIVER_BUFFERS + WINDOW + 64 * 1024);
+    let generous = tight(u64::MAX);
+    let (x, y) = tokio::io::duplex(1 << 20);
+    let a = muxed(
         YamuxConfig::default(),
         x,
-        Direction::Inbound,
+        Direction::Outbound,
+        scope_of(&generous),
+    );
+    let b = muxed(YamuxConfig::default(), y, Direction::Inbound, scope_of(&rb));
+    let _own = within("b opens", b.open_stream()).await.unwrap();
+    // 4 MiB in 32 KiB pieces, each answered before the next: b never holds more than a
+    // piece, so its 64 KiB window is enough, for the first 256 KiB as for the rest.
+    let mut s = a.open_stream().await.unwrap();
+    s.write_all(&[1u8; 32 * 1024]).await.unwrap();
+    let mut inb = within("accept", b.accept_stream()).await.unwrap();
+    let mut piece = vec![0u8; 32 * 1024];
+    let mut peak = 0;
+    for round in 0..128 {
+        if round > 0 {
+            within("send", s.write_all(&[1u8; 32 * 1024]))
+                .await
+                .unwrap();
+        }
+        within("receive", inb.read_exact(&mut piece)).await.unwrap();
+        inb.write_all(b"k").await.unwrap();
+        let mut k = [0u8; 1];
+        within("answer", s.read_exact(&mut k)).await.unwrap();
+        peak = peak.max(rb.stat().system.memory);
+    }
+    assert!(
+        peak <= DRIVER_BUFFERS + WINDOW + 64 * 1024,
+        "b held {peak} bytes"
+    );
+    assert!(!a.is_closed() && !b.is_closed());
+
+    // A sender that fills the specification's 256 KiB at once while nothing is read:
+    // more than the memory there is, so that stream (only) is reset.
+    drop(inb);
+    drop(s);
+    let mut t = within("open", a.open_stream()).await.unwrap();
+    t.write_all(&[2u8; 1024]).await.unwrap();
+    let _second = within("accept", b.accept_stream()).await.unwrap();
+    let blast = t.write_all(&[2u8; 255 * 1024]);
+    let _ = within("blast", blast).await;
+    let err = within("the reset", t.read(&mut [0u8; 1]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::ConnectionReset);
+    assert!(!a.is_closed() && !b.is_closed());
+    assert!(rb.stat().system.memory <= DRIVER_BUFFERS + WINDOW + 64 * 1024);
+}
+
+#[tokio::test]
+async fn buffered_data_stays_charged_after_the_connection_ends_until_it_is_read() {
+    let rb = tight(u64::MAX);
+    let (x, y) = tokio::io::duplex(1 << 20);
+    let a = muxed(
+        YamuxConfig::default(),
+        x,
+        Direction::Outbound,
         ConnScope::unlimited(),
     );
+    let b = muxed(YamuxConfig::default(), y, Direction::Inbound, scope_of(&rb));
+    let mut s = a.open_stream().await.unwrap();
+    s.write_all(&[7u8; 200 * 1024]).await.unwrap();
+    s.close_write().await.unwrap();
+    let mut inb = within("accept", b.accept_stream()).await.unwrap();
+    let mut first = [0u8; 1];
+    within("first byte", inb.read_exact(&mut first))
+        .await
+        .unwrap();
+    within("close", a.close()).await;
+    within("b ends", b.closed()).await;
+    // The connection no longer counts as one, but the unread bytes are still held, and
+    // charged: at least what is unread, at most the stream's window.
+    let stat = rb.stat();
+    assert_eq!(stat.system.conns(), 0, "{stat:?}");
+    assert!(
+        stat.system.memory >= 200 * 1024 - 1 && stat.system.memory <= WINDOW,
+        "{stat:?}"
+    );
+    let mut rest = Vec::new();
+    within("the rest", inb.read_to_end(&mut rest))
+        .await
+        .unwrap();
+    assert_eq!(rest.len(), 200 * 1024 - 1);
+    assert_eq!(rb.stat().system.memory, 0, "drained: nothing held");
+    drop(inb);
+    assert!(rb.stat().system.is_empty());
+}
+
+/// A connection driven by us against a raw peer whose bytes the test writes.
+fn against_raw() -> (Arc<dyn MuxedConn>, DuplexStream) {
+    against_raw_with(YamuxConfig::default())
+}
+
+fn against_raw_with(config: YamuxConfig) -> (Arc<dyn MuxedConn>, DuplexStream) {
+    let (x, y) = tokio::io::duplex(64 * 1024);
+    let conn = muxed(config, x, Direction::Inbound, ConnScope::unlimited());
     (conn, y)
+}
+
+#[tokio::test]
+async fn a_refused_stream_opened_again_breaks_the_protocol() {
+    // Four streams fill the limit; stream 9 is refused with a reset. IDs are never
+    // reused, so a SYN for 9 again is a protocol error, not another reset to queue.
+    let config = YamuxConfig {
+        max_streams: 4,
+        ..YamuxConfig::default()
+    };
+    let (conn, raw) = against_raw_with(config);
+    let (mut rd, mut wr) = tokio::io::split(raw);
+    for id in [1u32, 3, 5, 7, 9] {
+        wr.write_all(&frame(FrameType::WindowUpdate, flags::SYN, id, 0))
+            .await
+            .unwrap();
+    }
+    let mut buf = [0u8; HEADER_LEN];
+    loop {
+        within("the reset", rd.read_exact(&mut buf)).await.unwrap();
+        let h = Header::decode(&buf).unwrap();
+        if h.stream == 9 {
+            assert!(h.has(flags::RST));
+            break;
+        }
+    }
+    assert!(!conn.is_closed());
+    wr.write_all(&frame(FrameType::WindowUpdate, flags::SYN, 9, 0))
+        .await
+        .unwrap();
+    ends_with_error(&conn, "opened again after it was refused").await;
+}
+
+#[tokio::test]
+async fn streams_opened_and_dropped_by_a_peer_that_never_reads_stop_our_reading() {
+    // Each stream the remote opens and we accept and drop queues an acknowledgement and
+    // a reset. A remote that never reads them is held back once 16 KiB of them wait:
+    // its writes stall, nothing of ours grows, and after close_timeout without a byte
+    // read the connection is closed.
+    let config = YamuxConfig {
+        close_timeout: Duration::from_millis(1500),
+        ..YamuxConfig::default()
+    };
+    let (conn, raw) = against_raw_with(config);
+    let (_rd, mut wr) = tokio::io::split(raw);
+    let acceptor = tokio::spawn({
+        let conn = conn.clone();
+        async move {
+            let mut taken = 0u32;
+            while let Ok(s) = conn.accept_stream().await {
+                drop(s);
+                taken += 1;
+            }
+            taken
+        }
+    });
+    const STREAMS: u32 = 100_000;
+    let flood: Vec<u8> = (0..STREAMS)
+        .flat_map(|i| frame(FrameType::WindowUpdate, flags::SYN, 2 * i + 1, 0))
+        .collect();
+    let mut writer = tokio::spawn(async move { wr.write_all(&flood).await.map(|_| wr) });
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), &mut writer)
+            .await
+            .is_err(),
+        "a peer that does not read got all its streams read"
+    );
+    ends_with_error(&conn, "read none of our frames").await;
+    let taken = within("acceptor", acceptor).await.unwrap();
+    // 64 KiB of our answers fit the pipe, 16 KiB more wait in the queue (24 bytes a
+    // stream), and a few more may be in flight: far fewer than were sent.
+    assert!(taken < 5_000, "{taken} streams taken");
+    drop(writer);
 }
 
 fn frame(typ: FrameType, fl: u16, stream: u32, length: u32) -> [u8; HEADER_LEN] {

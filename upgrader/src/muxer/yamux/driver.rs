@@ -26,12 +26,12 @@ use std::task::{Context, Poll};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use strata_core::rcmgr::priority;
-use strata_core::CloseReason;
+use strata_core::{CloseReason, Reservation};
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use super::frame::{flags, go_away, FrameError, FrameType, Header, HEADER_LEN};
-use super::session::{Reset, Session, MAX_QUEUED_PING_ANSWERS};
+use super::session::{Reset, Session, State, MAX_QUEUED_CONTROL};
 use crate::security::SecureStream;
 
 /// The most room a read is given; the buffer starts small and doubles towards this while
@@ -73,6 +73,11 @@ enum Received<'a> {
 /// Hands body bytes to stream `id`, unless it was reset meanwhile, and wakes its reader.
 fn deliver(session: &Session, id: u32, data: Received<'_>) {
     let mut st = session.lock();
+    if let Received::Copy(bytes) = &data {
+        if !room_for_arrival(&mut st, session, id, bytes.len()) {
+            return;
+        }
+    }
     let Some(s) = st.streams.get_mut(&id) else {
         return;
     };
@@ -80,7 +85,10 @@ fn deliver(session: &Session, id: u32, data: Received<'_>) {
         return;
     }
     match data {
-        Received::Copy(bytes) => s.recv.extend_from_slice(bytes),
+        Received::Copy(bytes) => {
+            s.make_room(bytes.len());
+            s.recv.extend_from_slice(bytes)
+        }
         // Split from the end of this very buffer, so joined back without a copy.
         Received::InPlace(read) => s.recv.unsplit(read),
     }
@@ -120,9 +128,13 @@ pub(crate) struct Driver {
     exact_reads: u8,
     read_state: ReadState,
     read_eof: bool,
-    /// Reading waits: a ping is next and its answer has no room in the write queue
-    /// (the remote pings faster than it reads our answers). Writing the queue resumes it.
+    /// Reading waits: the next frame could make us queue an answer, and answers already
+    /// pile up unwritten (the remote sends faster than it reads them). Writing the queue
+    /// resumes it.
     read_paused: bool,
+    /// While reading waits: the deadline by which the remote must take some of our
+    /// bytes, or the connection is closed (a peer that never reads).
+    stall: Option<Pin<Box<Sleep>>>,
     /// Frames taken from the queue and not yet written.
     writing: VecDeque<Bytes>,
     /// Buffers of data frames just written, to be kept for reuse.
@@ -134,7 +146,7 @@ pub(crate) struct Driver {
     closing: Option<Pin<Box<Sleep>>>,
     shut_down: bool,
     /// Memory reserved for the read buffer and the write queue.
-    buffers: usize,
+    buffers: Option<Reservation>,
 }
 
 impl Driver {
@@ -152,6 +164,7 @@ impl Driver {
             read_state: ReadState::Header,
             read_eof: false,
             read_paused: false,
+            stall: None,
             writing: VecDeque::new(),
             written_frames: Vec::new(),
             needs_flush: false,
@@ -159,7 +172,7 @@ impl Driver {
             abort_wait: Box::pin(abort.cancelled_owned()),
             closing: None,
             shut_down: false,
-            buffers: 0,
+            buffers: None,
         }
     }
 
@@ -176,14 +189,14 @@ impl Driver {
         } = self;
         drop(session.io.take());
         let scope = session.end(reason);
-        if let Some(scope) = scope {
-            scope.release_memory(buffers);
-        }
+        drop(buffers);
+        drop(scope);
     }
 
-    /// Memory the driver's buffers take: the read buffer and the write queue.
+    /// Memory the driver's buffers take: the read buffer, the write queue, and the
+    /// control frames that may wait beside it (queued, and being written).
     pub(crate) fn buffer_size(config: &super::YamuxConfig) -> usize {
-        READ_CHUNK * 2 + config.write_queue_limit()
+        READ_CHUNK * 2 + config.write_queue_limit() + 2 * MAX_QUEUED_CONTROL
     }
 
     /// Reserves the buffers (before the task starts, so that what the connection holds
@@ -191,12 +204,11 @@ impl Driver {
     pub(crate) fn reserve_buffers(&mut self) -> Result<(), CloseReason> {
         let buffers = Self::buffer_size(&self.session.config);
         let st = self.session.lock();
-        if let Some(scope) = st.scope() {
-            scope
-                .reserve_memory(buffers, priority::ALWAYS)
-                .map_err(|e| CloseReason::Error(format!("no memory for the yamux buffers: {e}")))?;
-        }
-        self.buffers = buffers;
+        let reserved = st
+            .memory()
+            .reserve(buffers, priority::ALWAYS)
+            .map_err(|e| CloseReason::Error(format!("no memory for the yamux buffers: {e}")))?;
+        self.buffers = Some(reserved);
         Ok(())
     }
 
@@ -229,14 +241,20 @@ impl Driver {
                 return Poll::Ready(CloseReason::Error(format!("yamux protocol error: {e}")));
             }
         }
-        if let Err(e) = self.poll_write_side(cx) {
-            if self.closing.is_some() {
-                return Poll::Ready(CloseReason::Local);
+        let wrote = match self.poll_write_side(cx) {
+            Ok(wrote) => wrote,
+            Err(e) => {
+                if self.closing.is_some() {
+                    return Poll::Ready(CloseReason::Local);
+                }
+                return Poll::Ready(CloseReason::Error(format!("yamux write failed: {e}")));
             }
-            return Poll::Ready(CloseReason::Error(format!("yamux write failed: {e}")));
+        };
+        if let Some(reason) = self.poll_stall(cx, wrote) {
+            return Poll::Ready(reason);
         }
         if let Some(deadline) = self.closing.as_mut() {
-            if !self.shut_down && self.writing.is_empty() && self.session.lock().out.is_empty() {
+            if !self.shut_down && self.writing.is_empty() && self.session.lock().queue_is_empty() {
                 match with_io(&self.session, |io, cx| io.poll_shutdown(cx), cx) {
                     Poll::Ready(_) => self.shut_down = true,
                     Poll::Pending => {}
@@ -256,12 +274,38 @@ impl Driver {
         } else if self.read_eof {
             return Poll::Ready(CloseReason::Remote);
         }
-        if self.read_paused && self.session.lock().ping_answers_queued < MAX_QUEUED_PING_ANSWERS {
+        if self.read_paused && self.session.lock().may_read_more() {
             // The queue was written: read on, in the next turn.
             self.read_paused = false;
+            self.stall = None;
             cx.waker().wake_by_ref();
         }
         Poll::Pending
+    }
+
+    /// While reading waits for the remote to read our answers: the remote must take some
+    /// of our bytes within `close_timeout`, each write starting the wait anew; a remote
+    /// that does not is not reading at all, and the connection ends (it would otherwise
+    /// hold its memory, and ours, for as long as it likes).
+    fn poll_stall(&mut self, cx: &mut Context<'_>, wrote: bool) -> Option<CloseReason> {
+        if !self.read_paused {
+            self.stall = None;
+            return None;
+        }
+        let timeout = self.session.config.close_timeout;
+        let stall = self
+            .stall
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        if wrote {
+            stall.as_mut().reset(Instant::now() + timeout);
+        }
+        if stall.as_mut().poll(cx).is_ready() {
+            tracing::debug!(peer = %self.session.peer, "yamux: the remote has read none of our frames for {timeout:?}");
+            return Some(CloseReason::Error(format!(
+                "yamux: the remote read none of our frames for {timeout:?} while we held its answers"
+            )));
+        }
+        None
     }
 
     fn start_closing(&mut self) {
@@ -395,9 +439,13 @@ impl Driver {
         let room = (remaining as usize).min(DIRECT_CHUNK);
         let mut spare = {
             let mut st = self.session.lock();
+            if !room_for_arrival(&mut st, &self.session, id, room) {
+                return None;
+            }
             let s = st.streams.get_mut(&id).filter(|s| s.reset.is_none())?;
-            // Reclaims the room the reader has emptied, or grows as a copy would.
-            s.recv.reserve(room);
+            // Reclaims the room the reader has emptied, or grows as a copy would (never
+            // past what is reserved for the stream).
+            s.make_room(room);
             let len = s.recv.len();
             s.recv.split_off(len)
         };
@@ -452,12 +500,14 @@ impl Driver {
                     let mut bytes = [0u8; HEADER_LEN];
                     bytes.copy_from_slice(raw);
                     let header = Header::decode(&bytes)?;
-                    if header.typ == FrameType::Ping
-                        && header.has(flags::SYN)
-                        && self.session.lock().ping_answers_queued >= MAX_QUEUED_PING_ANSWERS
-                    {
-                        // Leave the ping unread until its answer fits: backpressure
-                        // instead of a dropped answer or a growing queue.
+                    let hold = {
+                        let st = self.session.lock();
+                        !st.may_read_more() && may_answer(&header, &st)
+                    };
+                    if hold {
+                        // Leave the frame unread until its answer fits: backpressure
+                        // instead of a dropped answer or a growing queue. Frames that
+                        // answer nothing (data for open streams) still flow.
                         self.read_paused = true;
                         return Ok(());
                     }
@@ -636,8 +686,9 @@ impl Driver {
         }
     }
 
-    /// Writes queued frames until the socket pushes back, then flushes.
-    fn poll_write_side(&mut self, cx: &mut Context<'_>) -> std::io::Result<()> {
+    /// Writes queued frames until the socket pushes back, then flushes. Says whether
+    /// anything was written.
+    fn poll_write_side(&mut self, cx: &mut Context<'_>) -> std::io::Result<bool> {
         let limit = self.session.config.write_queue_limit();
         let mut wrote = false;
         loop {
@@ -649,15 +700,14 @@ impl Driver {
                     st.io_wanted = true;
                     break;
                 }
-                if st.out.is_empty() {
+                if st.queue_is_empty() {
                     if !wrote {
                         // Nothing to write this turn: hold no spare memory while idle.
                         st.drop_spare_frames();
                     }
                     break;
                 }
-                std::mem::swap(&mut self.writing, &mut st.out);
-                st.ping_answers_queued = 0;
+                st.take_queue(&mut self.writing);
             }
             let slices: Vec<IoSlice<'_>> = self
                 .writing
@@ -684,7 +734,7 @@ impl Driver {
                     wrote = true;
                 }
                 Poll::Ready(Err(e)) => return Err(e),
-                Poll::Pending => return Ok(()),
+                Poll::Pending => return Ok(wrote),
             }
         }
         // A writer that wrote through and could not flush leaves that to us.
@@ -698,7 +748,7 @@ impl Driver {
                 Poll::Pending => {}
             }
         }
-        Ok(())
+        Ok(wrote)
     }
 
     fn advance_written(&mut self, mut n: usize) {
@@ -723,6 +773,53 @@ impl Driver {
             }
         }
     }
+}
+
+/// Whether reading the frame `h` could make us queue an answer: a ping, a new stream (an
+/// acknowledgement or a reset), a frame for a stream we do not know (a reset). Data and
+/// window updates for open streams answer nothing, so they are read even while answers
+/// pile up: the remote's own bulk data never waits behind its unread answers.
+fn may_answer(h: &Header, st: &State) -> bool {
+    match h.typ {
+        FrameType::Ping => h.has(flags::SYN),
+        FrameType::GoAway => false,
+        FrameType::Data | FrameType::WindowUpdate => {
+            h.has(flags::SYN) || (!h.has(flags::RST) && !st.streams.contains_key(&h.stream))
+        }
+    }
+}
+
+/// Makes sure stream `id`'s buffer may take `n` more bytes within its reservation (a
+/// stream whose window shrank reserves its first 256 KiB as they arrive). When memory
+/// does not allow it, the stream is reset (its bytes are then dropped as they come) and
+/// false is returned; true otherwise, also for a stream that is gone or reset.
+fn room_for_arrival(st: &mut State, session: &Session, id: u32, n: usize) -> bool {
+    match st.reserve_arrival(&session.config, id, n) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::debug!(peer = %session.peer, stream = id, "no memory for received data: {e}; resetting the stream");
+            reset_locally(st, id);
+            false
+        }
+    }
+}
+
+/// Resets stream `id` on our side: its buffer is dropped, its reader and writer fail,
+/// and the remote is told.
+fn reset_locally(st: &mut State, id: u32) {
+    let Some(s) = st.streams.get_mut(&id) else {
+        return;
+    };
+    s.reset = Some(Reset::Local);
+    s.recv = BytesMut::new();
+    s.wake();
+    let open_flag = std::mem::take(&mut s.open_flag);
+    st.queue_control(Header::new(
+        FrameType::WindowUpdate,
+        flags::RST | open_flag,
+        id,
+        0,
+    ));
 }
 
 /// Runs one poll call on the connection's secured stream under its lock (never held

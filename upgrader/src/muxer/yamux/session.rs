@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use strata_core::rcmgr::priority;
-use strata_core::{CloseReason, ConnScope, Direction, PeerId, ResourceError};
+use strata_core::{CloseReason, ConnScope, Direction, PeerId, Reservation, ResourceError};
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
@@ -41,6 +41,20 @@ pub(crate) const WRITE_THROUGH_MAX: usize = 16 * 1024;
 /// Written frame buffers kept for reuse (see `State::spare_frames`).
 const MAX_SPARE_FRAMES: usize = 2;
 
+/// Bytes of control frames (window updates, acknowledgements, resets, ping answers) that
+/// may wait in the write queue before the driver stops reading what could make more:
+/// a remote that sends SYNs or pings and never reads our answers is held back by its own
+/// flow control instead of growing our queue.
+pub(crate) const MAX_QUEUED_CONTROL: usize = 16 * 1024;
+
+/// Refused inbound stream IDs remembered (see `State::refused`).
+const MAX_REMEMBERED_REFUSALS: usize = 1024;
+
+/// The receive windows a new stream may get, largest first: the specification's 256 KiB
+/// while memory allows, smaller ones when it runs short (the remote still may send the
+/// first 256 KiB, which are then reserved as they arrive).
+const WINDOW_TIERS: [u32; 3] = [INITIAL_WINDOW, 64 * 1024, 16 * 1024];
+
 /// Who reset a stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Reset {
@@ -57,8 +71,6 @@ pub(crate) struct StreamState {
     /// The stream's current receive window (what `recv_credit`, `recv` and `consumed`
     /// add up to).
     pub(crate) recv_window: u32,
-    /// Read by the application since the last window update.
-    pub(crate) consumed: u32,
     /// When the last window update went out (window growth compares it with the RTT).
     pub(crate) window_epoch: Instant,
     /// Bytes we may still send.
@@ -77,17 +89,18 @@ pub(crate) struct StreamState {
     /// The remote sent FIN.
     pub(crate) remote_fin: bool,
     pub(crate) reset: Option<Reset>,
-    /// Window bytes reserved for this stream.
+    /// Bytes reserved for this stream's receive buffer: its window, and while a stream
+    /// with a shrunken window still receives its first 256 KiB, what has arrived. The
+    /// buffer's capacity never exceeds it.
     pub(crate) reserved: usize,
 }
 
 impl StreamState {
-    fn new(open_flag: u16, send_credit: u32) -> Self {
+    fn new(open_flag: u16, send_credit: u32, window: u32) -> Self {
         StreamState {
             recv: BytesMut::new(),
             recv_credit: INITIAL_WINDOW,
-            recv_window: INITIAL_WINDOW,
-            consumed: 0,
+            recv_window: window,
             window_epoch: Instant::now(),
             send_credit,
             read_waker: None,
@@ -98,8 +111,29 @@ impl StreamState {
             local_fin: false,
             remote_fin: false,
             reset: None,
-            reserved: INITIAL_WINDOW as usize,
+            reserved: window as usize,
         }
+    }
+
+    /// Makes room for `n` more received bytes in the buffer without its capacity passing
+    /// what is reserved for it (`BytesMut` alone would double it).
+    pub(crate) fn make_room(&mut self, n: usize) {
+        let recv = &mut self.recv;
+        if recv.capacity() - recv.len() >= n || recv.try_reclaim(n) {
+            return;
+        }
+        let needed = recv.len() + n;
+        let cap = (recv.capacity() * 2).clamp(needed, self.reserved.max(needed));
+        let mut fresh = BytesMut::with_capacity(cap);
+        fresh.extend_from_slice(recv);
+        *recv = fresh;
+    }
+
+    /// The window credit to give back now: what the remote may send again without the
+    /// stream holding more than its window.
+    fn grantable(&self) -> u32 {
+        let held = u64::from(self.recv_credit) + self.recv.len() as u64;
+        u64::from(self.recv_window).saturating_sub(held) as u32
     }
 
     pub(crate) fn wake(&mut self) {
@@ -182,8 +216,16 @@ pub(crate) struct State {
     next_id: u32,
     /// Frames waiting for the driver, each a whole frame (header and body).
     pub(crate) out: VecDeque<Bytes>,
-    /// Bytes in `out` plus those the driver has taken and not yet written.
+    /// Control frames queued after the last frame in `out`, gathered in one buffer (a
+    /// frame each would cost several times its 12 bytes of heap); logically the end of
+    /// the queue.
+    control_tail: BytesMut,
+    /// Bytes in `out` and `control_tail` plus those the driver has taken and not yet
+    /// written.
     pub(crate) out_bytes: usize,
+    /// Bytes of control frames queued since the driver last took the queue (see
+    /// [`MAX_QUEUED_CONTROL`]).
+    pub(crate) control_queued: usize,
     /// Buffers of written data frames, for the next frames to be copied into: fresh
     /// memory for every frame of a bulk transfer costs page faults. What they hold and
     /// what is queued stay within the queue limit together.
@@ -198,8 +240,10 @@ pub(crate) struct State {
     pub(crate) inbound: VecDeque<u32>,
     /// Stream handles alive (inbound ones in the backlog included).
     pub(crate) live: usize,
-    /// Window bytes reserved across all streams.
-    pub(crate) reserved: usize,
+    /// Window bytes reserved across all streams, from the connection's memory. It
+    /// outlives the connection's slot: streams keep what they still buffer after the
+    /// connection ends, until it is read or dropped.
+    pub(crate) windows: Reservation,
     pub(crate) ended: Option<CloseReason>,
     /// Go Away is queued (or sent): no new streams either way.
     pub(crate) closing: bool,
@@ -214,13 +258,18 @@ pub(crate) struct State {
     pub(crate) ping_answers_queued: usize,
     /// A writer wrote through and could not flush all of it: the driver flushes.
     pub(crate) flush_wanted: bool,
+    /// Inbound stream IDs we refused (the most recent [`MAX_REMEMBERED_REFUSALS`]): a
+    /// remote that opens one of them again breaks the protocol (IDs are never reused),
+    /// instead of getting a reset for every SYN it repeats.
+    refused: std::collections::HashSet<u32, StreamIdHash>,
+    refused_order: VecDeque<u32>,
     /// A writer is writing a frame through (outside this lock): the driver leaves the
     /// queue alone until it is done, so that whatever the writer leaves unwritten goes
     /// first.
     pub(crate) writing_through: bool,
     /// The driver found the secured stream taken by a writer: the writer wakes it.
     pub(crate) io_wanted: bool,
-    /// The connection's resource scope until the connection ends.
+    /// The connection's resource scope (its slot) until the connection ends.
     scope: Option<Arc<ConnScope>>,
 }
 
@@ -295,20 +344,24 @@ impl Session {
                     2
                 },
                 out: VecDeque::new(),
+                control_tail: BytesMut::new(),
                 out_bytes: 0,
+                control_queued: 0,
                 spare_frames: Vec::new(),
                 spare_bytes: 0,
                 driver: None,
                 space: VecDeque::new(),
                 inbound: VecDeque::new(),
                 live: 0,
-                reserved: 0,
+                windows: scope.memory().empty(),
                 ended: None,
                 closing: false,
                 remote_go_away: false,
                 rtt: None,
                 ping: None,
                 ping_answers_queued: 0,
+                refused: std::collections::HashSet::with_hasher(StreamIdHash::random()),
+                refused_order: VecDeque::new(),
                 flush_wanted: false,
                 writing_through: false,
                 io_wanted: false,
@@ -435,12 +488,13 @@ impl Session {
         if id > u32::MAX - 2 {
             return Err(OpenError::Exhausted);
         }
-        st.reserve_window(&self.config, INITIAL_WINDOW as usize, priority::ALWAYS)
+        let window = st
+            .reserve_initial_window(&self.config)
             .map_err(OpenError::Resource)?;
         st.next_id = id + 2;
         st.live += 1;
         st.streams
-            .insert(id, StreamState::new(flags::SYN, INITIAL_WINDOW));
+            .insert(id, StreamState::new(flags::SYN, INITIAL_WINDOW, window));
         Ok(id)
     }
 
@@ -493,7 +547,7 @@ impl Session {
     }
 
     /// Records the end and wakes everyone: readers drain what they have, then fail.
-    /// Returns the scope for the caller to drop outside the lock.
+    /// Returns the scope (the connection's slot) for the caller to drop outside the lock.
     pub(crate) fn end(&self, reason: CloseReason) -> Option<Arc<ConnScope>> {
         let scope = {
             let mut st = self.lock();
@@ -505,13 +559,20 @@ impl Session {
             }
             st.space.clear();
             st.out.clear();
-            // Every window goes back to the scope now; streams outliving the connection
-            // hold nothing.
-            let total = st.reserved;
-            st.release_window(total);
+            st.control_tail = BytesMut::new();
+            st.drop_spare_frames();
+            // The windows go back now, but what streams still buffer stays reserved
+            // (its handle may be read long after) until it is read or dropped.
+            let mut kept = 0;
             for s in st.streams.values_mut() {
-                s.reserved = 0;
+                if s.recv.is_empty() {
+                    s.recv = BytesMut::new();
+                }
+                s.reserved = s.reserved.min(s.recv.capacity());
+                kept += s.reserved;
             }
+            let total = st.windows.size();
+            st.windows.shrink(total.saturating_sub(kept));
             st.scope.take()
         };
         self.reason.send_replace(Some(reason));
@@ -545,9 +606,74 @@ impl Session {
 }
 
 impl State {
-    /// The connection's resource scope, until the connection ends.
-    pub(crate) fn scope(&self) -> Option<&Arc<ConnScope>> {
-        self.scope.as_ref()
+    /// The connection's memory: it outlives the connection's slot.
+    pub(crate) fn memory(&self) -> &strata_core::ScopeMemory {
+        self.windows.memory()
+    }
+
+    /// Reserves the window of a new stream: the largest of [`WINDOW_TIERS`] that fits
+    /// (a smaller window rather than a refusal while memory runs short).
+    fn reserve_initial_window(&mut self, config: &YamuxConfig) -> Result<u32, ResourceError> {
+        let mut refused = None;
+        for window in WINDOW_TIERS {
+            match self.reserve_window(config, window as usize, priority::ALWAYS) {
+                Ok(()) => return Ok(window),
+                Err(e) => refused = Some(e),
+            }
+        }
+        Err(refused.unwrap_or_else(|| ResourceError {
+            scope: "yamux stream window".into(),
+            resource: strata_core::rcmgr::Resource::Memory,
+            limit: 0,
+        }))
+    }
+
+    /// `len` more body bytes are arriving for stream `id`: makes sure its buffer may
+    /// hold them. A stream whose window shrank may still receive the specification's
+    /// first 256 KiB; those bytes are reserved as they come, and a failure is an error
+    /// (the caller resets the stream).
+    pub(crate) fn reserve_arrival(
+        &mut self,
+        config: &YamuxConfig,
+        id: u32,
+        len: usize,
+    ) -> Result<(), ResourceError> {
+        let Some(s) = self.streams.get(&id).filter(|s| s.reset.is_none()) else {
+            return Ok(());
+        };
+        let needed = s.recv.len() + len;
+        let more = needed.saturating_sub(s.reserved);
+        if more == 0 {
+            return Ok(());
+        }
+        self.reserve_window(config, more, priority::ALWAYS)?;
+        if let Some(s) = self.streams.get_mut(&id) {
+            s.reserved += more;
+        }
+        Ok(())
+    }
+
+    /// Gives back what stream `id` holds beyond its window and its buffer (a shrunken
+    /// window's first bytes, once read; everything once the connection ended and the
+    /// buffer is drained).
+    pub(crate) fn trim_reservation(&mut self, id: u32) {
+        let ended = self.ended.is_some();
+        let Some(s) = self.streams.get_mut(&id) else {
+            return;
+        };
+        if ended && s.recv.is_empty() {
+            s.recv = BytesMut::new();
+        }
+        let keep = if ended {
+            s.recv.capacity()
+        } else {
+            (s.recv_window as usize).max(s.recv.capacity())
+        };
+        let excess = s.reserved.saturating_sub(keep);
+        if excess > 0 {
+            s.reserved -= excess;
+            self.release_window(excess);
+        }
     }
 
     /// Reserves `size` bytes of window: within the connection's cap, then from the scope.
@@ -557,8 +683,15 @@ impl State {
         size: usize,
         prio: u8,
     ) -> Result<(), ResourceError> {
+        if self.ended.is_some() {
+            return Err(ResourceError {
+                scope: "yamux connection (ended)".into(),
+                resource: strata_core::rcmgr::Resource::Memory,
+                limit: 0,
+            });
+        }
         if let Some(cap) = config.max_connection_receive_window {
-            if self.reserved.saturating_add(size) > cap {
+            if self.windows.size().saturating_add(size) > cap {
                 return Err(ResourceError {
                     scope: "yamux connection window".into(),
                     resource: strata_core::rcmgr::Resource::Memory,
@@ -566,19 +699,11 @@ impl State {
                 });
             }
         }
-        if let Some(scope) = &self.scope {
-            scope.reserve_memory(size, prio)?;
-        }
-        self.reserved += size;
-        Ok(())
+        self.windows.grow(size, prio)
     }
 
     pub(crate) fn release_window(&mut self, size: usize) {
-        let size = size.min(self.reserved);
-        self.reserved -= size;
-        if let Some(scope) = &self.scope {
-            scope.release_memory(size);
-        }
+        self.windows.shrink(size);
     }
 
     pub(crate) fn wake_driver(&mut self) {
@@ -587,16 +712,49 @@ impl State {
         }
     }
 
-    /// Queues a frame without a body. Control frames are never held back by the queue
-    /// limit: each is tied to a stream or rate-limited by its sender.
+    /// Queues a frame without a body, gathered with the control frames queued right
+    /// before it. Control frames count in the write queue's bytes; once
+    /// [`MAX_QUEUED_CONTROL`] of them wait, the driver stops reading what could make
+    /// more (see `State::may_read_more`).
     pub(crate) fn queue_control(&mut self, header: Header) {
         self.out_bytes += HEADER_LEN;
-        self.out.push_back(Bytes::copy_from_slice(&header.encode()));
+        self.control_queued += HEADER_LEN;
+        self.control_tail.extend_from_slice(&header.encode());
         self.wake_driver();
+    }
+
+    /// Ends the gathered control frames, so that what is queued next goes after them.
+    fn seal_control(&mut self) {
+        if !self.control_tail.is_empty() {
+            let batch = self.control_tail.split().freeze();
+            self.out.push_back(batch);
+        }
+    }
+
+    /// Everything queued, in order, for the driver to write (the control frames
+    /// gathered at the end included).
+    pub(crate) fn take_queue(&mut self, into: &mut VecDeque<Bytes>) {
+        self.seal_control();
+        std::mem::swap(into, &mut self.out);
+        self.ping_answers_queued = 0;
+        self.control_queued = 0;
+    }
+
+    /// True when nothing waits in the queue.
+    pub(crate) fn queue_is_empty(&self) -> bool {
+        self.out.is_empty() && self.control_tail.is_empty()
+    }
+
+    /// Whether the driver may read frames that could make us queue an answer: not while
+    /// ping answers or control frames pile up unwritten (the remote does not read them).
+    pub(crate) fn may_read_more(&self) -> bool {
+        self.ping_answers_queued < MAX_QUEUED_PING_ANSWERS
+            && self.control_queued < MAX_QUEUED_CONTROL
     }
 
     /// Queues a data frame: header and body in one buffer, so they leave in one write.
     pub(crate) fn queue_data(&mut self, header: Header, body: &[u8]) {
+        self.seal_control();
         // Spare buffers are large: a small frame takes fresh memory of its own size.
         let spare = if body.len() > WRITE_THROUGH_MAX {
             self.spare_frames.pop()
@@ -700,15 +858,16 @@ impl State {
         }
     }
 
-    /// After the application read from stream `id`: once half its window is consumed,
-    /// gives the credit back, growing the window when the stream is read fast (within four
-    /// round trips) and memory allows.
+    /// After the application read from stream `id`: once half its window can be given
+    /// back, gives the credit back, growing the window when the stream is read fast
+    /// (within four round trips) and memory allows.
     pub(crate) fn maybe_grant(&mut self, config: &YamuxConfig, id: u32) {
         let rtt = self.rtt;
         let Some(s) = self.streams.get_mut(&id) else {
             return;
         };
-        if s.remote_fin || s.reset.is_some() || s.consumed < s.recv_window / 2 {
+        let delta_base = s.grantable();
+        if s.remote_fin || s.reset.is_some() || delta_base < s.recv_window / 2 {
             return;
         }
         let now = Instant::now();
@@ -721,10 +880,11 @@ impl State {
                 .min(config.max_stream_receive_window);
             grow = target - s.recv_window;
         }
-        let delta_base = s.consumed;
-        s.consumed = 0;
         s.window_epoch = now;
         let open_flag = std::mem::take(&mut s.open_flag);
+        // A shrunken window's first bytes were reserved as they came; what is beyond the
+        // window and the buffer goes back before the window may grow.
+        self.trim_reservation(id);
         if grow > 0
             && self
                 .reserve_window(config, grow as usize, priority::LOW)
@@ -758,9 +918,19 @@ impl State {
     ) -> Result<bool, &'static str> {
         let refuse = |st: &mut State, why: &str| {
             tracing::debug!(stream = id, "refusing an inbound yamux stream: {why}");
+            if st.refused_order.len() >= MAX_REMEMBERED_REFUSALS {
+                if let Some(old) = st.refused_order.pop_front() {
+                    st.refused.remove(&old);
+                }
+            }
+            st.refused.insert(id);
+            st.refused_order.push_back(id);
             st.queue_control(Header::new(FrameType::WindowUpdate, flags::RST, id, 0));
             Ok(false)
         };
+        if self.refused.contains(&id) {
+            return Err("a stream was opened again after it was refused");
+        }
         if self.closing {
             return refuse(self, "the connection is closing");
         }
@@ -774,11 +944,12 @@ impl State {
         let credit = INITIAL_WINDOW
             .checked_add(extra_credit)
             .ok_or("window credit overflows")?;
-        if let Err(e) = self.reserve_window(config, INITIAL_WINDOW as usize, priority::ALWAYS) {
-            return refuse(self, &format!("no memory for its window: {e}"));
-        }
+        let window = match self.reserve_initial_window(config) {
+            Ok(window) => window,
+            Err(e) => return refuse(self, &format!("no memory for its window: {e}")),
+        };
         self.streams
-            .insert(id, StreamState::new(flags::ACK, credit));
+            .insert(id, StreamState::new(flags::ACK, credit, window));
         self.live += 1;
         self.inbound.push_back(id);
         Ok(true)
@@ -939,6 +1110,75 @@ mod tests {
         );
         // All taken: nothing waits.
         assert_eq!(write_through_taking(100), (true, Vec::new(), 0));
+    }
+
+    #[test]
+    fn a_receive_buffer_never_grows_past_its_reservation() {
+        let mut s = StreamState::new(0, INITIAL_WINDOW, INITIAL_WINDOW);
+        // Pieces that make BytesMut double its capacity past the window on its own.
+        let mut total = 0;
+        for piece in [1000usize, 70_000, 100_000, 91_144] {
+            s.make_room(piece);
+            s.recv.extend_from_slice(&vec![1u8; piece]);
+            total += piece;
+            assert!(
+                s.recv.capacity() <= s.reserved,
+                "{} > {}",
+                s.recv.capacity(),
+                s.reserved
+            );
+        }
+        assert_eq!(total, INITIAL_WINDOW as usize);
+        // Read half, then fill again: the room read is reclaimed, nothing grows.
+        bytes::Buf::advance(&mut s.recv, 128 * 1024);
+        s.make_room(128 * 1024);
+        assert!(s.recv.capacity() <= s.reserved);
+        // A shrunken window's reservation grows with what arrives, and the buffer with it.
+        let mut small = StreamState::new(0, INITIAL_WINDOW, 16 * 1024);
+        small.reserved = 40_000;
+        small.make_room(40_000);
+        assert!(small.recv.capacity() <= 40_000);
+    }
+
+    #[test]
+    fn control_frames_gather_in_one_buffer_and_stay_in_order() {
+        let session = Session::new(
+            PeerId::random(),
+            YamuxConfig::default(),
+            Direction::Outbound,
+            Arc::new(ConnScope::unlimited()),
+            Box::new(TakesFew {
+                take: 0,
+                got: Vec::new(),
+            }),
+        );
+        let mut st = session.lock();
+        for id in [1, 3, 5] {
+            st.queue_control(Header::new(FrameType::WindowUpdate, flags::RST, id, 0));
+        }
+        st.queue_data(Header::new(FrameType::Data, 0, 7, 2), b"hi");
+        st.queue_control(Header::new(FrameType::WindowUpdate, flags::FIN, 7, 0));
+        assert_eq!(st.control_queued, 4 * HEADER_LEN);
+        assert!(st.may_read_more());
+        let mut taken = VecDeque::new();
+        st.take_queue(&mut taken);
+        // Three resets in one buffer, the data frame, the FIN after it.
+        assert_eq!(taken.len(), 3);
+        assert_eq!(taken[0].len(), 3 * HEADER_LEN);
+        let ids: Vec<u32> = taken
+            .iter()
+            .flat_map(|b| b.chunks(HEADER_LEN).take(3))
+            .filter_map(|h| h.try_into().ok().and_then(|h| Header::decode(h).ok()))
+            .map(|h| h.stream)
+            .collect();
+        assert_eq!(ids, [1, 3, 5, 7, 7]);
+        assert_eq!(st.control_queued, 0);
+        assert!(st.queue_is_empty());
+        // Past the bound, reading what could make more answers stops.
+        for i in 0..=(MAX_QUEUED_CONTROL / HEADER_LEN) as u32 {
+            st.queue_control(Header::new(FrameType::WindowUpdate, flags::RST, i, 0));
+        }
+        assert!(!st.may_read_more());
     }
 
     #[test]

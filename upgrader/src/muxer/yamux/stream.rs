@@ -101,8 +101,12 @@ impl AsyncRead for YamuxStream {
             let n = buf.remaining().min(s.recv.len());
             buf.put_slice(&s.recv[..n]);
             s.recv.advance(n);
-            s.consumed += n as u32;
-            st.maybe_grant(&session.config, this.id);
+            if ended.is_some() {
+                // The connection is gone: what was read is no longer held.
+                st.trim_reservation(this.id);
+            } else {
+                st.maybe_grant(&session.config, this.id);
+            }
             return Poll::Ready(Ok(()));
         }
         if s.remote_fin {
