@@ -20,8 +20,8 @@ pub use config::{UpgraderConfig, UpgraderConfigError};
 pub use listener::UpgradedListener;
 pub use muxer::{MuxedConn, StreamMuxer, Yamux, YamuxConfig, YamuxConfigError, YAMUX_PROTOCOL_ID};
 pub use security::{
-    NoiseTransport, PlaintextTransport, SecureStream, SecureTransport, Secured, TlsTransport,
-    TLS_PROTOCOL_ID,
+    NoiseTransport, PlaintextTransport, SecureStream, SecureTransport, Secured, SecurityScope,
+    TlsTransport, TLS_PROTOCOL_ID,
 };
 pub use transport::Upgraded;
 pub use upgrader::{UpgradedConn, Upgrader};

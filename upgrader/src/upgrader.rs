@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 
 use async_trait::async_trait;
-use strata_core::rcmgr::{null_resource_manager, priority};
+use strata_core::rcmgr::null_resource_manager;
 use strata_core::{
     BoxCapableConn, BoxRawConn, CapableConn, CloseReason, ConnError, ConnScope, ConnState,
     ConnectionGater, Direction, GateStage, Multiaddr, PeerId, PublicKey, SecurityError,
@@ -19,7 +19,7 @@ use crate::multistream::{
     listener_select_pipelined, FirstMessage, LazyNegotiated,
 };
 use crate::muxer::{MuxedConn, StreamMuxer};
-use crate::security::{SecureTransport, Secured};
+use crate::security::{SecureTransport, Secured, SecurityScope};
 
 /// Turns raw connections into capable ones: security protocols and muxers in preference
 /// order, an optional gater, and a deadline on each upgrade.
@@ -241,9 +241,7 @@ impl Upgrader {
         let local = raw.local_multiaddr().clone();
         let remote = raw.remote_multiaddr().clone();
         let order = self.security_order(&remote);
-        // The largest handshake buffer any of them needs, held for the connection's life.
-        let buffers = order.iter().map(|s| s.buffer_size()).max().unwrap_or(0);
-        scope.reserve_memory(buffers, priority::ALWAYS)?;
+        let security_scope = SecurityScope::new(scope.memory().clone(), scope.progress_reporter());
         let negotiation = |e: crate::multistream::NegotiationError| UpgradeError::Negotiation {
             step: "security",
             message: e.to_string(),
@@ -290,7 +288,7 @@ impl Upgrader {
             };
             let (conn, answer) = lazy_conn(lazy, &local, &remote);
             let result = security
-                .secure_outbound(Box::new(conn), expected, &self.muxer_ids)
+                .secure_outbound_scoped(Box::new(conn), expected, &self.muxer_ids, &security_scope)
                 .await;
             let answer = std::mem::take(&mut *answer.lock().unwrap_or_else(|p| p.into_inner()));
             let error = match (result, answer) {
@@ -328,6 +326,8 @@ impl Upgrader {
         scope: ConnScope,
     ) -> Result<BoxCapableConn, UpgradeError> {
         let started = std::time::Instant::now();
+        // Whatever the transport buffers for this connection is reserved from its scope.
+        raw.attach_memory(scope.memory().clone());
         let local_addr = raw.local_multiaddr().clone();
         let remote_addr = raw.remote_multiaddr().clone();
         let negotiation = |step| {
@@ -342,12 +342,16 @@ impl Upgrader {
             if direction == Direction::Outbound && self.config.optimistic_security {
                 self.secure_optimistic(raw, expected, &scope).await?
             } else {
+                // The progress deadline: a socket whose remote has not completed its first
+                // security handshake message by now (the multistream-select proposal
+                // first, then a whole Noise message or TLS ClientHello) is a slow or silent
+                // attacker, not a peer on a slow link.
+                let progress = self.config.progress_timeout;
+                let progress_deadline = tokio::time::Instant::now() + progress;
+                let no_progress = |_| UpgradeError::NoProgress(progress);
                 let picked = match direction {
                     Direction::Outbound => dialer_select(&mut raw, &security_ids).await,
                     Direction::Inbound => {
-                        // The progress deadline: a socket that has not said its first words by
-                        // now is a slow or silent attacker, not a peer on a slow link.
-                        let progress = self.config.progress_timeout;
                         let list = || security_ids.iter().map(|s| s.to_string()).collect();
                         let select = listener_select_pipelined(
                             &mut raw,
@@ -355,23 +359,39 @@ impl Upgrader {
                             list,
                             pipelined_first_message,
                         );
-                        tokio::time::timeout(progress, select)
+                        tokio::time::timeout_at(progress_deadline, select)
                             .await
-                            .map_err(|_| UpgradeError::NoProgress(progress))?
+                            .map_err(no_progress)?
                     }
                 }
                 .map_err(negotiation("security"))?;
-                scope.handshake_progress();
                 let security = self.security_by_id(&picked)?;
-                // The handshake's buffers are held from here on, for the connection's life.
-                scope.reserve_memory(security.buffer_size(), priority::ALWAYS)?;
+                let security_scope =
+                    SecurityScope::new(scope.memory().clone(), scope.progress_reporter());
                 let secured = match direction {
                     Direction::Outbound => {
                         security
-                            .secure_outbound(raw, expected, &self.muxer_ids)
+                            .secure_outbound_scoped(raw, expected, &self.muxer_ids, &security_scope)
                             .await?
                     }
-                    Direction::Inbound => security.secure_inbound(raw, &self.muxer_ids).await?,
+                    Direction::Inbound => {
+                        let handshake =
+                            security.secure_inbound_scoped(raw, &self.muxer_ids, &security_scope);
+                        let mut handshake = std::pin::pin!(handshake);
+                        let early = tokio::time::timeout_at(progress_deadline, async {
+                            tokio::select! {
+                                done = &mut handshake => Some(done),
+                                () = security_scope.progress() => None,
+                            }
+                        })
+                        .await
+                        .map_err(no_progress)?;
+                        match early {
+                            Some(done) => done?,
+                            // Progress made: the rest runs under the handshake deadline.
+                            None => handshake.await?,
+                        }
+                    }
                 };
                 (security, secured)
             };

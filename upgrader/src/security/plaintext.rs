@@ -9,7 +9,7 @@ use prost::Message;
 use strata_core::{BoxRawConn, Keypair, PeerId, PublicKey, SecurityError};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
-use crate::security::{SecureTransport, Secured};
+use crate::security::{SecureTransport, Secured, SecurityScope};
 
 /// The protocol ID negotiated with multistream-select.
 pub const PROTOCOL_ID: &str = "/plaintext/2.0.0";
@@ -113,13 +113,19 @@ impl PlaintextTransport {
         &self,
         mut io: BoxRawConn,
         expected: Option<PeerId>,
+        scope: &SecurityScope,
     ) -> Result<Secured, SecurityError> {
         // Both sides send first; the message is small enough for any transport's buffer.
         io.write_all(&encode_exchange(&self.public)).await?;
         io.flush().await?;
         let len = read_len(&mut io).await?;
+        let _held = scope
+            .memory
+            .reserve(len, strata_core::rcmgr::priority::ALWAYS)
+            .map_err(|e| SecurityError::Handshake(format!("no memory for the exchange: {e}")))?;
         let mut msg = vec![0u8; len];
         io.read_exact(&mut msg).await?;
+        scope.progressed();
         let (remote_peer, remote_public_key) = decode_exchange(&msg)?;
         if let Some(expected) = expected {
             if remote_peer != expected {
@@ -144,21 +150,23 @@ impl SecureTransport for PlaintextTransport {
         PROTOCOL_ID
     }
 
-    async fn secure_outbound(
+    async fn secure_outbound_scoped(
         &self,
         io: BoxRawConn,
         expected: Option<PeerId>,
         _muxers: &[String],
+        scope: &SecurityScope,
     ) -> Result<Secured, SecurityError> {
-        self.exchange(io, expected).await
+        self.exchange(io, expected, scope).await
     }
 
-    async fn secure_inbound(
+    async fn secure_inbound_scoped(
         &self,
         io: BoxRawConn,
         _muxers: &[String],
+        scope: &SecurityScope,
     ) -> Result<Secured, SecurityError> {
-        self.exchange(io, None).await
+        self.exchange(io, None, scope).await
     }
 }
 

@@ -10,11 +10,26 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use rustls::pki_types::ServerName;
+use strata_core::rcmgr::priority;
 use strata_core::tls::{self, Libp2pCertificate, TlsSetupError, LIBP2P_ALPN};
-use strata_core::{BoxRawConn, Keypair, PeerId, SecurityError};
-use tokio_rustls::{TlsAcceptor, TlsConnector};
+use strata_core::{BoxRawConn, Keypair, PeerId, Reservation, SecurityError};
+use tokio_rustls::{LazyConfigAcceptor, TlsConnector};
 
-use super::{SecureTransport, Secured};
+use super::{SecureTransport, Secured, SecurityScope, WithReservation};
+
+/// What rustls holds for one connection at most, reserved for the connection's life
+/// (rustls keeps its buffers inside, where they cannot be watched): the deframing
+/// buffer (a handshake message of up to 64 KiB, then records of up to 16 KiB), received
+/// plaintext (16 KiB), and sealed records waiting for the socket (64 KiB). Measured by
+/// the allocator in `tests/security_memory.rs`.
+pub const TLS_BUFFERS: usize = 160 * 1024;
+
+fn reserve_buffers(scope: &SecurityScope) -> Result<Reservation, SecurityError> {
+    scope
+        .memory
+        .reserve(TLS_BUFFERS, priority::ALWAYS)
+        .map_err(|e| SecurityError::Handshake(format!("no memory for the TLS buffers: {e}")))
+}
 
 /// The multistream-select protocol ID of libp2p TLS.
 pub const TLS_PROTOCOL_ID: &str = "/tls/1.0.0";
@@ -77,12 +92,14 @@ impl SecureTransport for TlsTransport {
         TLS_PROTOCOL_ID
     }
 
-    async fn secure_outbound(
+    async fn secure_outbound_scoped(
         &self,
         io: BoxRawConn,
         expected: Option<PeerId>,
         muxers: &[String],
+        scope: &SecurityScope,
     ) -> Result<Secured, SecurityError> {
+        let held = reserve_buffers(scope)?;
         let config = tls::client_config_with_cert(&self.cert, expected, alpn_list(muxers))
             .map_err(setup_error)?;
         // An IP address as server name makes rustls send no SNI, as the spec requires;
@@ -108,22 +125,29 @@ impl SecureTransport for TlsTransport {
         }
         let early_muxer = early_muxer(conn.alpn_protocol());
         Ok(Secured {
-            io: Box::new(stream),
+            io: Box::new(WithReservation::new(stream, held)),
             remote_peer,
             remote_public_key,
             early_muxer,
         })
     }
 
-    async fn secure_inbound(
+    async fn secure_inbound_scoped(
         &self,
         io: BoxRawConn,
         muxers: &[String],
+        scope: &SecurityScope,
     ) -> Result<Secured, SecurityError> {
+        let held = reserve_buffers(scope)?;
         let config =
             tls::server_config_with_cert(&self.cert, alpn_list(muxers)).map_err(setup_error)?;
-        let stream = TlsAcceptor::from(Arc::new(config))
-            .accept(io)
+        // The ClientHello first: once it is whole, the remote has made progress.
+        let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io)
+            .await
+            .map_err(tls::security_error_from_io)?;
+        scope.progressed();
+        let stream = start
+            .into_stream(Arc::new(config))
             .await
             .map_err(tls::security_error_from_io)?;
 
@@ -131,7 +155,7 @@ impl SecureTransport for TlsTransport {
         let remote_public_key = tls::peer_public_key(conn)?;
         let early_muxer = early_muxer(conn.alpn_protocol());
         Ok(Secured {
-            io: Box::new(stream),
+            io: Box::new(WithReservation::new(stream, held)),
             remote_peer: remote_public_key.to_peer_id(),
             remote_public_key,
             early_muxer,

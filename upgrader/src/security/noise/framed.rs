@@ -10,6 +10,8 @@ use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
+use strata_core::rcmgr::priority;
+use strata_core::{Reservation, ScopeMemory};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// The largest Noise message, and so the largest frame body.
@@ -80,7 +82,10 @@ fn invalid_data(msg: impl Into<String>) -> io::Error {
 ///
 /// The frame-sized buffers are allocated when traffic needs them and freed once the
 /// stream is idle again (nothing buffered when a read has to wait, nothing left to send
-/// after a flush), so a thousand idle connections do not hold a quarter MiB each.
+/// after a flush), so a thousand idle connections do not hold a quarter MiB each. Each
+/// is reserved from the connection's memory before it is allocated and released when it
+/// is freed ([`NoiseStream::with_memory`]); a refused reservation fails the read or write
+/// (the connection then ends) rather than allocating.
 pub struct NoiseStream<T> {
     inner: T,
     state: snow::TransportState,
@@ -103,12 +108,40 @@ pub struct NoiseStream<T> {
     write_frame: Box<[u8]>,
     write_start: usize,
     write_end: usize,
+    /// What the buffers above hold, reserved from the connection's memory.
+    held: Reservation,
+}
+
+/// A buffer reservation the connection's scope refused.
+fn out_of_memory(e: strata_core::ResourceError) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::OutOfMemory,
+        format!("no memory for a noise buffer: {e}"),
+    )
+}
+
+/// Reserves `len` bytes in `held`, then allocates a zeroed buffer of that size.
+fn alloc(held: &mut Reservation, len: usize) -> io::Result<Box<[u8]>> {
+    held.grow(len, priority::ALWAYS).map_err(out_of_memory)?;
+    Ok(vec![0; len].into_boxed_slice())
+}
+
+/// Frees `buf` and gives its bytes back.
+fn free(held: &mut Reservation, buf: &mut Box<[u8]>) {
+    held.shrink(buf.len());
+    *buf = Box::default();
 }
 
 impl<T> NoiseStream<T> {
     /// Wraps `inner` with the transport state of a finished handshake. Nothing may have
-    /// been read from `inner` past the last handshake message.
+    /// been read from `inner` past the last handshake message. Its buffers are not
+    /// accounted (see [`NoiseStream::with_memory`]).
     pub fn new(inner: T, state: snow::TransportState) -> Self {
+        Self::with_memory(inner, state, ScopeMemory::unlimited())
+    }
+
+    /// [`NoiseStream::new`], reserving its buffers from `memory` as it allocates them.
+    pub fn with_memory(inner: T, state: snow::TransportState, memory: ScopeMemory) -> Self {
         NoiseStream {
             inner,
             state,
@@ -123,7 +156,13 @@ impl<T> NoiseStream<T> {
             write_frame: Box::default(),
             write_start: 0,
             write_end: 0,
+            held: memory.empty(),
         }
+    }
+
+    /// Bytes its buffers hold now.
+    pub fn buffered_capacity(&self) -> usize {
+        self.held.size()
     }
 
     /// The underlying stream.
@@ -135,11 +174,12 @@ impl<T> NoiseStream<T> {
     /// which must be empty (allocated here if the stream was idle).
     fn seal(
         state: &mut snow::TransportState,
+        held: &mut Reservation,
         frame: &mut Box<[u8]>,
         plaintext: &[u8],
     ) -> io::Result<usize> {
         if frame.is_empty() {
-            *frame = vec![0; LEN_PREFIX + MAX_FRAME_LEN].into_boxed_slice();
+            *frame = alloc(held, LEN_PREFIX + MAX_FRAME_LEN)?;
         }
         let len = state
             .write_message(plaintext, &mut frame[LEN_PREFIX..])
@@ -152,12 +192,12 @@ impl<T> NoiseStream<T> {
     /// peer and may wait long.
     fn release_idle_read_buffers(&mut self) {
         if self.read_start == self.read_end {
-            self.read_buf = Box::default();
+            free(&mut self.held, &mut self.read_buf);
             self.read_start = 0;
             self.read_end = 0;
         }
         if self.plain_start == self.plain_end {
-            self.plain = Box::default();
+            free(&mut self.held, &mut self.plain);
             self.plain_start = 0;
             self.plain_end = 0;
         }
@@ -187,9 +227,46 @@ impl<T: AsyncWrite + Unpin> NoiseStream<T> {
 
     /// Seals the gathered plaintext; the frame buffer must be free.
     fn seal_gathered(&mut self) -> io::Result<()> {
-        self.write_end = Self::seal(&mut self.state, &mut self.write_frame, &self.write_plain)?;
+        self.write_end = Self::seal(
+            &mut self.state,
+            &mut self.held,
+            &mut self.write_frame,
+            &self.write_plain,
+        )?;
         self.write_plain.clear();
         Ok(())
+    }
+
+    /// Makes room for `n` more bytes of plaintext to gather (at most a frame's worth in
+    /// all), reserving what the gathering buffer grows by.
+    fn room_to_gather(&mut self, n: usize) -> io::Result<()> {
+        let need = self.write_plain.len() + n;
+        let old = self.write_plain.capacity();
+        if need <= old {
+            return Ok(());
+        }
+        let target = need
+            .next_power_of_two()
+            .clamp(need, MAX_PLAINTEXT_LEN.max(need));
+        self.held
+            .grow(target - old, priority::ALWAYS)
+            .map_err(out_of_memory)?;
+        self.write_plain
+            .reserve_exact(target - self.write_plain.len());
+        // The allocator may round up; what it really holds is what is charged.
+        let actual = self.write_plain.capacity();
+        if actual > target {
+            self.held
+                .grow(actual - target, priority::ALWAYS)
+                .map_err(out_of_memory)?;
+        }
+        Ok(())
+    }
+
+    /// Frees the gathering buffer (nothing is gathered).
+    fn free_gathering(&mut self) {
+        self.held.shrink(self.write_plain.capacity());
+        self.write_plain = Vec::new();
     }
 
     /// Makes room to accept more plaintext: `Ready(Ok(true))` when the frame buffer is
@@ -264,7 +341,10 @@ impl<T: AsyncRead + Unpin> AsyncRead for NoiseStream<T> {
                         return Poll::Ready(Ok(()));
                     }
                     if this.plain.is_empty() {
-                        this.plain = vec![0; MAX_PLAINTEXT_LEN].into_boxed_slice();
+                        this.plain = match alloc(&mut this.held, MAX_PLAINTEXT_LEN) {
+                            Ok(buf) => buf,
+                            Err(e) => return this.fail_read(e),
+                        };
                     }
                     let body = &this.read_buf[body_start..body_start + body_len];
                     match this.state.read_message(body, &mut this.plain) {
@@ -293,7 +373,10 @@ impl<T: AsyncRead + Unpin> AsyncRead for NoiseStream<T> {
                         this.read_end = 0;
                     }
                     if this.read_buf.is_empty() {
-                        this.read_buf = vec![0; LEN_PREFIX + MAX_FRAME_LEN].into_boxed_slice();
+                        this.read_buf = match alloc(&mut this.held, LEN_PREFIX + MAX_FRAME_LEN) {
+                            Ok(buf) => buf,
+                            Err(e) => return this.fail_read(e),
+                        };
                     }
                     let pending = &this.read_buf[this.read_start..this.read_end];
                     let frame_len = pending
@@ -355,12 +438,14 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for NoiseStream<T> {
             // A whole frame's worth: seal it from the caller's slice without gathering.
             this.write_end = Self::seal(
                 &mut this.state,
+                &mut this.held,
                 &mut this.write_frame,
                 &buf[..MAX_PLAINTEXT_LEN],
             )?;
             return Poll::Ready(Ok(MAX_PLAINTEXT_LEN));
         }
         let n = buf.len().min(MAX_PLAINTEXT_LEN - this.write_plain.len());
+        this.room_to_gather(n)?;
         this.write_plain.extend_from_slice(&buf[..n]);
         Poll::Ready(Ok(n))
     }
@@ -379,6 +464,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for NoiseStream<T> {
         }
         // Gather several small slices (a muxer header and its body) into one frame.
         ready!(this.poll_room(cx))?;
+        let wanted: usize = bufs.iter().map(|b| b.len()).sum();
+        this.room_to_gather(wanted.min(MAX_PLAINTEXT_LEN - this.write_plain.len()))?;
         let mut total = 0;
         for b in bufs {
             let n = b.len().min(MAX_PLAINTEXT_LEN - this.write_plain.len());
@@ -405,8 +492,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for NoiseStream<T> {
             this.seal_gathered()?;
         }
         // Everything is out: the write buffers go until the next write needs them.
-        this.write_frame = Box::default();
-        this.write_plain = Vec::new();
+        free(&mut this.held, &mut this.write_frame);
+        this.free_gathering();
         Pin::new(&mut this.inner).poll_flush(cx)
     }
 

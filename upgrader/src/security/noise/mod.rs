@@ -17,10 +17,11 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 pub use framed::NoiseStream;
 
-use crate::security::{SecureTransport, Secured};
+use crate::security::{SecureTransport, Secured, SecurityScope};
 use dh::{StaticKeyPair, StaticKeyResolver};
 use framed::{encode_len, LEN_PREFIX, MAX_FRAME_LEN};
 use payload::RemoteIdentity;
+use strata_core::rcmgr::priority;
 
 /// The protocol ID negotiated with multistream-select.
 pub const PROTOCOL_ID: &str = "/noise";
@@ -113,18 +114,24 @@ impl NoiseTransport {
     }
 }
 
-/// Buffers for one handshake: a frame and a decrypted payload, each one Noise message long.
-struct HandshakeBufs {
-    frame: Vec<u8>,
-    payload: Vec<u8>,
+/// The most a handshake message we send adds to its payload: an ephemeral key (32), an
+/// encrypted static key (32 + 16) and the payload's tag (16).
+const HANDSHAKE_OVERHEAD: usize = 96;
+
+/// One handshake's buffers, each the size of the message at hand (a few hundred bytes,
+/// not a whole Noise message's 64 KiB), reserved from the connection's memory before
+/// they are allocated and released when the message is done.
+struct HandshakeBufs<'a> {
+    scope: &'a SecurityScope,
 }
 
-impl HandshakeBufs {
-    fn new() -> Self {
-        HandshakeBufs {
-            frame: vec![0; LEN_PREFIX + MAX_FRAME_LEN],
-            payload: vec![0; MAX_FRAME_LEN],
-        }
+fn handshake_memory(e: strata_core::ResourceError) -> SecurityError {
+    SecurityError::Handshake(format!("no memory for a noise handshake message: {e}"))
+}
+
+impl<'a> HandshakeBufs<'a> {
+    fn new(scope: &'a SecurityScope) -> Self {
+        HandshakeBufs { scope }
     }
 
     /// Writes the next handshake message, carrying `payload`, as one frame.
@@ -134,16 +141,25 @@ impl HandshakeBufs {
         hs: &mut snow::HandshakeState,
         payload: &[u8],
     ) -> Result<(), SecurityError> {
+        let size =
+            (LEN_PREFIX + payload.len() + HANDSHAKE_OVERHEAD).min(LEN_PREFIX + MAX_FRAME_LEN);
+        let _held = self
+            .scope
+            .memory
+            .reserve(size, priority::ALWAYS)
+            .map_err(handshake_memory)?;
+        let mut frame = vec![0u8; size];
         let len = hs
-            .write_message(payload, &mut self.frame[LEN_PREFIX..])
+            .write_message(payload, &mut frame[LEN_PREFIX..])
             .map_err(|e| snow_err("writing a noise handshake message", e))?;
-        self.frame[..LEN_PREFIX].copy_from_slice(&encode_len(len));
-        io.write_all(&self.frame[..LEN_PREFIX + len]).await?;
+        frame[..LEN_PREFIX].copy_from_slice(&encode_len(len));
+        io.write_all(&frame[..LEN_PREFIX + len]).await?;
         io.flush().await?;
         Ok(())
     }
 
-    /// Reads the next handshake frame and returns the payload it decrypts to.
+    /// Reads the next handshake frame and returns the payload it decrypts to. The remote
+    /// has then completed a handshake message: that is progress.
     ///
     /// It reads exactly one frame and nothing past it, so any transport data the peer
     /// sends right behind its last handshake message stays in `io` for the stream.
@@ -151,7 +167,7 @@ impl HandshakeBufs {
         &mut self,
         io: &mut R,
         hs: &mut snow::HandshakeState,
-    ) -> Result<&[u8], SecurityError> {
+    ) -> Result<Vec<u8>, SecurityError> {
         let mut prefix = [0u8; LEN_PREFIX];
         io.read_exact(&mut prefix).await?;
         let len = usize::from(u16::from_be_bytes(prefix));
@@ -160,12 +176,26 @@ impl HandshakeBufs {
                 "empty noise handshake frame".into(),
             ));
         }
-        let frame = &mut self.frame[..len];
-        io.read_exact(frame).await?;
+        // The frame as it grows (at most twice its length), and the payload it decrypts
+        // to (never longer).
+        let _held = self
+            .scope
+            .memory
+            .reserve(3 * len, priority::ALWAYS)
+            .map_err(handshake_memory)?;
+        let mut frame = Vec::new();
+        // Grows as bytes arrive, not to what the prefix announced.
+        (&mut *io).take(len as u64).read_to_end(&mut frame).await?;
+        if frame.len() < len {
+            return Err(SecurityError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+        }
+        let mut payload = vec![0u8; len];
         let n = hs
-            .read_message(frame, &mut self.payload)
+            .read_message(&frame, &mut payload)
             .map_err(|e| snow_err("reading a noise handshake message", e))?;
-        Ok(&self.payload[..n])
+        payload.truncate(n);
+        self.scope.progressed();
+        Ok(payload)
     }
 }
 
@@ -185,12 +215,13 @@ fn finish(
     hs: snow::HandshakeState,
     remote: RemoteIdentity,
     early_muxer: Option<String>,
+    scope: &SecurityScope,
 ) -> Result<Secured, SecurityError> {
     let state = hs
         .into_transport_mode()
         .map_err(|e| snow_err("entering noise transport mode", e))?;
     Ok(Secured {
-        io: Box::new(NoiseStream::new(io, state)),
+        io: Box::new(NoiseStream::with_memory(io, state, scope.memory.clone())),
         remote_peer: remote.peer_id,
         remote_public_key: remote.public_key,
         early_muxer,
@@ -203,24 +234,25 @@ impl SecureTransport for NoiseTransport {
         PROTOCOL_ID
     }
 
-    async fn secure_outbound(
+    async fn secure_outbound_scoped(
         &self,
         mut io: BoxRawConn,
         expected: Option<PeerId>,
         muxers: &[String],
+        scope: &SecurityScope,
     ) -> Result<Secured, SecurityError> {
         let statics = self.statics()?;
         let mut hs = self
             .builder(statics)?
             .build_initiator()
             .map_err(|e| snow_err("starting the noise handshake", e))?;
-        let mut bufs = HandshakeBufs::new();
+        let mut bufs = HandshakeBufs::new(scope);
 
         // -> e
         bufs.send(&mut io, &mut hs, &[]).await?;
         // <- e, ee, s, es, payload
         let remote_payload = bufs.recv(&mut io, &mut hs).await?;
-        let remote = verify_remote(&hs, remote_payload)?;
+        let remote = verify_remote(&hs, &remote_payload)?;
         // Refuse the wrong peer before we send our own identity to it.
         if let Some(expected) = expected {
             if remote.peer_id != expected {
@@ -235,20 +267,21 @@ impl SecureTransport for NoiseTransport {
         bufs.send(&mut io, &mut hs, &ours).await?;
 
         let early_muxer = payload::select_muxer(muxers, &remote.muxers);
-        finish(io, hs, remote, early_muxer)
+        finish(io, hs, remote, early_muxer, scope)
     }
 
-    async fn secure_inbound(
+    async fn secure_inbound_scoped(
         &self,
         mut io: BoxRawConn,
         muxers: &[String],
+        scope: &SecurityScope,
     ) -> Result<Secured, SecurityError> {
         let statics = self.statics()?;
         let mut hs = self
             .builder(statics)?
             .build_responder()
             .map_err(|e| snow_err("starting the noise handshake", e))?;
-        let mut bufs = HandshakeBufs::new();
+        let mut bufs = HandshakeBufs::new(scope);
 
         // -> e (its payload is empty by the spec; anything there is ignored)
         bufs.recv(&mut io, &mut hs).await?;
@@ -257,9 +290,9 @@ impl SecureTransport for NoiseTransport {
         bufs.send(&mut io, &mut hs, &ours).await?;
         // -> s, se, payload
         let remote_payload = bufs.recv(&mut io, &mut hs).await?;
-        let remote = verify_remote(&hs, remote_payload)?;
+        let remote = verify_remote(&hs, &remote_payload)?;
 
         let early_muxer = payload::select_muxer(&remote.muxers, muxers);
-        finish(io, hs, remote, early_muxer)
+        finish(io, hs, remote, early_muxer, scope)
     }
 }
