@@ -16,6 +16,13 @@
 //! handshake request may not exceed `max_handshake_size`, and messages and frames their
 //! own limits; a peer that does not speak WebSocket gets a clear error and a closed
 //! connection.
+//!
+//! Memory: the connection's fixed buffers (tungstenite's read buffer, one outgoing
+//! message, web TLS if any) are reserved from its resource scope as soon as the upgrader
+//! hands it over ([`RawConnection::attach_memory`]), and every data frame's payload is
+//! reserved when its header arrives, before tungstenite allocates room for it (it does
+//! so for the whole announced length at once), then released as the bytes are read.
+//! A frame whose payload cannot be reserved ends the connection.
 
 use std::future::Future;
 use std::io;
@@ -27,9 +34,10 @@ use async_trait::async_trait;
 use bytes::{Buf, Bytes};
 use futures::{Sink, Stream};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use strata_core::rcmgr::priority;
 use strata_core::{
     BoxRawConn, BoxRawListener, Multiaddr, Protocol, RawConnection, RawListener, RawTransport,
-    TransportError,
+    Reservation, ScopeMemory, TransportError,
 };
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -156,12 +164,32 @@ impl Default for WsConfig {
     }
 }
 
+/// tungstenite's read buffer: what it reads from the socket at a time.
+const READ_BUFFER: usize = 16 * 1024;
+/// The largest message we send: each write is one message, and the upper layers (Noise,
+/// TLS) write less than this at a time anyway.
+const MAX_SEND_MESSAGE: usize = 64 * 1024;
+/// What tungstenite may hold of ours unsent: one message, its header, a pong or close.
+const MAX_WRITE_BUFFER: usize = MAX_SEND_MESSAGE + 1024;
+/// What web TLS (rustls) holds for a secure WebSocket connection.
+const WEB_TLS_BUFFERS: usize = 160 * 1024;
+
 impl WsConfig {
     fn tungstenite(&self) -> WebSocketConfig {
         let mut c = WebSocketConfig::default();
         c.max_message_size = Some(self.max_message_size);
         c.max_frame_size = Some(self.max_frame_size);
+        c.read_buffer_size = READ_BUFFER;
+        // Each message goes out as it is written; what waits is one message at most.
+        c.write_buffer_size = 0;
+        c.max_write_buffer_size = MAX_WRITE_BUFFER;
         c
+    }
+
+    /// The fixed buffers of one connection, reserved while it lives.
+    fn fixed_buffers(&self, tls: bool) -> usize {
+        let handshake = self.max_handshake_size;
+        READ_BUFFER + MAX_WRITE_BUFFER + handshake + if tls { WEB_TLS_BUFFERS } else { 0 }
     }
 }
 
@@ -295,6 +323,7 @@ impl RawTransport for WsTransport {
 
     async fn dial(&self, addr: &Multiaddr) -> Result<BoxRawConn, TransportError> {
         let ws = WsAddr::parse(addr).ok_or_else(|| Self::dial_err(addr, "not a /ws address"))?;
+        let secure = ws.tls;
         let tcp_addr = strata_core::addr::without_peer_id(&ws.tcp);
         let client_tls = match (ws.tls, &self.config.tls.client) {
             (false, _) => None,
@@ -338,9 +367,11 @@ impl RawTransport for WsTransport {
             port.unwrap_or(if ws.tls { 443 } else { 80 }),
             self.config.path
         );
+        let budget = FrameBudget::new(self.config.max_frame_size);
         let io = Limited {
             inner: io,
             left: None,
+            budget: budget.clone(),
         };
         let (ws, _response) =
             tokio_tungstenite::client_async_with_config(url, io, Some(self.config.tungstenite()))
@@ -352,6 +383,9 @@ impl RawTransport for WsTransport {
             remote,
             pending: Bytes::new(),
             peer_closed: false,
+            budget,
+            fixed: self.config.fixed_buffers(secure),
+            held: None,
         }))
     }
 
@@ -410,6 +444,9 @@ impl RawListener for WsListener {
         let config = self.config.tungstenite();
         let max_handshake_size = self.config.max_handshake_size;
         let tls = self.tls.clone();
+        let fixed = self.config.fixed_buffers(tls.is_some());
+        let budget = FrameBudget::new(self.config.max_frame_size);
+        let frames = budget.clone();
         // The TLS and WebSocket handshakes run on the connection's first use, in its own
         // task (under its deadlines), never in the accept loop.
         let handshake = async move {
@@ -425,6 +462,7 @@ impl RawListener for WsListener {
             let limited = Limited {
                 inner: io,
                 left: Some(max_handshake_size),
+                budget: frames,
             };
             tokio_tungstenite::accept_async_with_config(limited, Some(config))
                 .await
@@ -441,6 +479,9 @@ impl RawListener for WsListener {
             remote,
             pending: Bytes::new(),
             peer_closed: false,
+            budget,
+            fixed,
+            held: None,
         }))
     }
 }
@@ -450,11 +491,189 @@ trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 type BoxIo = Box<dyn Io>;
 
-/// The TCP connection under a WebSocket, with a byte budget for the handshake.
+/// Follows WebSocket frame boundaries in the raw bytes a peer sends, from the end of the
+/// HTTP handshake on, and reports each data frame's payload length as its header goes
+/// by: before tungstenite sees it (and allocates room for all of it).
+#[derive(Debug, Default)]
+struct FrameTracker {
+    phase: Phase,
+}
+
+#[derive(Debug)]
+enum Phase {
+    /// Inside the HTTP request or response: how much of its closing CRLF CRLF is seen.
+    Http { matched: usize },
+    /// Inside a frame header: the bytes seen so far.
+    Header { bytes: [u8; 14], have: usize },
+    /// Inside a payload: bytes still to come.
+    Payload { left: u64 },
+}
+
+impl Default for Phase {
+    fn default() -> Self {
+        Phase::Http { matched: 0 }
+    }
+}
+
+/// The opcodes of data frames (continuation, text, binary); the rest are control frames
+/// of at most 125 bytes.
+fn is_data_opcode(opcode: u8) -> bool {
+    opcode <= 2
+}
+
+impl FrameTracker {
+    /// Takes `bytes` as they arrive; `data_frame` hears the payload length of each data
+    /// frame whose header completes, and may refuse it.
+    fn feed(
+        &mut self,
+        mut bytes: &[u8],
+        mut data_frame: impl FnMut(u64) -> io::Result<()>,
+    ) -> io::Result<()> {
+        const END: &[u8] = b"\r\n\r\n";
+        while !bytes.is_empty() {
+            match &mut self.phase {
+                Phase::Http { matched } => {
+                    let b = bytes[0];
+                    bytes = &bytes[1..];
+                    *matched = if b == END[*matched] {
+                        *matched + 1
+                    } else if b == END[0] {
+                        1
+                    } else {
+                        0
+                    };
+                    if *matched == END.len() {
+                        self.phase = Phase::Header {
+                            bytes: [0; 14],
+                            have: 0,
+                        };
+                    }
+                }
+                Phase::Header {
+                    bytes: header,
+                    have,
+                } => {
+                    header[*have] = bytes[0];
+                    *have += 1;
+                    bytes = &bytes[1..];
+                    if *have < 2 {
+                        continue;
+                    }
+                    let len7 = header[1] & 0x7f;
+                    let ext = match len7 {
+                        126 => 2,
+                        127 => 8,
+                        _ => 0,
+                    };
+                    let mask = if header[1] & 0x80 != 0 { 4 } else { 0 };
+                    if *have < 2 + ext + mask {
+                        continue;
+                    }
+                    let len = match ext {
+                        2 => u64::from(u16::from_be_bytes([header[2], header[3]])),
+                        8 => u64::from_be_bytes(header[2..10].try_into().unwrap_or([0xff; 8])),
+                        _ => u64::from(len7),
+                    };
+                    if is_data_opcode(header[0] & 0x0f) && len > 0 {
+                        data_frame(len)?;
+                    }
+                    self.phase = if len == 0 {
+                        Phase::Header {
+                            bytes: [0; 14],
+                            have: 0,
+                        }
+                    } else {
+                        Phase::Payload { left: len }
+                    };
+                }
+                Phase::Payload { left } => {
+                    let n = (*left).min(bytes.len() as u64);
+                    *left -= n;
+                    bytes = &bytes[n as usize..];
+                    if *left == 0 {
+                        self.phase = Phase::Header {
+                            bytes: [0; 14],
+                            have: 0,
+                        };
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What the frames a peer sends may hold: data frames are reserved by the socket layer
+/// under tungstenite as their headers go by, and released by the connection above it as
+/// their bytes are read. Both run in the connection's task; the lock is never contended.
+#[derive(Clone)]
+struct FrameBudget(Arc<std::sync::Mutex<BudgetState>>);
+
+struct BudgetState {
+    tracker: FrameTracker,
+    held: Reservation,
+    max_frame: usize,
+}
+
+impl FrameBudget {
+    fn new(max_frame: usize) -> Self {
+        FrameBudget(Arc::new(std::sync::Mutex::new(BudgetState {
+            tracker: FrameTracker::default(),
+            held: Reservation::default(),
+            max_frame,
+        })))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BudgetState> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// From now on, frames are reserved from `memory`.
+    fn attach(&self, memory: &ScopeMemory) {
+        let mut st = self.lock();
+        let mut held = memory.empty();
+        // Normally nothing is held yet: frames come after the upgrade starts reading.
+        let _ = held.grow(st.held.size(), priority::ALWAYS);
+        st.held = held;
+    }
+
+    /// Bytes read from the socket, in order.
+    fn received(&self, bytes: &[u8]) -> io::Result<()> {
+        let mut st = self.lock();
+        let BudgetState {
+            tracker,
+            held,
+            max_frame,
+        } = &mut *st;
+        tracker.feed(bytes, |len| {
+            if len > *max_frame as u64 {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("websocket frame of {len} bytes exceeds the limit of {max_frame}"),
+                ));
+            }
+            held.grow(len as usize, priority::ALWAYS).map_err(|e| {
+                io::Error::new(
+                    io::ErrorKind::OutOfMemory,
+                    format!("no memory for a websocket frame of {len} bytes: {e}"),
+                )
+            })
+        })
+    }
+
+    /// `n` payload bytes were read by the connection's user: no longer held.
+    fn released(&self, n: usize) {
+        self.lock().held.shrink(n);
+    }
+}
+
+/// The TCP connection under a WebSocket, with a byte budget for the handshake and the
+/// frame budget.
 struct Limited<T> {
     inner: T,
     /// Bytes the handshake may still read; `None` once it is done.
     left: Option<usize>,
+    budget: FrameBudget,
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Limited<T> {
@@ -464,7 +683,10 @@ impl<T: AsyncRead + Unpin> AsyncRead for Limited<T> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let Some(left) = self.left else {
-            return Pin::new(&mut self.inner).poll_read(cx, buf);
+            let before = buf.filled().len();
+            ready!(Pin::new(&mut self.inner).poll_read(cx, buf))?;
+            self.budget.received(&buf.filled()[before..])?;
+            return Poll::Ready(Ok(()));
         };
         if left == 0 {
             return Poll::Ready(Err(io::Error::new(
@@ -478,6 +700,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Limited<T> {
         let mut limited = ReadBuf::new(&mut tmp[..max]);
         ready!(Pin::new(&mut self.inner).poll_read(cx, &mut limited))?;
         let n = limited.filled().len();
+        self.budget.received(limited.filled())?;
         buf.put_slice(limited.filled());
         self.left = Some(left - n);
         Poll::Ready(Ok(()))
@@ -524,6 +747,12 @@ pub struct WsConn {
     /// The peer closed: our Close reply (queued by tungstenite) is flushed before the end
     /// of the stream is reported, so the peer's closing handshake completes.
     peer_closed: bool,
+    /// Received data frames, reserved as they arrive and released as they are read.
+    budget: FrameBudget,
+    /// The connection's fixed buffers (see [`WsConfig::fixed_buffers`]).
+    fixed: usize,
+    /// Their reservation once the connection has its scope; an error if it was refused.
+    held: Option<Result<Reservation, String>>,
 }
 
 fn ws_error(e: tungstenite::Error) -> io::Error {
@@ -542,6 +771,9 @@ impl WsConn {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<io::Result<&mut WebSocketStream<Limited<BoxIo>>>> {
+        if let Some(Err(e)) = &self.held {
+            return Poll::Ready(Err(io::Error::new(io::ErrorKind::OutOfMemory, e.clone())));
+        }
         if let State::Accepting(handshake) = &mut self.state {
             match ready!(handshake.as_mut().poll(cx)) {
                 Ok(mut ws) => {
@@ -571,6 +803,14 @@ impl RawConnection for WsConn {
     fn remote_multiaddr(&self) -> &Multiaddr {
         &self.remote
     }
+    fn attach_memory(&mut self, memory: ScopeMemory) {
+        self.held = Some(
+            memory
+                .reserve(self.fixed, priority::ALWAYS)
+                .map_err(|e| format!("no memory for the websocket buffers: {e}")),
+        );
+        self.budget.attach(&memory);
+    }
 }
 
 impl AsyncRead for WsConn {
@@ -585,6 +825,11 @@ impl AsyncRead for WsConn {
                 let n = buf.remaining().min(this.pending.len());
                 buf.put_slice(&this.pending[..n]);
                 this.pending.advance(n);
+                this.budget.released(n);
+                if this.pending.is_empty() {
+                    // Let go of the message's memory now, not at the next message.
+                    this.pending = Bytes::new();
+                }
                 return Poll::Ready(Ok(()));
             }
             let peer_closed = this.peer_closed;
@@ -627,10 +872,12 @@ impl AsyncWrite for WsConn {
         }
         let ws = ready!(self.poll_ws(cx))?;
         ready!(Pin::new(&mut *ws).poll_ready(cx)).map_err(ws_error)?;
+        // One message at most MAX_SEND_MESSAGE long: what waits unsent stays bounded.
+        let n = buf.len().min(MAX_SEND_MESSAGE);
         Pin::new(&mut *ws)
-            .start_send(Message::Binary(Bytes::copy_from_slice(buf)))
+            .start_send(Message::Binary(Bytes::copy_from_slice(&buf[..n])))
             .map_err(ws_error)?;
-        Poll::Ready(Ok(buf.len()))
+        Poll::Ready(Ok(n))
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -723,6 +970,93 @@ mod tests {
         assert!(WsTlsConfig::default()
             .with_certificate(vec![junk], key)
             .is_err());
+    }
+
+    /// A frame header as a client sends it (masked), for a payload of `len` bytes.
+    fn client_header(opcode: u8, len: usize) -> Vec<u8> {
+        let mut h = vec![0x80 | opcode];
+        match len {
+            0..=125 => h.push(0x80 | len as u8),
+            126..=0xffff => {
+                h.push(0x80 | 126);
+                h.extend_from_slice(&(len as u16).to_be_bytes());
+            }
+            _ => {
+                h.push(0x80 | 127);
+                h.extend_from_slice(&(len as u64).to_be_bytes());
+            }
+        }
+        h.extend_from_slice(&[1, 2, 3, 4]);
+        h
+    }
+
+    #[test]
+    fn frame_tracker_reports_data_frames_however_the_bytes_are_cut() {
+        let mut stream = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec();
+        let mut expected = Vec::new();
+        for (opcode, len) in [(2u8, 5usize), (9, 4), (2, 300), (0, 70_000), (2, 0), (8, 2)] {
+            stream.extend(client_header(opcode, len));
+            stream.extend(std::iter::repeat_n(7u8, len));
+            if opcode <= 2 && len > 0 {
+                expected.push(len as u64);
+            }
+        }
+        for cut in [1usize, 2, 3, 7, 13, 100, 4096, stream.len()] {
+            let mut tracker = FrameTracker::default();
+            let mut seen = Vec::new();
+            for piece in stream.chunks(cut) {
+                tracker
+                    .feed(piece, |len| {
+                        seen.push(len);
+                        Ok(())
+                    })
+                    .unwrap();
+            }
+            assert_eq!(seen, expected, "cut every {cut} bytes");
+        }
+    }
+
+    #[test]
+    fn a_frame_over_the_limit_or_the_memory_is_refused_before_it_is_read() {
+        let budget = FrameBudget::new(1024);
+        let mut bytes = b"HTTP/1.1 101 Switching\r\n\r\n".to_vec();
+        bytes.extend(client_header(2, 2048));
+        let err = budget.received(&bytes).unwrap_err();
+        assert!(err.to_string().contains("exceeds the limit"), "{err}");
+
+        // A scope with room for one 600-byte frame, not two.
+        struct Tight(std::sync::atomic::AtomicUsize);
+        impl strata_core::rcmgr::MemoryOps for Tight {
+            fn reserve_memory(&self, size: usize, _: u8) -> Result<(), strata_core::ResourceError> {
+                use std::sync::atomic::Ordering;
+                if self.0.load(Ordering::SeqCst) + size > 1000 {
+                    return Err(strata_core::ResourceError {
+                        scope: "conn".into(),
+                        resource: strata_core::rcmgr::Resource::Memory,
+                        limit: 1000,
+                    });
+                }
+                self.0.fetch_add(size, Ordering::SeqCst);
+                Ok(())
+            }
+            fn release_memory(&self, size: usize) {
+                self.0.fetch_sub(size, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        let ops = Arc::new(Tight(Default::default()));
+        let budget = FrameBudget::new(1 << 20);
+        budget.attach(&ScopeMemory::new(ops.clone()));
+        let mut bytes = b"GET / HTTP/1.1\r\n\r\n".to_vec();
+        bytes.extend(client_header(2, 600));
+        budget.received(&bytes).unwrap();
+        assert_eq!(ops.0.load(std::sync::atomic::Ordering::SeqCst), 600);
+        let mut next = vec![7u8; 600];
+        next.extend(client_header(2, 600));
+        let err = budget.received(&next).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::OutOfMemory);
+        // Reading the first frame's bytes gives them back.
+        budget.released(600);
+        assert_eq!(ops.0.load(std::sync::atomic::Ordering::SeqCst), 0);
     }
 
     #[test]
