@@ -5,21 +5,31 @@ use std::time::Duration;
 
 use quinn::{IdleTimeout, TransportConfig, VarInt};
 
+/// The connection window (each way) an inbound connection has during its handshake,
+/// before its real windows are reserved: what a client may send right behind its
+/// Finished.
+pub(crate) const FIRST_WINDOW: u64 = 64 * 1024;
+
 /// Settings of a [`crate::QuicTransport`].
 ///
 /// | field | default | why |
 /// |---|---|---|
 /// | `handshake_timeout` | 15 s | the deadline of every handshake, inbound and outbound, as the upgrader's |
+/// | `progress_timeout` | 5 s | an inbound handshake must complete within this (QUIC's handshake is one round trip; a client that sent its Initial and went silent is cut), as the upgrader's progress deadline |
 /// | `max_idle_timeout` | 30 s | a connection with no traffic for this long ends with [`strata_core::CloseReason::IdleTimeout`] |
 /// | `keep_alive_interval` | `Some(15 s)` | half the idle timeout, so an idle but live connection survives one lost ping |
 /// | `max_concurrent_bidi_streams` | 256 | streams the remote may have open at once (as rust-libp2p) |
 /// | `stream_receive_window` | 10 MiB | per-stream flow-control window: one stream can fill a fast path |
 /// | `receive_window` | 15 MiB | per-connection window, larger than one stream's so one stream cannot starve the others |
-/// | `send_window` | 15 MiB | bytes in flight we buffer per connection, matched to the receive window |
+/// | `send_window` | 15 MiB | bytes in flight we buffer per connection, matched to the receive window (a connection short of memory gets smaller ones, as it gets a smaller receive window) |
 /// | `accept_queue_len` | 16 | connections accepted but not yet taken by [`strata_core::Listener::accept`] |
 /// | `max_inflight_handshakes` | 1024 | inbound handshakes running at once per listener; an attempt past it is refused (per-address caps are the resource manager's) |
-/// | `retry_above` | 64 | with more handshakes than this in flight, an attempt from an address not yet validated gets a Retry first (stateless; a spoofed source never answers it) |
+/// | `retry_above` | 64 | with more handshakes than this in flight, or while the resource manager reports pressure (pending handshakes holding half of what they may), an attempt from an address not yet validated gets a Retry first (stateless; a spoofed source never answers it) |
 /// | `close_timeout` | 1 s | how long closing the transport waits for its connections to drain (RFC 9000's 3×PTO) before it stops them |
+///
+/// An inbound handshake holds only its real cost (quinn's connection state, rustls,
+/// a 64 KiB first window); the receive and send windows are reserved once the handshake
+/// is done and given to the connection then (the largest that memory allows).
 ///
 /// Windows are bytes; [`QuicConfig::validate`] checks that each fits a QUIC variable-length
 /// integer (below 2^62), so building the transport never panics inside quinn.
@@ -27,6 +37,8 @@ use quinn::{IdleTimeout, TransportConfig, VarInt};
 pub struct QuicConfig {
     /// Deadline of each handshake (dial or accept), including the gater's checks.
     pub handshake_timeout: Duration,
+    /// Deadline by which an inbound handshake must be complete.
+    pub progress_timeout: Duration,
     /// A connection without any traffic for this long is closed.
     pub max_idle_timeout: Duration,
     /// Send a PING after this much silence so the idle timeout does not fire; `None` off.
@@ -55,6 +67,7 @@ impl Default for QuicConfig {
     fn default() -> Self {
         QuicConfig {
             handshake_timeout: Duration::from_secs(15),
+            progress_timeout: Duration::from_secs(5),
             max_idle_timeout: Duration::from_secs(30),
             keep_alive_interval: Some(Duration::from_secs(15)),
             max_concurrent_bidi_streams: 256,
@@ -148,6 +161,12 @@ impl QuicConfig {
         self
     }
 
+    /// Sets the inbound progress deadline.
+    pub fn progress_timeout(mut self, timeout: Duration) -> Self {
+        self.progress_timeout = timeout;
+        self
+    }
+
     /// The receive windows offered, largest first: the configured ones, then smaller
     /// ones for connections whose scope cannot reserve more (a connection short of memory
     /// gets a smaller window, never a refusal while the smallest fits). Each is
@@ -206,7 +225,9 @@ impl QuicConfig {
         t.datagram_receive_buffer_size(None);
         t.stream_receive_window(varint("stream_receive_window", stream_receive_window)?);
         t.receive_window(varint("receive_window", receive_window)?);
-        t.send_window(self.send_window);
+        // What we buffer for sending follows what we may receive: a connection short of
+        // memory gets a smaller one of each.
+        t.send_window(self.send_window.min(receive_window.max(FIRST_WINDOW)));
         t.allow_spin(false);
         Ok(Arc::new(t))
     }

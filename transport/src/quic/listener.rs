@@ -20,7 +20,8 @@ use strata_core::{
 };
 
 use super::conn::{remote_public_key, QuicConn, CLOSE_NORMAL};
-use super::{handshake_error, local_multiaddr, Shared};
+use super::{handshake_error, local_multiaddr, Shared, QUIC_HANDSHAKE_MEMORY};
+use strata_core::rcmgr::priority;
 
 /// Accepts authenticated QUIC connections on one UDP endpoint.
 pub struct QuicListener {
@@ -72,6 +73,7 @@ impl QuicListener {
             endpoint,
             ctx: ctx.clone(),
             retry_above: config.retry_above,
+            rcmgr: rcmgr.clone(),
         };
         let queue = AcceptQueue::start(
             addr.clone(),
@@ -117,11 +119,12 @@ impl Drop for QuicListener {
 }
 
 /// Connection attempts from the endpoint, with the gater's accept hook applied, and
-/// address validation when many handshakes are in flight.
+/// address validation when many handshakes are in flight or memory runs short.
 struct QuicSource {
     endpoint: Endpoint,
     ctx: Arc<Ctx>,
     retry_above: usize,
+    rcmgr: SharedResourceManager,
 }
 
 #[async_trait]
@@ -147,8 +150,10 @@ impl IncomingSource for QuicSource {
             }
             // Under load, make an unproven source address prove itself with a Retry
             // round trip before any per-connection state is kept: a spoofed flood never
-            // answers, and the Retry costs us nothing but one packet.
-            if inflight > self.retry_above && !incoming.remote_address_validated() {
+            // answers, and the Retry costs us nothing but one packet. Memory pressure
+            // counts as load, however few handshakes are in flight.
+            let loaded = inflight > self.retry_above || self.rcmgr.under_pressure();
+            if loaded && !incoming.remote_address_validated() {
                 if let Err(e) = incoming.retry() {
                     e.into_incoming().ignore();
                 }
@@ -176,19 +181,33 @@ async fn handshake(
     scope: ConnScope,
 ) -> Result<QuicConn, UpgradeError> {
     let started = std::time::Instant::now();
-    let tier = match ctx.shared.reserve_window(&scope) {
-        Ok(tier) => tier,
+    // The handshake holds its real cost only; the windows come once it is done.
+    let mut held = match scope
+        .memory()
+        .reserve(QUIC_HANDSHAKE_MEMORY, priority::ALWAYS)
+    {
+        Ok(held) => held,
         Err(e) => {
             incoming.refuse();
             return Err(UpgradeError::Resource(e));
         }
     };
     let connecting = incoming
-        .accept_with(tier.server.clone())
+        .accept_with(ctx.shared.handshake_server.clone())
         .map_err(handshake_error)?;
-    let conn = connecting.await.map_err(handshake_error)?;
-    // QUIC's first flight carries the TLS handshake: a completed one is progress.
+    // The client's first flight carried its ClientHello; what completes the handshake is
+    // its Finished, one round trip later. A client that goes silent in between is cut at
+    // the progress deadline (until then it is an idle handshake, evictable).
+    let progress = ctx.shared.config.progress_timeout;
+    let conn = tokio::time::timeout(progress, connecting)
+        .await
+        .map_err(|_| UpgradeError::NoProgress(progress))?
+        .map_err(handshake_error)?;
     scope.handshake_progress();
+    if let Err(e) = ctx.shared.open_windows(&conn, &mut held) {
+        conn.close(CLOSE_NORMAL, b"resource limit");
+        return Err(UpgradeError::Resource(e));
+    }
     let key = match remote_public_key(&conn) {
         Ok(key) => key,
         Err(e) => {
@@ -228,7 +247,8 @@ async fn handshake(
         conn.quinn().close(CLOSE_NORMAL, b"gated");
         return Err(UpgradeError::Gated(GateStage::Upgraded));
     }
-    ctx.shared.hold_until_closed(conn.quinn().clone(), scope);
+    ctx.shared
+        .hold_until_closed(conn.quinn().clone(), scope, held);
     Ok(conn)
 }
 

@@ -29,8 +29,8 @@ use strata_core::tls::{
 };
 use strata_core::{
     AddrError, BoxCapableConn, BoxListener, ConnScope, ConnectionGater, Direction, GateStage,
-    Keypair, Multiaddr, PeerId, ResourceError, SecurityError, SharedResourceManager, Transport,
-    TransportError, UpgradeError,
+    Keypair, Multiaddr, PeerId, Reservation, ResourceError, SecurityError, SharedResourceManager,
+    Transport, TransportError, UpgradeError,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -66,9 +66,10 @@ pub(crate) struct Shared {
     pub(crate) config: QuicConfig,
     /// Client and server configs per receive window, largest first.
     tiers: Vec<WindowTier>,
-    /// The server config listening endpoints start with; each accepted connection gets
-    /// its tier's.
-    listen_server: quinn::ServerConfig,
+    /// The server config of inbound handshakes: small windows (see
+    /// [`config::FIRST_WINDOW`]) until the handshake is done and the real ones are
+    /// reserved. Listening endpoints start with it too.
+    handshake_server: Arc<quinn::ServerConfig>,
     pub(crate) endpoints: Endpoints,
     runtime: Arc<TrackedRuntime>,
     /// Cancelled when the transport closes; every listener's token is its child.
@@ -90,18 +91,34 @@ pub struct QuicTransport {
     rcmgr: SharedResourceManager,
 }
 
+/// What an inbound QUIC handshake holds before its windows are reserved: quinn's
+/// connection state, rustls' handshake and its buffers, and the first window each way
+/// ([`config::FIRST_WINDOW`]). Measured by the allocator in `tests/quic_memory.rs`.
+pub const QUIC_HANDSHAKE_MEMORY: usize = 96 * 1024 + 2 * config::FIRST_WINDOW as usize;
+
 /// The configs for one receive window size.
 pub(crate) struct WindowTier {
     window: u64,
+    /// The send window that goes with it.
+    send_window: u64,
     client: quinn::ClientConfig,
-    pub(crate) server: Arc<quinn::ServerConfig>,
+}
+
+impl WindowTier {
+    /// What the tier's windows may hold: the receive window and the send window.
+    fn memory(&self) -> usize {
+        usize::try_from(self.window.saturating_add(self.send_window)).unwrap_or(usize::MAX)
+    }
 }
 
 impl Shared {
-    /// Reserves the largest receive window `scope` can hold (the full one only while
-    /// memory is plentiful, smaller ones as it runs short) and returns its tier. Fails
-    /// only when not even the smallest fits.
-    pub(crate) fn reserve_window(&self, scope: &ConnScope) -> Result<&WindowTier, ResourceError> {
+    /// Reserves the windows of the largest tier `memory` can hold (the full one only
+    /// while memory is plentiful, smaller ones as it runs short), receive and send
+    /// together, and returns its tier. Fails only when not even the smallest fits.
+    pub(crate) fn reserve_windows(
+        &self,
+        held: &mut Reservation,
+    ) -> Result<&WindowTier, ResourceError> {
         let last = self.tiers.len().saturating_sub(1);
         let mut refused = None;
         for (i, tier) in self.tiers.iter().enumerate() {
@@ -110,8 +127,7 @@ impl Shared {
                 i if i == last => priority::ALWAYS,
                 _ => priority::HIGH,
             };
-            let size = usize::try_from(tier.window).unwrap_or(usize::MAX);
-            match scope.reserve_memory(size, prio) {
+            match held.grow(tier.memory(), prio) {
                 Ok(()) => return Ok(tier),
                 Err(e) => refused = Some(e),
             }
@@ -156,32 +172,35 @@ impl QuicTransport {
         for (window, stream_window) in config.window_tiers() {
             let transport = config.transport_config_with(window, stream_window)?;
             let mut client = quinn::ClientConfig::new(client_crypto.clone());
-            client.transport_config(transport.clone());
-            let mut server = quinn::ServerConfig::with_crypto(server_crypto.clone());
-            server.transport_config(transport);
-            // A Strata connection does not follow its peer to a new address (its
-            // multiaddrs are fixed), so migration stays off, as in rust-libp2p.
-            server.migration(false);
-            // Connection attempts quinn holds while the listener takes none
-            // (backpressure); past this it refuses them.
-            server.max_incoming(config.max_inflight_handshakes);
+            client.transport_config(transport);
             tiers.push(WindowTier {
                 window,
+                send_window: config.send_window.min(window.max(config::FIRST_WINDOW)),
                 client,
-                server: Arc::new(server),
             });
         }
-        let listen_server = match tiers.first() {
-            Some(t) => (*t.server).clone(),
-            None => return Err(QuicConfigError::Zero("receive_window").into()),
-        };
+        if tiers.is_empty() {
+            return Err(QuicConfigError::Zero("receive_window").into());
+        }
+        // Inbound handshakes start small: the real windows come once it is done. The
+        // stream window is the configured one (the connection window bounds it).
+        let first = config::FIRST_WINDOW.min(config.receive_window);
+        let transport = config.transport_config_with(first, config.stream_receive_window)?;
+        let mut server = quinn::ServerConfig::with_crypto(server_crypto);
+        server.transport_config(transport);
+        // A Strata connection does not follow its peer to a new address (its multiaddrs
+        // are fixed), so migration stays off, as in rust-libp2p.
+        server.migration(false);
+        // Connection attempts quinn holds while the listener takes none (backpressure);
+        // past this it refuses them.
+        server.max_incoming(config.max_inflight_handshakes);
         let runtime = Arc::new(TrackedRuntime::new());
         Ok(QuicTransport {
             shared: Arc::new(Shared {
                 local_peer: identity.public().to_peer_id(),
                 config,
                 tiers,
-                listen_server,
+                handshake_server: Arc::new(server),
                 endpoints: Endpoints::new(runtime.clone()),
                 runtime,
                 cancel: CancellationToken::new(),
@@ -224,7 +243,7 @@ impl QuicTransport {
         let (id, endpoint, bound) = self
             .shared
             .endpoints
-            .listen(target, self.shared.listen_server.clone())
+            .listen(target, (*self.shared.handshake_server).clone())
             .map_err(|e| match e {
                 EndpointError::Closed => TransportError::TransportClosed,
                 EndpointError::Io(source) if source.kind() == std::io::ErrorKind::AddrInUse => {
@@ -273,7 +292,11 @@ impl QuicTransport {
             .rcmgr
             .open_connection(Direction::Outbound, false, addr)
             .map_err(resource_err)?;
-        let tier = self.shared.reserve_window(&scope).map_err(resource_err)?;
+        let mut held = scope.memory().empty();
+        let tier = self
+            .shared
+            .reserve_windows(&mut held)
+            .map_err(resource_err)?;
         let endpoint = self
             .shared
             .endpoints
@@ -361,7 +384,8 @@ impl QuicTransport {
             conn.quinn().close(CLOSE_NORMAL, b"gated");
             return Err(upgrade_err(UpgradeError::Gated(GateStage::Upgraded)));
         }
-        self.shared.hold_until_closed(conn.quinn().clone(), scope);
+        self.shared
+            .hold_until_closed(conn.quinn().clone(), scope, held);
         Ok(conn)
     }
 
@@ -394,14 +418,35 @@ impl QuicTransport {
 }
 
 impl Shared {
-    /// Keeps `scope` (the connection's slot and reserved window) until the connection has
-    /// ended, on a task the transport's close waits for.
-    pub(crate) fn hold_until_closed(&self, conn: quinn::Connection, scope: ConnScope) {
+    /// Keeps `scope` (the connection's slot) and `held` (its windows and state) until
+    /// the connection has ended, on a task the transport's close waits for.
+    pub(crate) fn hold_until_closed(
+        &self,
+        conn: quinn::Connection,
+        scope: ConnScope,
+        held: Reservation,
+    ) {
         use quinn::Runtime as _;
         self.runtime.spawn(Box::pin(async move {
             conn.closed().await;
+            drop(held);
             drop(scope);
         }));
+    }
+
+    /// Reserves the windows of an inbound connection whose handshake is done (beside
+    /// what `held` holds for its state) and gives them to the connection.
+    pub(crate) fn open_windows(
+        &self,
+        conn: &quinn::Connection,
+        held: &mut Reservation,
+    ) -> Result<(), ResourceError> {
+        let tier = self.reserve_windows(held)?;
+        if let Ok(window) = quinn::VarInt::from_u64(tier.window) {
+            conn.set_receive_window(window);
+        }
+        conn.set_send_window(tier.send_window);
+        Ok(())
     }
 }
 
