@@ -1,13 +1,12 @@
-//! The swarm's event stream: a bounded broadcast that never stalls the swarm. One task
-//! turns the ordered record of connections opening and closing into per-peer
-//! connectedness changes, so those are never out of order or duplicated.
+//! The swarm's event stream: a bounded broadcast that never stalls the swarm, and per-peer
+//! connectedness changes worked out as connections open and close, never out of order
+//! or duplicated.
 
 use std::collections::HashMap;
+use std::sync::Mutex;
 
 use strata_core::{Direction, Multiaddr, PeerId};
-use tokio::sync::{broadcast, mpsc};
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
+use tokio::sync::broadcast;
 
 use crate::conn::ConnId;
 use crate::notify::DisconnectReason;
@@ -62,18 +61,22 @@ pub enum SwarmEvent {
     },
 }
 
-/// Feeds the event task; cheap, never blocks.
+/// Publishes events: cheap, never blocks, holds nothing unbounded. Connectedness changes
+/// are worked out as events are published, under one short lock, so they are never out
+/// of order or duplicated.
 pub(crate) struct Events {
-    tx: mpsc::UnboundedSender<SwarmEvent>,
     bcast: broadcast::Sender<SwarmEvent>,
+    /// Open connections per peer (bounded by the connections there are).
+    open: Mutex<HashMap<PeerId, usize>>,
 }
 
 impl Events {
-    pub(crate) fn start(capacity: usize, tracker: &TaskTracker, stop: CancellationToken) -> Self {
-        let (tx, rx) = mpsc::unbounded_channel();
+    pub(crate) fn new(capacity: usize) -> Self {
         let (bcast, _) = broadcast::channel(capacity.max(1));
-        tracker.spawn(run(rx, bcast.clone(), stop));
-        Events { tx, bcast }
+        Events {
+            bcast,
+            open: Mutex::new(HashMap::new()),
+        }
     }
 
     pub(crate) fn subscribe(&self) -> broadcast::Receiver<SwarmEvent> {
@@ -81,18 +84,9 @@ impl Events {
     }
 
     pub(crate) fn emit(&self, event: SwarmEvent) {
-        // Fails only once the task has ended at close; events after that go nowhere.
-        let _ = self.tx.send(event);
-    }
-}
-
-async fn run(
-    mut rx: mpsc::UnboundedReceiver<SwarmEvent>,
-    bcast: broadcast::Sender<SwarmEvent>,
-    stop: CancellationToken,
-) {
-    let mut open: HashMap<PeerId, usize> = HashMap::new();
-    let mut handle = |event: SwarmEvent| {
+        // The lock is held while publishing so that a peer's changes reach receivers in
+        // the order they happened; sending to a broadcast channel never waits.
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         let change = match &event {
             SwarmEvent::ConnectionOpened { peer, .. } => {
                 let n = open.entry(*peer).or_insert(0);
@@ -113,27 +107,12 @@ async fn run(
             _ => None,
         };
         // A send error only means nobody is subscribed right now.
-        let _ = bcast.send(event);
+        let _ = self.bcast.send(event);
         if let Some((peer, connectedness)) = change {
-            let _ = bcast.send(SwarmEvent::PeerConnectedness {
+            let _ = self.bcast.send(SwarmEvent::PeerConnectedness {
                 peer,
                 connectedness,
             });
-        }
-    };
-    loop {
-        tokio::select! {
-            event = rx.recv() => match event {
-                Some(e) => handle(e),
-                None => return,
-            },
-            _ = stop.cancelled() => {
-                // Publish what is already queued (the last disconnections), then end.
-                while let Ok(e) = rx.try_recv() {
-                    handle(e);
-                }
-                return;
-            }
         }
     }
 }

@@ -105,10 +105,8 @@ impl Swarm {
                 self.0.tracker.wait().await;
             }
         }
-        // Every connection and listener task has reported; publish and deliver that.
-        self.0.events_stop.cancel();
-        self.0.aux.close();
-        self.0.aux.wait().await;
+        // Every connection and listener task has reported (events are published as they
+        // happen).
         let left = self
             .0
             .stop_deadline

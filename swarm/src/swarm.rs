@@ -61,15 +61,12 @@ pub(crate) struct Inner {
     streams: StreamTotal,
     /// Connections, listeners, dials, stream handlers.
     pub(crate) tracker: TaskTracker,
-    /// The event task, stopped after every connection task has reported.
-    pub(crate) aux: TaskTracker,
     /// Set when close or shutdown starts: refuse every new operation.
     pub(crate) stopping: AtomicBool,
     /// Cancels every task in `tracker`.
     pub(crate) cancel: CancellationToken,
     /// Stops every listener (before `cancel`, for a graceful shutdown).
     pub(crate) listeners_stop: CancellationToken,
-    pub(crate) events_stop: CancellationToken,
     /// Cancelled when a shutdown reaches its deadline: whatever is still closing
     /// gracefully is reset.
     pub(crate) force: CancellationToken,
@@ -154,9 +151,7 @@ impl Swarm {
         gater: Option<Arc<dyn ConnectionGater>>,
         rcmgr: SharedResourceManager,
     ) -> Self {
-        let aux = TaskTracker::new();
-        let events_stop = CancellationToken::new();
-        let events = Events::start(config.events_capacity, &aux, events_stop.clone());
+        let events = Events::new(config.events_capacity);
         let cancel = CancellationToken::new();
         let swarm = Swarm(Arc::new(Inner {
             local_peer,
@@ -177,11 +172,9 @@ impl Swarm {
             next_conn: AtomicU64::new(1),
             streams: Arc::new(watch::channel(0).0),
             tracker: TaskTracker::new(),
-            aux,
             stopping: AtomicBool::new(false),
             listeners_stop: cancel.child_token(),
             cancel,
-            events_stop,
             force: CancellationToken::new(),
             stop_started: Mutex::new(false),
             stop_deadline: watch::channel(None).0,
