@@ -21,14 +21,19 @@ use tokio_util::task::TaskTracker;
 use crate::error::HostError;
 use crate::events::HostEvent;
 use crate::identify::{
-    apply_to_peerstore, recv_identify, send_identify, IdentifyInfo, IDENTIFY_PROTOCOL,
-    IDENTIFY_PUSH_PROTOCOL,
+    apply_to_peerstore, recv_identify_reserving, send_identify, IdentifyInfo, IDENTIFY_PROTOCOL,
+    IDENTIFY_PUSH_PROTOCOL, IDENTIFY_TIMEOUT,
 };
 use crate::mux::{ConnHandler, ProtocolMatch, ProtocolMux};
 use crate::peerstore::{Peerstore, TEMP_ADDR_TTL};
 use crate::perf::{perf_service, PERF_PROTOCOL};
 use crate::ping::{ping_once, ping_service, PingError, PING_PROTOCOL};
 use crate::services::ServicePolicy;
+
+tokio::task_local! {
+    /// Set in the task of [`Host::close_from_closer`].
+    static IN_CLOSER: ();
+}
 
 /// How long opening a stream may spend negotiating its protocol.
 pub const STREAM_NEGOTIATION_TIMEOUT: Duration = Duration::from_secs(10);
@@ -51,6 +56,9 @@ pub(crate) struct HostInner {
     settings: HostSettings,
     pub(crate) events: broadcast::Sender<HostEvent>,
     pub(crate) tasks: TaskTracker,
+    /// A close the host started on its own (a required service failed): it cannot be
+    /// one of `tasks`, which it waits for; every other close waits for it.
+    closer: TaskTracker,
     pub(crate) cancel: CancellationToken,
     /// Cancelled when a shutdown reaches its deadline: services still running are dropped.
     pub(crate) force: CancellationToken,
@@ -130,6 +138,7 @@ impl Host {
             settings,
             events: broadcast::channel(events_capacity.max(1)).0,
             tasks: TaskTracker::new(),
+            closer: TaskTracker::new(),
             cancel: CancellationToken::new(),
             force: CancellationToken::new(),
             services: crate::services::Services::default(),
@@ -170,6 +179,10 @@ impl Host {
                 let weak = weak.clone();
                 Box::pin(async move {
                     let Some(inner) = weak.upgrade() else { return };
+                    if serve_as(&stream, IDENTIFY_SERVICE).is_err() {
+                        stream.reset();
+                        return;
+                    }
                     let info = Host(inner).identify_info(Some(conn.remote_multiaddr().clone()));
                     if let Err(e) = send_identify(&mut stream, &info).await {
                         tracing::debug!(peer = %conn.remote_peer(), "identify answer failed: {e}");
@@ -185,7 +198,15 @@ impl Host {
                     let Some(inner) = weak.upgrade() else { return };
                     let host = Host(inner);
                     let peer = conn.remote_peer();
-                    match recv_identify(&mut stream, peer).await {
+                    if serve_as(&stream, IDENTIFY_SERVICE).is_err() {
+                        stream.reset();
+                        return;
+                    }
+                    // What the push carries is reserved from the stream as it arrives.
+                    let memory = stream.scope().memory().clone();
+                    match recv_identify_reserving(&mut stream, peer, IDENTIFY_TIMEOUT, &memory)
+                        .await
+                    {
                         Ok(info) => host.record_identify(peer, info, true),
                         Err(e) => tracing::debug!(%peer, "identify push refused: {e}"),
                     }
@@ -195,8 +216,12 @@ impl Host {
         self.set_conn_handler(
             PING_PROTOCOL,
             None,
-            Arc::new(|stream, _| {
+            Arc::new(|mut stream, _| {
                 Box::pin(async move {
+                    if serve_as(&stream, PING_SERVICE).is_err() {
+                        stream.reset();
+                        return;
+                    }
                     let _ = ping_service(stream).await;
                 })
             }),
@@ -205,8 +230,12 @@ impl Host {
             self.set_conn_handler(
                 PERF_PROTOCOL,
                 None,
-                Arc::new(|stream, _| {
+                Arc::new(|mut stream, _| {
                     Box::pin(async move {
+                        if serve_as(&stream, PERF_SERVICE).is_err() {
+                            stream.reset();
+                            return;
+                        }
                         let _ = perf_service(stream).await;
                     })
                 }),
@@ -458,6 +487,8 @@ impl Host {
         protocol: String,
     ) -> Result<Stream, HostError> {
         charge_protocol(&mut stream, peer, &protocol)?;
+        // The wrapper takes the stream's place, with its scope.
+        let scope = stream.take_scope();
         let lazy =
             dialer_select_lazy(stream, &protocol)
                 .await
@@ -466,6 +497,7 @@ impl Host {
                     message: e.to_string(),
                 })?;
         let mut out = Stream::new(Box::new(LazyStream(lazy)), Direction::Outbound);
+        out.set_scope(scope);
         self.stream_ready(&mut out, peer, &protocol);
         out.set_protocol(protocol);
         Ok(out)
@@ -484,6 +516,14 @@ impl Host {
     pub async fn ping(&self, peer: PeerId) -> Result<Duration, HostError> {
         // The proposal and the first ping leave together: one round trip on a new stream.
         let mut stream = self.new_stream_optimistic(peer, PING_PROTOCOL).await?;
+        if let Err(source) = serve_as(&stream, PING_SERVICE) {
+            stream.reset();
+            return Err(HostError::Resource {
+                peer,
+                protocol: PING_PROTOCOL.to_owned(),
+                source,
+            });
+        }
         let rtt = match ping_once(&mut stream).await {
             Ok(rtt) => rtt,
             // The lazy proposal was refused, or the stream failed before the remote
@@ -562,6 +602,21 @@ impl Host {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take();
+        // A close the host started on its own finishes before any other returns (the
+        // closer itself does not wait for itself).
+        if IN_CLOSER.try_with(|_| ()).is_err() {
+            self.0.closer.close();
+            self.0.closer.wait().await;
+        }
+    }
+
+    /// Closes the host from a task of its own (the one close that is not among the
+    /// host's tasks, since it waits for them), tracked so that other closes wait for it.
+    pub(crate) fn close_from_closer(&self) {
+        let host = self.clone();
+        self.0
+            .closer
+            .spawn(IN_CLOSER.scope((), async move { host.close().await }));
     }
 
     pub(crate) fn identify_info(&self, observed: Option<Multiaddr>) -> IdentifyInfo {
@@ -583,7 +638,9 @@ impl Host {
             dialer_select(&mut stream, &[IDENTIFY_PROTOCOL])
                 .await
                 .map_err(|e| e.to_string())?;
-            recv_identify(&mut stream, peer)
+            serve_as(&stream, IDENTIFY_SERVICE).map_err(|e| e.to_string())?;
+            let memory = stream.scope().memory().clone();
+            recv_identify_reserving(&mut stream, peer, IDENTIFY_TIMEOUT, &memory)
                 .await
                 .map_err(|e| e.to_string())
         })
@@ -649,6 +706,7 @@ impl Host {
                         dialer_select(&mut stream, &[IDENTIFY_PUSH_PROTOCOL])
                             .await
                             .map_err(|e| e.to_string())?;
+                        serve_as(&stream, IDENTIFY_SERVICE).map_err(|e| e.to_string())?;
                         let info = host.identify_info(Some(conn.remote_multiaddr().clone()));
                         send_identify(&mut stream, &info)
                             .await
@@ -664,6 +722,22 @@ impl Host {
             }
         }
     }
+}
+
+/// The resource-manager service of identify (go-libp2p's name).
+pub const IDENTIFY_SERVICE: &str = "libp2p.identify";
+/// The resource-manager service of ping (go-libp2p's name).
+pub const PING_SERVICE: &str = "libp2p.ping";
+/// The resource-manager service of perf.
+pub const PERF_SERVICE: &str = "libp2p.perf";
+/// The resource-manager service of message protocols.
+pub const MESSAGING_SERVICE: &str = "strata.messaging";
+
+/// Charges `stream` to `service`'s resource scope (its streams and what it buffers).
+pub(crate) fn serve_as(stream: &Stream, service: &str) -> Result<(), strata_core::ResourceError> {
+    stream.scope().set_service(service).inspect_err(|e| {
+        tracing::debug!(service, "stream refused by its service's limits: {e}");
+    })
 }
 
 /// Charges `stream` to `protocol`'s resource scope; over that protocol's limit the stream

@@ -27,6 +27,7 @@ pub mod builder;
 pub mod connmgr;
 pub mod error;
 pub mod events;
+pub mod framing;
 pub mod host;
 pub mod identify;
 pub mod messaging;

@@ -17,6 +17,13 @@
 //! Callbacks run on one task per peer, in order: `connected`, then every `received`, then
 //! `disconnected`. A slow handler delays only its own peer: the stream is not read while
 //! it works, which holds the peer back by flow control.
+//!
+//! Memory: both queues of a peer are bounded in bytes (`max_queue_bytes` each way) as
+//! well as in messages, and every queued byte is reserved from the resource manager: a
+//! received message from its stream's scope, before its body is read (and as it
+//! arrives, not as its prefix announced); a message waiting to be sent from a span of
+//! the peer and the protocol. A received message that does not fit waits unread (the
+//! remote is held back by flow control); one the scope refuses resets the stream.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,28 +32,34 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use strata_core::{PeerId, Stream};
+use strata_core::rcmgr::priority;
+use strata_core::{PeerId, Reservation, ScopeMemory, SpanOwner, Stream};
 use strata_swarm::DisconnectReason;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::mpsc;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::HostError;
-use crate::host::Host;
+use crate::framing::{read_body_reserved, BodyError};
+use crate::host::{serve_as, Host, MESSAGING_SERVICE};
 
 /// Settings of one message protocol.
 ///
 /// | field | default |
 /// |---|---|
 /// | `max_message_size` | 1 MiB |
-/// | `queue_len` | 256 messages per peer |
+/// | `queue_len` | 256 messages per peer, each way |
+/// | `max_queue_bytes` | 4 MiB per peer, each way (at least `max_message_size`) |
 /// | `reopen_backoff` | 100 ms before a broken stream is opened again |
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MessageConfig {
     /// The largest message sent or accepted.
     pub max_message_size: usize,
-    /// Messages that may wait to be written to one peer.
+    /// Messages that may wait to be written to one peer (and, received, for its handler).
     pub queue_len: usize,
+    /// Bytes of messages that may wait to be written to one peer, and received from it
+    /// for its handler; raised to `max_message_size` if below it.
+    pub max_queue_bytes: usize,
     /// How long the opener waits before opening a broken stream again.
     pub reopen_backoff: Duration,
 }
@@ -56,6 +69,7 @@ impl Default for MessageConfig {
         MessageConfig {
             max_message_size: 1024 * 1024,
             queue_len: 256,
+            max_queue_bytes: 4 * 1024 * 1024,
             reopen_backoff: Duration::from_millis(100),
         }
     }
@@ -98,6 +112,9 @@ pub enum SendError {
         /// The limit.
         max: usize,
     },
+    /// The resource manager has no memory for the message in the peer's queue.
+    #[error("no memory to queue the message: {0}")]
+    Resource(strata_core::ResourceError),
 }
 
 /// A stream's frames broke the protocol or the stream failed.
@@ -114,6 +131,9 @@ pub enum FrameError {
     /// The length prefix is not a valid varint.
     #[error("invalid message length prefix")]
     InvalidLength,
+    /// The stream's scope has no memory for the message.
+    #[error("no memory for the message: {0}")]
+    Resource(strata_core::ResourceError),
     /// The stream failed or ended inside a frame.
     #[error("message stream: {0}")]
     Io(#[from] std::io::Error),
@@ -161,8 +181,22 @@ where
 }
 
 /// Reads one frame of at most `max` bytes; `None` at a clean end between frames. A length
-/// above `max` is refused before anything is allocated for it.
+/// above `max` is refused before anything is allocated for it, and the body's buffer
+/// grows as its bytes arrive.
 pub async fn read_message<S>(stream: &mut S, max: usize) -> Result<Option<Bytes>, FrameError>
+where
+    S: tokio::io::AsyncRead + Unpin + ?Sized,
+{
+    let Some(len) = read_message_len(stream, max).await? else {
+        return Ok(None);
+    };
+    let (body, _held) = read_message_body(stream, len, &ScopeMemory::unlimited()).await?;
+    Ok(Some(body))
+}
+
+/// Reads a frame's length prefix, checked against `max`; `None` at a clean end between
+/// frames.
+pub async fn read_message_len<S>(stream: &mut S, max: usize) -> Result<Option<usize>, FrameError>
 where
     S: tokio::io::AsyncRead + Unpin + ?Sized,
 {
@@ -178,24 +212,85 @@ where
     if len > max as u64 {
         return Err(FrameError::TooLarge { len, max });
     }
-    let mut body = vec![0u8; len as usize];
-    stream.read_exact(&mut body).await?;
-    Ok(Some(Bytes::from(body)))
+    Ok(Some(len as usize))
+}
+
+/// Reads a frame's body of `len` bytes (from [`read_message_len`]), reserving it from
+/// `memory` as it arrives; the reservation goes with the bytes.
+pub async fn read_message_body<S>(
+    stream: &mut S,
+    len: usize,
+    memory: &ScopeMemory,
+) -> Result<(Bytes, Reservation), FrameError>
+where
+    S: tokio::io::AsyncRead + Unpin + ?Sized,
+{
+    read_body_reserved(stream, len, memory)
+        .await
+        .map_err(|e| match e {
+            BodyError::Resource(e) => FrameError::Resource(e),
+            BodyError::Truncated => {
+                FrameError::Io(std::io::Error::from(std::io::ErrorKind::UnexpectedEof))
+            }
+            BodyError::Io(e) => FrameError::Io(e),
+        })
+}
+
+/// A message in a queue, with the room it takes (in the queue's byte bound) and the
+/// memory reserved for it; both go when the message leaves the queue.
+struct Queued {
+    message: Bytes,
+    _room: OwnedSemaphorePermit,
+    _held: Reservation,
+}
+
+/// Reads the next message for the handler's queue: waits (reading nothing, which holds
+/// the remote back) until the queue has room for its announced length, then reads its
+/// body, reserved from `memory` as it arrives.
+async fn read_queued<S>(
+    stream: &mut S,
+    max: usize,
+    room: &Arc<Semaphore>,
+    memory: &ScopeMemory,
+) -> Result<Option<Queued>, FrameError>
+where
+    S: tokio::io::AsyncRead + Unpin + ?Sized,
+{
+    let Some(len) = read_message_len(stream, max).await? else {
+        return Ok(None);
+    };
+    let room = room
+        .clone()
+        .acquire_many_owned(u32::try_from(len).unwrap_or(u32::MAX))
+        .await
+        .map_err(|_| FrameError::Io(std::io::ErrorKind::BrokenPipe.into()))?;
+    let (message, held) = read_message_body(stream, len, memory).await?;
+    Ok(Some(Queued {
+        message,
+        _room: room,
+        _held: held,
+    }))
 }
 
 /// What the per-peer callback task delivers, in order (after `connected`, which starts
 /// it).
 enum Callback {
-    Received(Bytes),
+    Received(Queued),
     Disconnected(DisconnectReason),
 }
 
 /// One peer's session on one protocol.
 struct Session {
-    tx: mpsc::Sender<Bytes>,
+    tx: mpsc::Sender<Queued>,
     /// The queue's receiving end, taken by the writer of the current stream.
-    rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Bytes>>>,
+    rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Queued>>>,
+    /// Bytes the outgoing queue may still take.
+    out_room: Arc<Semaphore>,
+    /// Where messages waiting to be sent are reserved: the peer's, for this protocol.
+    out_memory: ScopeMemory,
     callbacks: mpsc::Sender<Callback>,
+    /// Bytes of received messages the handler may still have waiting.
+    in_room: Arc<Semaphore>,
     /// Ends the current stream's reader and writer (when a newer stream replaces it).
     stream_cancel: Mutex<CancellationToken>,
     /// Ends everything of the session.
@@ -213,7 +308,27 @@ struct Proto {
     counters: Counters,
 }
 
+/// The room a message takes in a queue's byte bound (`prepare` checked it against the
+/// protocol's limit, which fits the bound).
+fn room_for(message: &Bytes) -> u32 {
+    u32::try_from(message.len()).unwrap_or(u32::MAX)
+}
+
 impl Session {
+    /// A message to send, with its room in the queue: reserves its bytes from the peer's
+    /// memory.
+    fn queue(&self, message: Bytes, room: OwnedSemaphorePermit) -> Result<Queued, SendError> {
+        let held = self
+            .out_memory
+            .reserve(message.len(), priority::ALWAYS)
+            .map_err(SendError::Resource)?;
+        Ok(Queued {
+            message,
+            _room: room,
+            _held: held,
+        })
+    }
+
     /// True while a stream carries the session.
     fn has_live_stream(&self) -> bool {
         !self
@@ -320,14 +435,18 @@ impl Host {
     ) -> Result<(), SendError> {
         let (proto, session, message) = self.prepare(peer, protocol, message.into())?;
         let len = message.len() as u64;
-        session
-            .tx
-            .send(message)
+        let closed = || SendError::NotConnected {
+            peer,
+            protocol: protocol.to_owned(),
+        };
+        let room = session
+            .out_room
+            .clone()
+            .acquire_many_owned(room_for(&message))
             .await
-            .map_err(|_| SendError::NotConnected {
-                peer,
-                protocol: protocol.to_owned(),
-            })?;
+            .map_err(|_| closed())?;
+        let queued = session.queue(message, room)?;
+        session.tx.send(queued).await.map_err(|_| closed())?;
         proto.counters.messages_sent.fetch_add(1, Ordering::Relaxed);
         proto.counters.bytes_sent.fetch_add(len, Ordering::Relaxed);
         Ok(())
@@ -342,7 +461,24 @@ impl Host {
     ) -> Result<(), SendError> {
         let (proto, session, message) = self.prepare(peer, protocol, message.into())?;
         let len = message.len() as u64;
-        match session.tx.try_send(message) {
+        let room = match session
+            .out_room
+            .clone()
+            .try_acquire_many_owned(room_for(&message))
+        {
+            Ok(room) => room,
+            Err(tokio::sync::TryAcquireError::NoPermits) => {
+                proto.counters.queue_full.fetch_add(1, Ordering::Relaxed);
+                return Err(SendError::Full(peer));
+            }
+            Err(tokio::sync::TryAcquireError::Closed) => {
+                return Err(SendError::NotConnected {
+                    peer,
+                    protocol: protocol.to_owned(),
+                })
+            }
+        };
+        match session.tx.try_send(session.queue(message, room)?) {
             Ok(()) => {
                 proto.counters.messages_sent.fetch_add(1, Ordering::Relaxed);
                 proto.counters.bytes_sent.fetch_add(len, Ordering::Relaxed);
@@ -545,10 +681,21 @@ impl Host {
                 None => {
                     let (tx, rx) = mpsc::channel(proto.config.queue_len.max(1));
                     let (cb_tx, cb_rx) = mpsc::channel(proto.config.queue_len.max(1));
+                    let queue_bytes = proto
+                        .config
+                        .max_queue_bytes
+                        .max(proto.config.max_message_size)
+                        .min(Semaphore::MAX_PERMITS);
+                    let owner = SpanOwner::peer(peer)
+                        .with_protocol(proto.name.clone())
+                        .with_service(MESSAGING_SERVICE);
                     let s = Arc::new(Session {
                         tx,
                         rx: Arc::new(tokio::sync::Mutex::new(rx)),
+                        out_room: Arc::new(Semaphore::new(queue_bytes)),
+                        out_memory: self.resource_manager().open_span(&owner),
                         callbacks: cb_tx,
+                        in_room: Arc::new(Semaphore::new(queue_bytes)),
                         stream_cancel: Mutex::new(CancellationToken::new()),
                         cancel: self.0.cancel.child_token(),
                     });
@@ -570,6 +717,12 @@ impl Host {
             stream_cancel.clone(),
         );
         old.cancel();
+        if serve_as(&stream, MESSAGING_SERVICE).is_err() {
+            stream_cancel.cancel();
+            return;
+        }
+        // Received messages are reserved from the stream's scope as they arrive.
+        let memory = stream.scope().memory().clone();
         let (mut reader, mut writer) = tokio::io::split(stream);
         // Writer: the queue, in order, onto this stream.
         let rx = session.rx.clone();
@@ -580,16 +733,17 @@ impl Host {
                 rx = rx.lock() => rx,
             };
             loop {
-                let message = tokio::select! {
+                let queued = tokio::select! {
                     _ = wcancel.cancelled() => break,
                     m = rx.recv() => match m {
                         Some(m) => m,
                         None => break,
                     },
                 };
+                // Its room and memory go when it is written (or dropped).
                 let wrote = tokio::select! {
                     _ = wcancel.cancelled() => break,
-                    r = write_message(&mut writer, &message) => r,
+                    r = write_message(&mut writer, &queued.message) => r,
                 };
                 if wrote.is_err() {
                     wcancel.cancel();
@@ -605,18 +759,19 @@ impl Host {
             loop {
                 let frame = tokio::select! {
                     _ = stream_cancel.cancelled() => return,
-                    f = read_message(&mut reader, max) => f,
+                    f = read_queued(&mut reader, max, &session.in_room, &memory) => f,
                 };
                 match frame {
-                    Ok(Some(message)) => {
+                    Ok(Some(queued)) => {
+                        let len = queued.message.len() as u64;
                         proto.counters.messages_received.fetch_add(1, Ordering::Relaxed);
                         proto
                             .counters
                             .bytes_received
-                            .fetch_add(message.len() as u64, Ordering::Relaxed);
+                            .fetch_add(len, Ordering::Relaxed);
                         tokio::select! {
                             _ = stream_cancel.cancelled() => return,
-                            _ = session.callbacks.send(Callback::Received(message)) => {}
+                            _ = session.callbacks.send(Callback::Received(queued)) => {}
                         }
                     }
                     Ok(None) => break,
@@ -653,7 +808,11 @@ impl Host {
                 handler.connected(peer).await;
                 while let Some(cb) = rx.recv().await {
                     match cb {
-                        Callback::Received(m) => handler.received(peer, m).await,
+                        // Its room and memory go once the handler is done with it.
+                        Callback::Received(queued) => {
+                            handler.received(peer, queued.message.clone()).await;
+                            drop(queued);
+                        }
                         Callback::Disconnected(reason) => {
                             handler.disconnected(peer, reason).await;
                             return;

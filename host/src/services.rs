@@ -103,6 +103,37 @@ pub struct ServiceContext {
     pub name: String,
 }
 
+impl ServiceContext {
+    /// Opens a stream to `peer` (see [`Host::new_stream`]) charged to this service's
+    /// resource scope, as go-libp2p's `SetService`: its count and what it buffers are
+    /// the service's, within the service's limits.
+    pub async fn new_stream(
+        &self,
+        peer: strata_core::PeerId,
+        protocols: &[&str],
+    ) -> Result<strata_core::Stream, HostError> {
+        let mut stream = self.host.new_stream(peer, protocols).await?;
+        if let Err(source) = stream.scope().set_service(&self.name) {
+            stream.reset();
+            return Err(HostError::Resource {
+                peer,
+                protocol: stream.protocol().unwrap_or_default().to_owned(),
+                source,
+            });
+        }
+        Ok(stream)
+    }
+
+    /// A memory span charged to this service (and the system): for what the service
+    /// holds that belongs to no one stream, a store or a cache that peers fill. Reserve
+    /// from it before such memory grows.
+    pub fn memory(&self) -> strata_core::ScopeMemory {
+        self.host
+            .resource_manager()
+            .open_span(&strata_core::SpanOwner::service(self.name.clone()))
+    }
+}
+
 type Factory =
     Arc<dyn Fn(ServiceContext) -> BoxFuture<'static, Result<(), ServiceError>> + Send + Sync>;
 
@@ -236,9 +267,9 @@ impl Host {
                         name: name.clone(),
                         error,
                     });
-                    // The close waits for this very task: it runs on a task of its own.
-                    let host = self.clone();
-                    drop(tokio::spawn(async move { host.close().await }));
+                    // The close waits for this very task: it runs on a task of its own,
+                    // which every other close waits for in turn.
+                    self.close_from_closer();
                     return;
                 }
                 ServicePolicy::BestEffort => {

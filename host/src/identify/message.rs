@@ -84,6 +84,9 @@ pub enum IdentifyError {
     /// The stream ended inside a frame.
     #[error("identify stream ended inside a frame")]
     Truncated,
+    /// The stream's scope had no memory for what the remote sent.
+    #[error("no memory for the identify message: {0}")]
+    Resource(#[from] strata_core::ResourceError),
     /// A frame is not a valid identify protobuf.
     #[error("invalid identify protobuf: {0}")]
     Decode(#[from] prost::DecodeError),

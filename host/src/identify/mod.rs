@@ -15,6 +15,6 @@ pub use message::{
     MAX_IDENTIFY_PARTS, MAX_PROTOCOL_ID_LEN,
 };
 pub use protocol::{
-    apply_to_peerstore, recv_identify, recv_identify_within, send_identify, send_identify_within,
-    IDENTIFY_TIMEOUT,
+    apply_to_peerstore, recv_identify, recv_identify_reserving, recv_identify_within,
+    send_identify, send_identify_within, IDENTIFY_TIMEOUT,
 };

@@ -8,8 +8,11 @@
 
 use std::time::Duration;
 
-use strata_core::PeerId;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use strata_core::rcmgr::priority;
+use strata_core::{PeerId, ScopeMemory};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+
+use crate::framing::{read_body_reserved, BodyError};
 
 use super::message::{encode_frame, FrameBudget, Identify, IdentifyError, IdentifyInfo};
 use crate::peerstore::{
@@ -74,7 +77,22 @@ pub async fn recv_identify_within<S>(
 where
     S: AsyncRead + Unpin + ?Sized,
 {
-    let msg = tokio::time::timeout(deadline, read_frames(stream))
+    recv_identify_reserving(stream, expected_peer, deadline, &ScopeMemory::unlimited()).await
+}
+
+/// [`recv_identify_within`], reserving what the remote's frames take from `memory` (the
+/// stream's scope) as they arrive: a remote that announces the largest message and sends
+/// nothing costs nothing.
+pub async fn recv_identify_reserving<S>(
+    stream: &mut S,
+    expected_peer: PeerId,
+    deadline: Duration,
+    memory: &ScopeMemory,
+) -> Result<IdentifyInfo, IdentifyError>
+where
+    S: AsyncRead + Unpin + ?Sized,
+{
+    let msg = tokio::time::timeout(deadline, read_frames(stream, memory))
         .await
         .map_err(|_| IdentifyError::Timeout(deadline))??;
     let info = IdentifyInfo::from_message(msg)?;
@@ -82,22 +100,25 @@ where
     Ok(info)
 }
 
-async fn read_frames<S>(stream: &mut S) -> Result<Identify, IdentifyError>
+async fn read_frames<S>(stream: &mut S, memory: &ScopeMemory) -> Result<Identify, IdentifyError>
 where
     S: AsyncRead + Unpin + ?Sized,
 {
     let mut budget = FrameBudget::default();
     let mut msg = Identify::default();
-    let mut body = Vec::new();
+    // What the decoded message holds: about what its frames carried.
+    let mut decoded = memory.empty();
     while let Some(len) = read_length(stream).await? {
         let len = budget.admit(len)?;
-        body.clear();
-        body.resize(len, 0);
-        stream
-            .read_exact(&mut body)
+        let (body, _held) = read_body_reserved(stream, len, memory)
             .await
-            .map_err(eof_is_truncated)?;
-        prost::Message::merge(&mut msg, body.as_slice())?;
+            .map_err(|e| match e {
+                BodyError::Resource(e) => IdentifyError::Resource(e),
+                BodyError::Truncated => IdentifyError::Truncated,
+                BodyError::Io(e) => eof_is_truncated(e),
+            })?;
+        decoded.grow(len, priority::ALWAYS)?;
+        prost::Message::merge(&mut msg, body)?;
     }
     Ok(msg)
 }

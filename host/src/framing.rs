@@ -1,0 +1,151 @@
+//! Reading what a remote announces, under the memory rule of
+//! [`strata_core::rcmgr`]: a length prefix is checked against the protocol's limit
+//! first, then the body is read in chunks, each reserved before the buffer grows for it,
+//! so that a peer announcing a megabyte and sending three bytes costs three bytes, and a
+//! peer whose bytes do not fit the scope's memory gets an error instead of an allocation.
+//!
+//! The protocols above the host (identify here; the DHT, pubsub and relay on top) read
+//! their frames with [`read_body_reserved`] and keep the returned [`Reservation`] with
+//! the bytes for as long as they hold them.
+
+use bytes::{Bytes, BytesMut};
+use strata_core::rcmgr::priority;
+use strata_core::{Reservation, ResourceError, ScopeMemory};
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+/// The most a body's buffer grows by at once: what one read may add before the next
+/// reservation.
+pub const READ_CHUNK: usize = 16 * 1024;
+
+/// Why a body could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    /// The scope had no memory for the next chunk.
+    #[error("no memory to read the frame: {0}")]
+    Resource(#[from] ResourceError),
+    /// The stream ended before the body did.
+    #[error("the stream ended inside a frame")]
+    Truncated,
+    /// The stream failed.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// Reads exactly `len` bytes (a length already checked against the protocol's limit)
+/// from `stream`, growing the buffer by at most [`READ_CHUNK`] at a time, each growth
+/// reserved from `memory` first. Returns the bytes and their reservation, which the
+/// caller keeps as long as it keeps the bytes.
+pub async fn read_body_reserved<S>(
+    stream: &mut S,
+    len: usize,
+    memory: &ScopeMemory,
+) -> Result<(Bytes, Reservation), BodyError>
+where
+    S: AsyncRead + Unpin + ?Sized,
+{
+    let mut held = memory.empty();
+    let mut body = BytesMut::new();
+    while body.len() < len {
+        let chunk = (len - body.len()).min(READ_CHUNK);
+        held.grow(chunk, priority::ALWAYS)?;
+        let start = body.len();
+        body.resize(start + chunk, 0);
+        let mut filled = start;
+        while filled < start + chunk {
+            let n = stream.read(&mut body[filled..start + chunk]).await?;
+            if n == 0 {
+                return Err(BodyError::Truncated);
+            }
+            filled += n;
+        }
+    }
+    Ok((body.freeze(), held))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    /// Memory that refuses past `limit` and counts what is held.
+    struct Counted {
+        held: AtomicUsize,
+        limit: usize,
+    }
+
+    impl strata_core::rcmgr::MemoryOps for Counted {
+        fn reserve_memory(&self, size: usize, _: u8) -> Result<(), ResourceError> {
+            if self.held.load(Ordering::SeqCst) + size > self.limit {
+                return Err(ResourceError {
+                    scope: "stream".into(),
+                    resource: strata_core::rcmgr::Resource::Memory,
+                    limit: self.limit as u64,
+                });
+            }
+            self.held.fetch_add(size, Ordering::SeqCst);
+            Ok(())
+        }
+        fn release_memory(&self, size: usize) {
+            self.held.fetch_sub(size, Ordering::SeqCst);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_body_is_reserved_as_it_arrives_and_released_with_it() {
+        let ops = Arc::new(Counted {
+            held: AtomicUsize::new(0),
+            limit: 1 << 20,
+        });
+        let memory = ScopeMemory::new(ops.clone());
+        let data: Vec<u8> = (0..100_000u32).map(|i| i as u8).collect();
+        let (body, held) = read_body_reserved(&mut &data[..], data.len(), &memory)
+            .await
+            .unwrap();
+        assert_eq!(&body[..], &data[..]);
+        assert_eq!(held.size(), data.len());
+        assert_eq!(ops.held.load(Ordering::SeqCst), data.len());
+        drop(held);
+        assert_eq!(ops.held.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_announces_much_and_sends_little_costs_little() {
+        let ops = Arc::new(Counted {
+            held: AtomicUsize::new(0),
+            limit: 1 << 20,
+        });
+        let memory = ScopeMemory::new(ops.clone());
+        let (mut ours, mut theirs) = tokio::io::duplex(1024);
+        tokio::io::AsyncWriteExt::write_all(&mut theirs, b"abc")
+            .await
+            .unwrap();
+        let read = read_body_reserved(&mut ours, 1 << 20, &memory);
+        tokio::pin!(read);
+        assert!(
+            tokio::time::timeout(std::time::Duration::from_millis(50), &mut read)
+                .await
+                .is_err()
+        );
+        // One chunk reserved for the three bytes that came, not the megabyte announced.
+        assert_eq!(ops.held.load(Ordering::SeqCst), READ_CHUNK);
+        drop(theirs);
+        assert!(matches!(read.await, Err(BodyError::Truncated)));
+        assert_eq!(ops.held.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn a_body_past_the_memory_is_refused() {
+        let ops = Arc::new(Counted {
+            held: AtomicUsize::new(0),
+            limit: 40_000,
+        });
+        let memory = ScopeMemory::new(ops.clone());
+        let data = vec![7u8; 100_000];
+        let err = read_body_reserved(&mut &data[..], data.len(), &memory)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, BodyError::Resource(_)), "{err}");
+        assert_eq!(ops.held.load(Ordering::SeqCst), 0);
+    }
+}
