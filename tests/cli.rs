@@ -543,3 +543,46 @@ fn rust_log_writes_logs_to_stderr_and_leaves_stdout_alone() {
         assert!(v["ping_rtt_ms"].as_f64().unwrap() > 0.0);
     }
 }
+
+/// With a descriptor limit of 100 (below the 128 the default limits used to assume),
+/// `strata listen` starts, serves a dial and exits 0 on SIGINT: the autoscaled limits
+/// fit whatever the machine allows.
+#[test]
+fn listen_starts_under_a_descriptor_limit_of_100() {
+    let _serial = serial();
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -n 100 && exec {BIN} listen --tcp /ip4/127.0.0.1/tcp/0 --seed 1"
+        ))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let mut listener = Running(child);
+    let addr = next_line(&lines, "LISTEN ")
+        .strip_prefix("LISTEN ")
+        .unwrap()
+        .to_string();
+    let out = Command::new(BIN)
+        .args(["dial", &addr, "--seed", "2", "--ping"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    signal(&listener.0, libc::SIGINT);
+    let (status, _) = wait_exit(&mut listener.0, Duration::from_secs(10));
+    assert!(status.success(), "exit status {status:?}");
+}

@@ -8,7 +8,7 @@
 //! their frames with [`read_body_reserved`] and keep the returned [`Reservation`] with
 //! the bytes for as long as they hold them.
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use strata_core::rcmgr::priority;
 use strata_core::{Reservation, ResourceError, ScopeMemory};
 use tokio::io::{AsyncRead, AsyncReadExt};
@@ -32,9 +32,11 @@ pub enum BodyError {
 }
 
 /// Reads exactly `len` bytes (a length already checked against the protocol's limit)
-/// from `stream`, growing the buffer by at most [`READ_CHUNK`] at a time, each growth
-/// reserved from `memory` first. Returns the bytes and their reservation, which the
-/// caller keeps as long as it keeps the bytes.
+/// from `stream`. Nothing is allocated before bytes arrive: each read first lands in a
+/// small buffer on the stack, and only then does the body's buffer grow, by at most
+/// [`READ_CHUNK`] (reserved from `memory` first) into which further reads go directly.
+/// Returns the bytes and their reservation, which the caller keeps as long as it keeps
+/// the bytes.
 pub async fn read_body_reserved<S>(
     stream: &mut S,
     len: usize,
@@ -44,22 +46,33 @@ where
     S: AsyncRead + Unpin + ?Sized,
 {
     let mut held = memory.empty();
-    let mut body = BytesMut::new();
+    let mut body: Vec<u8> = Vec::new();
+    let mut first = [0u8; 512];
     while body.len() < len {
-        let chunk = (len - body.len()).min(READ_CHUNK);
-        held.grow(chunk, priority::ALWAYS)?;
-        let start = body.len();
-        body.resize(start + chunk, 0);
-        let mut filled = start;
-        while filled < start + chunk {
-            let n = stream.read(&mut body[filled..start + chunk]).await?;
+        let left = len - body.len();
+        if body.capacity() == body.len() {
+            // No room: wait for bytes before making any.
+            let want = left.min(first.len());
+            let n = stream.read(&mut first[..want]).await?;
             if n == 0 {
                 return Err(BodyError::Truncated);
             }
-            filled += n;
+            let chunk = left.min(READ_CHUNK);
+            held.grow(chunk, priority::ALWAYS)?;
+            body.reserve_exact(chunk);
+            body.extend_from_slice(&first[..n]);
+            continue;
+        }
+        let start = body.len();
+        let room = (body.capacity() - start).min(left);
+        body.resize(start + room, 0);
+        let n = stream.read(&mut body[start..]).await?;
+        body.truncate(start + n);
+        if n == 0 {
+            return Err(BodyError::Truncated);
         }
     }
-    Ok((body.freeze(), held))
+    Ok((Bytes::from(body), held))
 }
 
 #[cfg(test)]
@@ -127,11 +140,31 @@ mod tests {
                 .await
                 .is_err()
         );
-        // One chunk reserved for the three bytes that came, not the megabyte announced.
+        // One chunk reserved once three bytes came, not the megabyte announced.
         assert_eq!(ops.held.load(Ordering::SeqCst), READ_CHUNK);
         drop(theirs);
         assert!(matches!(read.await, Err(BodyError::Truncated)));
         assert_eq!(ops.held.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn nothing_is_reserved_before_a_byte_arrives() {
+        let ops = Arc::new(Counted {
+            held: AtomicUsize::new(0),
+            limit: 1 << 20,
+        });
+        let memory = ScopeMemory::new(ops.clone());
+        let (mut ours, theirs) = tokio::io::duplex(1024);
+        let read = read_body_reserved(&mut ours, 60_000, &memory);
+        tokio::pin!(read);
+        assert!(
+            tokio::time::timeout(std::time::Duration::from_millis(50), &mut read)
+                .await
+                .is_err()
+        );
+        assert_eq!(ops.held.load(Ordering::SeqCst), 0);
+        drop(theirs);
+        assert!(matches!(read.await, Err(BodyError::Truncated)));
     }
 
     #[tokio::test]

@@ -238,3 +238,36 @@ fn shutdown_stops_every_service_and_its_restarts_and_leaves_no_task() {
     });
     common::assert_tasks_back_to(&rt, tasks_before);
 }
+
+#[test]
+fn the_close_a_failed_required_service_starts_is_waited_for_by_any_other_close() {
+    // The host closes itself from a task of its own when a required service fails. A
+    // close the application calls meanwhile returns only once that one has ended too:
+    // nothing the host started is left running.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let tasks_before = rt.metrics().num_alive_tasks();
+    rt.block_on(async {
+        let host = host().await;
+        let mut events = host.events();
+        host.spawn_service("vital", ServicePolicy::Required, |_ctx| async {
+            Err::<(), _>("gone".into())
+        })
+        .unwrap();
+        next_event(&mut events, |e| {
+            matches!(e, HostEvent::ServiceFailed { .. })
+        })
+        .await;
+        host.close().await;
+        // No settling: the self-close has ended by now, not merely been asked to.
+        assert_eq!(
+            tokio::runtime::Handle::current()
+                .metrics()
+                .num_alive_tasks(),
+            tasks_before,
+            "a close returned while the host's own close still ran"
+        );
+    });
+}

@@ -20,6 +20,6 @@ pub mod tcp;
 pub mod ws;
 
 pub use memory::{MemoryListener, MemoryTransport};
-pub use quic::{QuicConfig, QuicTransport};
+pub use quic::{QuicConfig, QuicTransport, QUIC_HANDSHAKE_MEMORY};
 pub use tcp::{TcpConfig, TcpConn, TcpListener, TcpTransport};
 pub use ws::{WsConfig, WsConn, WsListener, WsTlsConfig, WsTransport};

@@ -171,8 +171,9 @@ const READ_BUFFER: usize = 16 * 1024;
 const MAX_SEND_MESSAGE: usize = 64 * 1024;
 /// What tungstenite may hold of ours unsent: one message, its header, a pong or close.
 const MAX_WRITE_BUFFER: usize = MAX_SEND_MESSAGE + 1024;
-/// What web TLS (rustls) holds for a secure WebSocket connection.
-const WEB_TLS_BUFFERS: usize = 160 * 1024;
+/// What web TLS (rustls) holds for a secure WebSocket connection: as libp2p TLS does
+/// (see the upgrader's `TLS_BUFFERS`, measured).
+const WEB_TLS_BUFFERS: usize = 128 * 1024;
 
 impl WsConfig {
     fn tungstenite(&self) -> WebSocketConfig {

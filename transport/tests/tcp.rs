@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use strata_core::addr::tcp_socket_addr;
-use strata_core::{Multiaddr, RawListener, RawTransport, TransportError};
+use strata_core::{Multiaddr, RawConnection, RawListener, RawTransport, TransportError};
 use strata_transport::{TcpConfig, TcpTransport};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -151,7 +151,8 @@ async fn two_reuseport_listeners_share_a_port_and_both_accept() {
 async fn dial_leaves_from_the_listen_port() {
     let a = transport(true);
     let b = transport(true);
-    let a_listener = a.listen_tcp(&ma("/ip4/127.0.0.1/tcp/0")).await.unwrap();
+    // A listener on an address of its own, so the fallback's address shows.
+    let a_listener = a.listen_tcp(&ma("/ip4/127.0.0.2/tcp/0")).await.unwrap();
     let a_port = a_listener.local_addr().unwrap().port();
     let mut b_listener = b.listen_tcp(&ma("/ip4/127.0.0.1/tcp/0")).await.unwrap();
     let b_addr = b_listener.multiaddr().clone();
@@ -165,13 +166,34 @@ async fn dial_leaves_from_the_listen_port() {
     );
 
     // A second connection to the same remote cannot reuse the 4-tuple: it falls back to
-    // an ephemeral port instead of failing.
+    // an ephemeral port (of the listener's address) instead of failing.
     let (again, accepted_again) = tokio::join!(a.dial(&b_addr), b_listener.accept());
     let again = again.unwrap();
     assert_ne!(port_of(again.local_multiaddr()), a_port);
+    assert!(
+        again
+            .local_multiaddr()
+            .to_string()
+            .starts_with("/ip4/127.0.0.2/"),
+        "{}",
+        again.local_multiaddr()
+    );
     assert_eq!(
         accepted_again.unwrap().remote_multiaddr(),
         again.local_multiaddr()
+    );
+    // A dial from a fresh port (the retry after a simultaneous open) leaves from the
+    // listener's address too.
+    let (fresh, _) = tokio::join!(a.dial_tcp_fresh(&b_addr), b_listener.accept());
+    let fresh = fresh.unwrap();
+    assert_ne!(port_of(fresh.local_multiaddr()), a_port);
+    assert!(
+        fresh
+            .local_multiaddr()
+            .to_string()
+            .starts_with("/ip4/127.0.0.2/"),
+        "{}",
+        fresh.local_multiaddr()
     );
     drop(a_listener);
 }

@@ -96,12 +96,14 @@ impl TcpTransport {
         Err(last_err)
     }
 
-    /// Dials a TCP multiaddr from an ephemeral port, whatever the port-reuse setting.
+    /// Dials a TCP multiaddr from an ephemeral port, whatever the port-reuse setting (of
+    /// the address a listener is bound to, if one would serve this dial).
     pub async fn dial_tcp_fresh(&self, addr: &Multiaddr) -> Result<TcpConn, TransportError> {
         let targets = socket_addrs(addr).await?;
         let mut last_err = unreachable_addr(addr);
         for target in targets {
-            match self.connect(addr, target, None).await {
+            let local = self.listeners.local_for(target).and_then(ephemeral_on);
+            match self.connect(addr, target, local).await {
                 Ok(conn) => return Ok(conn),
                 Err(e) => last_err = e,
             }
@@ -118,9 +120,12 @@ impl TcpTransport {
             if let Some(local) = self.listeners.local_for(target) {
                 match self.connect(addr, target, Some(local)).await {
                     Ok(conn) => return Ok(conn),
-                    // The port (or this exact 4-tuple) is taken: leave from an ephemeral port.
+                    // The port (or this exact 4-tuple) is taken: leave from an ephemeral
+                    // port, of the listener's own address when it listens on one (the
+                    // address the user chose to be reached at, and to be seen from).
                     Err(TransportError::Dial { source, .. }) if is_port_conflict(&source) => {
                         tracing::debug!(%addr, %local, "port reuse failed ({source}); dialing from an ephemeral port");
+                        return self.connect(addr, target, ephemeral_on(local)).await;
                     }
                     Err(e) => return Err(e),
                 }
@@ -183,6 +188,13 @@ fn unreachable_addr(addr: &Multiaddr) -> TransportError {
         addr: addr.clone(),
         source: io::Error::new(io::ErrorKind::AddrNotAvailable, "no address to connect to"),
     }
+}
+
+/// An ephemeral port on `local`'s address, when it is a specific one: a host that listens
+/// on one address is reached at it and should be seen from it, also when its listen port
+/// cannot be used for a dial. `None` (the kernel's pick) for an unspecified address.
+fn ephemeral_on(local: SocketAddr) -> Option<SocketAddr> {
+    (!local.ip().is_unspecified()).then(|| SocketAddr::new(local.ip(), 0))
 }
 
 fn is_port_conflict(e: &io::Error) -> bool {

@@ -27,13 +27,13 @@ impl ListenRegistry {
     /// family for a loopback target, else a listener on the unspecified address of the
     /// same family.
     ///
-    /// A listener whose port is the target's, on the target's IP, loopback or unspecified,
-    /// is skipped: binding to it would connect the socket to itself (TCP simultaneous open).
+    /// A listener whose port is the target's, on the target's IP or unspecified, is
+    /// skipped: binding to it would connect the socket to itself (TCP simultaneous open).
+    /// One on another address with the same port number is a different endpoint.
     pub(crate) fn local_for(&self, remote: SocketAddr) -> Option<SocketAddr> {
         let addrs = self.lock();
         let self_connect = |a: &SocketAddr| {
-            a.port() == remote.port()
-                && (a.ip() == remote.ip() || a.ip().is_unspecified() || remote.ip().is_loopback())
+            a.port() == remote.port() && (a.ip() == remote.ip() || a.ip().is_unspecified())
         };
         let same_family = || {
             addrs
@@ -115,6 +115,13 @@ mod tests {
         assert_eq!(
             reg.local_for(sa("127.0.0.1:6000")),
             Some(sa("127.0.0.1:5000"))
+        );
+        // Another loopback address with the target's port number is another endpoint.
+        let reg = ListenRegistry::default();
+        let _other = reg.register(sa("127.0.0.2:5000"));
+        assert_eq!(
+            reg.local_for(sa("127.0.0.1:5000")),
+            Some(sa("127.0.0.2:5000"))
         );
     }
 }
