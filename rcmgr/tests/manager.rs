@@ -464,3 +464,20 @@ fn many_addresses_leave_nothing_behind() {
         assert!(stat.system.is_empty());
     }
 }
+
+#[test]
+fn pressure_is_reported_while_pending_handshakes_hold_half_their_memory() {
+    let mut limits = LimitConfig::unlimited();
+    limits.transient = ScopeLimit::memory_only(1000);
+    let m = BasicResourceManager::new(limits).unwrap();
+    assert!(!m.under_pressure());
+    let c = m
+        .open_connection(Direction::Inbound, true, &from("10.0.0.1"))
+        .unwrap();
+    let held = c.memory().reserve(400, priority::ALWAYS).unwrap();
+    assert!(!m.under_pressure());
+    let more = c.memory().reserve(200, priority::ALWAYS).unwrap();
+    assert!(m.under_pressure());
+    drop((held, more));
+    assert!(!m.under_pressure());
+}

@@ -217,7 +217,7 @@ async fn listener() {
             tick.tick().await;
             let stat = rcmgr.stat();
             let spam = spam_host.message_stats(SPAM).map_or(0, |s| s.messages_sent);
-            println!(
+            let line = format!(
                 "STAT {} {} {} {} {} {} {} {}",
                 LIVE.load(Ordering::Relaxed),
                 rss_kib("self"),
@@ -228,7 +228,11 @@ async fn listener() {
                 spam,
                 stat.evictions
             );
-            let _ = std::io::stdout().flush();
+            // The parent is gone: so is the reason to run.
+            let mut out = std::io::stdout();
+            if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
+                std::process::exit(0);
+            }
         }
     });
     let mut line = String::new();

@@ -587,3 +587,83 @@ async fn full_accept_queue_holds_back_the_next_handshake() {
     client.close().await;
     server.close().await;
 }
+
+/// A resource manager that allows everything but says memory is short.
+struct UnderPressure;
+
+impl strata_core::ResourceManager for UnderPressure {
+    fn open_connection(
+        &self,
+        _direction: Direction,
+        _use_fd: bool,
+        _remote: &Multiaddr,
+    ) -> Result<strata_core::ConnScope, strata_core::ResourceError> {
+        Ok(strata_core::ConnScope::unlimited())
+    }
+    fn open_stream(
+        &self,
+        _peer: strata_core::PeerId,
+        _direction: Direction,
+    ) -> Result<strata_core::StreamScope, strata_core::ResourceError> {
+        Ok(strata_core::StreamScope::unlimited())
+    }
+    fn under_pressure(&self) -> bool {
+        true
+    }
+}
+
+/// The first datagram a dial sends: a real Initial (a ClientHello), captured by dialing a
+/// UDP socket that never answers.
+async fn an_initial() -> Vec<u8> {
+    let capture = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let to = ma(&format!(
+        "/ip4/127.0.0.1/udp/{}/quic-v1",
+        capture.local_addr().unwrap().port()
+    ));
+    let client = transport();
+    let dial = tokio::spawn({
+        let client = client.clone();
+        async move {
+            let _ = client.dial(&to, None).await;
+        }
+    });
+    let mut buf = vec![0u8; 2048];
+    let (n, _) = timeout(T, capture.recv_from(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    dial.abort();
+    client.close().await;
+    buf.truncate(n);
+    buf
+}
+
+/// The long-header packet type of the listener's answer to `initial` sent from a fresh
+/// address: 0 Initial (a handshake starts), 3 Retry (prove your address first).
+async fn answer_type(server: &QuicTransport, initial: &[u8]) -> u8 {
+    let listener = server
+        .listen_quic(&ma("/ip4/127.0.0.1/udp/0/quic-v1"))
+        .await
+        .unwrap();
+    let to = quic_socket_addr(strata_core::Listener::multiaddr(&listener)).unwrap();
+    let from = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    from.send_to(initial, to).await.unwrap();
+    let mut buf = vec![0u8; 2048];
+    let (n, _) = timeout(T, from.recv_from(&mut buf)).await.unwrap().unwrap();
+    assert!(n > 0 && buf[0] & 0x80 != 0, "a long-header answer");
+    (buf[0] >> 4) & 0x03
+}
+
+#[tokio::test]
+async fn under_memory_pressure_an_unproven_address_is_asked_for_a_retry() {
+    // A handshake or two in flight is far below `retry_above`: only the pressure the
+    // resource manager reports makes the listener ask for a Retry before keeping state.
+    let calm = transport();
+    assert_eq!(answer_type(&calm, &an_initial().await).await, 0, "Initial");
+    let pressed = QuicTransport::new(generate_ed25519(), QuicConfig::default())
+        .unwrap()
+        .with_resource_manager(Arc::new(UnderPressure));
+    assert_eq!(answer_type(&pressed, &an_initial().await).await, 3, "Retry");
+    calm.close().await;
+    pressed.close().await;
+}
