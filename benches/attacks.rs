@@ -27,7 +27,7 @@ fn wanted(name: &str) -> bool {
     std::env::var("ONLY").map_or(true, |only| name.contains(&only))
 }
 
-/// Runs one attack against a fresh listener and prints its row.
+/// Runs one attack against a fresh listener (its row is printed as it ends).
 async fn row<F, Fut, T>(name: &str, attack: F) -> Option<(Cost, T)>
 where
     F: FnOnce(&'static Target) -> Fut,
@@ -36,23 +36,10 @@ where
     if !wanted(name) {
         return None;
     }
-    // Leaked: one listener per attack, for the length of the bench.
+    // Leaked: one listener per attack, for the length of the bench (each exits when
+    // this process does).
     let target: &'static Target = Box::leak(Box::new(Target::start(&[])));
-    let honest = Honest::new(target).await;
-    honest.probe().await.expect("the honest peer connects");
-    let rest = target.rest().await;
-    let (out, honest_worst, honest_probes) = under_attack(&honest, attack(target)).await;
-    let peak = target.peak().await;
-    honest.close().await;
-    let cost = Cost {
-        attack: name.to_owned(),
-        rest,
-        peak,
-        honest_worst,
-        honest_probes,
-    };
-    println!("{}", cost.report());
-    Some((cost, out))
+    Some(measure(name, target, attack(target)).await)
 }
 
 async fn run() {
@@ -107,7 +94,7 @@ async fn run() {
         |t| async move {
             for _ in 0..2 {
                 let (hosts, streams) =
-                    fill_windows(t, &fill_sources, 200, 64, Duration::from_secs(3)).await;
+                    fill_windows(t, &fill_sources, 200, 64, Duration::from_secs(1)).await;
                 for h in hosts {
                     h.close().await;
                 }

@@ -41,40 +41,6 @@ fn target() -> Target {
 /// by number, not reserved).
 const MARGIN: u64 = 24 * MIB;
 
-/// A fresh listener, and an honest peer that has connected to it once.
-async fn start() -> (Target, Honest) {
-    let t = target();
-    let honest = Honest::new(&t).await;
-    honest
-        .probe()
-        .await
-        .expect("the honest peer connects before the attack");
-    (t, honest)
-}
-
-/// Runs `attack` (not started yet: futures are lazy) against `t` from rest, with the
-/// honest peer probing; returns its cost and its output.
-async fn measure<F: std::future::Future>(
-    name: &str,
-    t: &Target,
-    honest: Honest,
-    attack: F,
-) -> (Cost, F::Output) {
-    let rest = t.rest().await;
-    let (out, honest_worst, honest_probes) = under_attack(&honest, attack).await;
-    let peak = t.peak().await;
-    honest.close().await;
-    let cost = Cost {
-        attack: name.to_owned(),
-        rest,
-        peak,
-        honest_worst,
-        honest_probes,
-    };
-    eprintln!("{}", cost.report());
-    (cost, out)
-}
-
 fn assert_honest_in_time(cost: &Cost) {
     assert!(
         cost.honest_worst < Duration::from_secs(1),
@@ -109,11 +75,10 @@ async fn syn_flood_from_a_peer_that_never_reads_is_pushed_back() {
     // 5,000,000 SYNs (60 MB) for streams past the limit of 512, never reading the resets
     // we answer with: we stop reading once 16 KiB of answers wait.
     const SYNS: u64 = 5_000_000;
-    let (t, honest) = start().await;
+    let t = target();
     let (cost, sent) = measure(
         "5,000,000 SYNs, never reading",
         &t,
-        honest,
         syn_flood(&t, SYNS, Duration::from_secs(4)),
     )
     .await;
@@ -126,11 +91,10 @@ async fn syn_flood_from_a_peer_that_never_reads_is_pushed_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_opened_and_reset_at_once_cost_nothing_lasting() {
     let _serial = SERIAL.lock().await;
-    let (t, honest) = start().await;
+    let t = target();
     let (cost, sent) = measure(
         "100,000 streams opened and reset, never reading",
         &t,
-        honest,
         open_and_reset(&t, 100_000, Duration::from_secs(8)),
     )
     .await;
@@ -144,11 +108,10 @@ async fn one_address_with_32_identities_is_held_to_its_memory_cap() {
     let _serial = SERIAL.lock().await;
     // 32 connections of fresh identities from one address, 128 streams each, 256 KiB on
     // each toward a handler that never reads: 1 GiB asked for, 64 MiB allowed.
-    let (t, honest) = start().await;
+    let t = target();
     let (cost, held) = measure(
         "one address, 32 identities filling windows",
         &t,
-        honest,
         fill_windows(&t, &[loopback(3, 1)], 32, 128, Duration::from_secs(3)),
     )
     .await;
@@ -179,11 +142,10 @@ async fn a_stalled_message_handler_holds_back_its_sender() {
     let _serial = SERIAL.lock().await;
     // 1 MiB messages as fast as the sender may, to a handler that never returns: the
     // queue (4 MiB) fills, then the stream's window, then the sender waits.
-    let (t, honest) = start().await;
+    let t = target();
     let (cost, sent) = measure(
         "1 MiB messages to a stalled handler",
         &t,
-        honest,
         stalled_handler(&t, Duration::from_secs(4)),
     )
     .await;
@@ -200,11 +162,10 @@ async fn a_stalled_message_handler_holds_back_its_sender() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_to_a_peer_that_never_reads_wait_in_a_bounded_queue() {
     let _serial = SERIAL.lock().await;
-    let (t, honest) = start().await;
+    let t = target();
     let (cost, ()) = measure(
         "1 MiB messages to a peer that never reads",
         &t,
-        honest,
         never_reads_messages(&t, Duration::from_secs(4)),
     )
     .await;
@@ -229,11 +190,10 @@ async fn silent_quic_handshakes_hold_their_real_cost_and_are_cut() {
     let sources: Vec<_> = (1..=50).map(|h| loopback(4, h)).collect();
     // 500 real Initials from 50 addresses, then silence, for longer than the progress
     // deadline (5 s).
-    let (t, honest) = start().await;
+    let t = target();
     let (cost, ()) = measure(
         "500 silent QUIC handshakes from 50 addresses",
         &t,
-        honest,
         silent_quic_handshakes(&t, &sources, 500, Duration::from_secs(7)),
     )
     .await;
@@ -276,11 +236,10 @@ async fn slow_websocket_frames_are_reserved_and_cut() {
     // (64) leaves all 200 in flight at once.
     let sources: Vec<_> = (0..40u8).map(|i| loopback(40 + i / 5, 1 + i % 5)).collect();
     // Each announces a 1 MiB frame (tungstenite would allocate it whole) and trickles.
-    let (t, honest) = start().await;
+    let t = target();
     let (cost, (closed, took)) = measure(
         "200 WebSocket connections, 1 MiB frames, slowly",
         &t,
-        honest,
         slow_ws_frames(&t, &sources, 200, Duration::from_secs(10)),
     )
     .await;
@@ -311,11 +270,10 @@ async fn stalls_inside_noise_are_evictable_and_cut_at_the_progress_deadline() {
     let sources: Vec<_> = (0..125u8)
         .map(|i| loopback(20 + i / 8, 1 + i % 8))
         .collect();
-    let (t, honest) = start().await;
+    let t = target();
     let (cost, (closed, took)) = measure(
         "1,000 connections stalled inside Noise",
         &t,
-        honest,
         stall_inside_noise(&t, &sources, 1000, Duration::from_secs(10)),
     )
     .await;
@@ -347,11 +305,11 @@ async fn peers_that_fill_windows_and_leave_cannot_grow_memory_by_returning() {
     // it again. What the handler still holds stays charged (to the subnet among others),
     // so the second round cannot add to it past the subnet's 128 MiB.
     let sources: Vec<_> = (1..=50).map(|h| loopback(8, h)).collect();
-    let (t, honest) = start().await;
+    let t = target();
     let rounds = async {
         for _round in 0..2 {
             let (hosts, streams) =
-                fill_windows(&t, &sources, 200, 64, Duration::from_secs(3)).await;
+                fill_windows(&t, &sources, 200, 64, Duration::from_secs(1)).await;
             // Leave without reading: the connections close, the streams are not reset.
             for h in hosts {
                 h.close().await;
@@ -359,13 +317,7 @@ async fn peers_that_fill_windows_and_leave_cannot_grow_memory_by_returning() {
             drop(streams);
         }
     };
-    let (cost, ()) = measure(
-        "200 peers x 64 full windows, leave, 200 more",
-        &t,
-        honest,
-        rounds,
-    )
-    .await;
+    let (cost, ()) = measure("200 peers x 64 full windows, leave, 200 more", &t, rounds).await;
     assert!(
         cost.books_growth() <= 128 * MIB + 4 * MIB,
         "books grew {} bytes",
@@ -393,11 +345,10 @@ async fn identify_push_prefixes_allocate_nothing_ahead() {
     let _serial = SERIAL.lock().await;
     // 8 connections x 128 identify push streams, each sent a 3-byte prefix announcing
     // 64 KiB and nothing more (each allocated 64 KiB before: 64 MiB).
-    let (t, honest) = start().await;
+    let t = target();
     let (cost, hosts) = measure(
         "identify push: 8 x 128 streams, 3-byte prefix",
         &t,
-        honest,
         identify_push_prefixes(&t, 8, 128, Duration::from_secs(2)),
     )
     .await;

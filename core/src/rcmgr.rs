@@ -50,12 +50,18 @@ use crate::identity::PeerId;
 /// succeeds only while the scope's usage after it stays within `limit × (p + 1) / 256`.
 /// Growth that is nice to have asks with a low priority, so it fails long before what
 /// a connection needs to work at all.
+///
+/// The convention: what a remote fills with data (stream windows, frames it announces)
+/// asks with [`priority::HIGH`], so that the last fifth of a scope stays for what lets a
+/// connection go on at all (its security and muxer buffers, [`priority::ALWAYS`]): a
+/// connection whose streams filled its budget gets its new streams refused, and keeps
+/// working.
 pub mod priority {
     /// Optional growth (a larger muxer window): up to about 40% of the limit.
     pub const LOW: u8 = 101;
     /// Up to about 60% of the limit.
     pub const MEDIUM: u8 = 152;
-    /// Up to about 80% of the limit.
+    /// Data a remote sends us (stream windows, frames): up to about 80% of the limit.
     pub const HIGH: u8 = 203;
     /// What a connection or stream cannot work without: the whole limit.
     pub const ALWAYS: u8 = 255;

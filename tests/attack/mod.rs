@@ -465,15 +465,14 @@ impl Cost {
 // The well-behaved peer.
 
 /// A TCP+Noise host on 127.0.0.1 that connects to the target afresh and echoes.
-#[derive(Clone)]
-pub struct Honest {
+struct Honest {
     host: Host,
     target: PeerId,
     addr: Multiaddr,
 }
 
 impl Honest {
-    pub async fn new(target: &Target) -> Honest {
+    async fn new(peer: PeerId, addr: Multiaddr) -> Honest {
         let (host, _) = HostBuilder::new()
             .no_quic()
             .security(vec![Security::Noise])
@@ -482,13 +481,13 @@ impl Honest {
             .unwrap();
         Honest {
             host,
-            target: target.peer,
-            addr: strata::core::addr::without_peer_id(&target.tcp),
+            target: peer,
+            addr,
         }
     }
 
     /// A new connection and one echo: how long it took (an error is a failure).
-    pub async fn probe(&self) -> Result<Duration, String> {
+    async fn probe(&self) -> Result<Duration, String> {
         self.host.network().close_peer(&self.target).await;
         self.host.network().clear_backoff(&self.target);
         let started = Instant::now();
@@ -518,45 +517,93 @@ impl Honest {
             .map_err(|_| "no echo within 5 s".to_owned())??;
         Ok(started.elapsed())
     }
+}
 
-    pub async fn close(self) {
-        self.host.close().await
+/// The well-behaved peer, probing every 200 ms on a thread and a runtime of its own (so
+/// that attackers in this process, busy on theirs, do not slow it down; what it measures
+/// is the listener).
+pub struct Prober {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<(Duration, usize)>,
+}
+
+impl Prober {
+    /// Starts probing `target`; returns once the first probe has succeeded (it panics if
+    /// the peer cannot connect before any attack).
+    pub async fn start(target: &Target) -> Prober {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let (peer, addr) = (
+            target.peer,
+            strata::core::addr::without_peer_id(&target.tcp),
+        );
+        let stopped = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime");
+            rt.block_on(async move {
+                let honest = Honest::new(peer, addr).await;
+                let first = honest.probe().await;
+                let _ = ready_tx.send(first.clone());
+                let mut worst = first.unwrap_or(Duration::from_secs(5));
+                let mut probes = 1;
+                while !stopped.load(Ordering::Acquire) {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    let took = match honest.probe().await {
+                        Ok(d) => d,
+                        Err(e) => {
+                            eprintln!("honest probe failed: {e}");
+                            Duration::from_secs(5)
+                        }
+                    };
+                    probes += 1;
+                    worst = worst.max(took);
+                }
+                honest.host.close().await;
+                (worst, probes)
+            })
+        });
+        ready_rx
+            .await
+            .expect("the prober starts")
+            .expect("the honest peer connects before the attack");
+        Prober { stop, thread }
+    }
+
+    /// Stops probing; returns the slowest probe (a failed one counts as 5 s) and how many
+    /// ran.
+    pub async fn finish(self) -> (Duration, usize) {
+        self.stop.store(true, Ordering::Release);
+        let thread = self.thread;
+        tokio::task::spawn_blocking(move || thread.join().expect("the prober ends"))
+            .await
+            .expect("joined")
     }
 }
 
-/// Runs `attack` while the honest peer probes every 200 ms on a task of its own (so an
-/// attack that keeps its task busy does not hold the probes back); returns the attack's
-/// output, the slowest probe and how many probes ran. A failed probe counts as 5 s.
-pub async fn under_attack<F: std::future::Future>(
-    honest: &Honest,
+/// Runs `attack` against `target` from rest, with the honest peer probing; returns its
+/// cost and its output.
+pub async fn measure<F: std::future::Future>(
+    name: &str,
+    target: &Target,
     attack: F,
-) -> (F::Output, Duration, usize) {
-    let stop = tokio_util::sync::CancellationToken::new();
-    let prober = honest.clone();
-    let stopped = stop.clone();
-    let probing = tokio::spawn(async move {
-        let mut worst = Duration::ZERO;
-        let mut probes = 0;
-        loop {
-            let took = match prober.probe().await {
-                Ok(d) => d,
-                Err(e) => {
-                    eprintln!("honest probe failed: {e}");
-                    Duration::from_secs(5)
-                }
-            };
-            probes += 1;
-            worst = worst.max(took);
-            tokio::select! {
-                _ = stopped.cancelled() => return (worst, probes),
-                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
-            }
-        }
-    });
+) -> (Cost, F::Output) {
+    let prober = Prober::start(target).await;
+    let rest = target.rest().await;
     let out = attack.await;
-    stop.cancel();
-    let (worst, probes) = probing.await.expect("the prober ends");
-    (out, worst, probes)
+    let peak = target.peak().await;
+    let (honest_worst, honest_probes) = prober.finish().await;
+    let cost = Cost {
+        attack: name.to_owned(),
+        rest,
+        peak,
+        honest_worst,
+        honest_probes,
+    };
+    println!("{}", cost.report());
+    (cost, out)
 }
 
 /// `127.0.<subnet>.<host>`.
@@ -764,10 +811,16 @@ pub async fn fill_windows(
             assert!(local.starts_with(&want), "attacker {i} left from {local}");
         }
     }
-    let fills = hosts
-        .iter()
-        .map(|h| fill_sinks(h, target, streams, 256 * 1024, time));
-    let held = join_all(fills).await.into_iter().flatten().collect();
+    // Fifty peers at a time: the memory they pile up is the same, the listener's CPU
+    // is shared with the well-behaved peer rather than swamped (debug builds on two
+    // cores).
+    let mut held = Vec::new();
+    for group in hosts.chunks(50) {
+        let fills = group
+            .iter()
+            .map(|h| fill_sinks(h, target, streams, 256 * 1024, time));
+        held.extend(join_all(fills).await.into_iter().flatten());
+    }
     (hosts, held)
 }
 

@@ -653,7 +653,8 @@ impl FrameBudget {
                     format!("websocket frame of {len} bytes exceeds the limit of {max_frame}"),
                 ));
             }
-            held.grow(len as usize, priority::ALWAYS).map_err(|e| {
+            // Data the remote sends: HIGH, so the connection's own buffers keep room.
+            held.grow(len as usize, priority::HIGH).map_err(|e| {
                 io::Error::new(
                     io::ErrorKind::OutOfMemory,
                     format!("no memory for a websocket frame of {len} bytes: {e}"),

@@ -39,6 +39,8 @@ use crate::security::SecureStream;
 const READ_CHUNK: usize = 64 * 1024;
 /// The room a quiet connection's first read gets.
 const READ_START: usize = 4 * 1024;
+/// What the read buffer may hold at most (a chunk, and the partial frame before it).
+const READ_BOOK: usize = 2 * READ_CHUNK;
 /// Reads, then writes, per turn of the driver before it lets other tasks run.
 const READS_PER_TURN: usize = 32;
 /// Frames handed to one vectored write.
@@ -145,7 +147,8 @@ pub(crate) struct Driver {
     /// Set once we close: the deadline after which the socket is dropped.
     closing: Option<Pin<Box<Sleep>>>,
     shut_down: bool,
-    /// Memory reserved for the read buffer and the write queue.
+    /// Memory reserved for the read buffer and the control frames that may wait, for the
+    /// connection's life.
     buffers: Option<Reservation>,
 }
 
@@ -185,18 +188,24 @@ impl Driver {
         };
         tracing::debug!(peer = %self.session.peer, %reason, "yamux connection ended");
         let Driver {
-            session, buffers, ..
+            session,
+            buffers,
+            read_buf,
+            ..
         } = self;
         drop(session.io.take());
         let scope = session.end(reason);
+        drop(read_buf);
         drop(buffers);
         drop(scope);
     }
 
-    /// Memory the driver's buffers take: the read buffer, the write queue, and the
-    /// control frames that may wait beside it (queued, and being written).
-    pub(crate) fn buffer_size(config: &super::YamuxConfig) -> usize {
-        READ_CHUNK * 2 + config.write_queue_limit() + 2 * MAX_QUEUED_CONTROL
+    /// Memory the driver books for the connection's life: the read buffer (at most
+    /// [`READ_BOOK`]; a quiet connection frees it, but reading must never wait for memory)
+    /// and the control frames that may wait (queued, and being written). The write
+    /// queue's data frames are booked as they are queued.
+    pub(crate) fn buffer_size(_config: &super::YamuxConfig) -> usize {
+        READ_BOOK + 2 * MAX_QUEUED_CONTROL
     }
 
     /// Reserves the buffers (before the task starts, so that what the connection holds
@@ -728,6 +737,11 @@ impl Driver {
                     st.written(n, limit);
                     if !self.written_frames.is_empty() {
                         st.keep_spare_frames(&mut self.written_frames, limit);
+                    }
+                    if self.writing.is_empty() {
+                        // All written and nothing kept: the queue's memory goes back now,
+                        // not at the next idle turn (there may be none for long).
+                        st.unbook_queue_if_idle();
                     }
                     drop(st);
                     self.needs_flush = true;

@@ -47,6 +47,9 @@ const MAX_SPARE_FRAMES: usize = 2;
 /// flow control instead of growing our queue.
 pub(crate) const MAX_QUEUED_CONTROL: usize = 16 * 1024;
 
+/// The write queue's memory is booked in steps of this much (see `State::queue_held`).
+const QUEUE_BOOKING_STEP: usize = 64 * 1024;
+
 /// Refused inbound stream IDs remembered (see `State::refused`).
 const MAX_REMEMBERED_REFUSALS: usize = 1024;
 
@@ -231,6 +234,10 @@ pub(crate) struct State {
     /// what is queued stay within the queue limit together.
     spare_frames: Vec<BytesMut>,
     spare_bytes: usize,
+    /// The write queue's memory: booked in steps of [`QUEUE_BOOKING_STEP`] ahead of the
+    /// data frames and spare buffers it holds, given back when it is idle (nothing
+    /// queued, no spare buffer).
+    queue_held: Reservation,
     driver: Option<Waker>,
     /// Streams whose writer waits for room in the queue, first come first woken (each
     /// stream's waker and wanted bytes are in its state, so a writer polled twice waits
@@ -349,6 +356,7 @@ impl Session {
                 control_queued: 0,
                 spare_frames: Vec::new(),
                 spare_bytes: 0,
+                queue_held: scope.memory().empty(),
                 driver: None,
                 space: VecDeque::new(),
                 inbound: VecDeque::new(),
@@ -408,6 +416,9 @@ impl Session {
         st.writing_through = false;
         let total = HEADER_LEN + body.len();
         if done > 0 && done < total {
+            // What the stream did not take must be queued, whatever the books say (it
+            // is at most a small frame).
+            let _ = st.book_queue_for(total - done);
             let head = header.encode();
             let mut rest = BytesMut::with_capacity(total - done);
             if done < HEADER_LEN {
@@ -560,6 +571,7 @@ impl Session {
             st.space.clear();
             st.out.clear();
             st.control_tail = BytesMut::new();
+            st.out_bytes = 0;
             st.drop_spare_frames();
             // The windows go back now, but what streams still buffer stays reserved
             // (its handle may be read long after) until it is read or dropped.
@@ -612,11 +624,13 @@ impl State {
     }
 
     /// Reserves the window of a new stream: the largest of [`WINDOW_TIERS`] that fits
-    /// (a smaller window rather than a refusal while memory runs short).
+    /// (a smaller window rather than a refusal while memory runs short). Windows are
+    /// data the remote sends: they ask with `HIGH` priority, so that what the connection
+    /// needs to go on (its security and muxer buffers) always finds room.
     fn reserve_initial_window(&mut self, config: &YamuxConfig) -> Result<u32, ResourceError> {
         let mut refused = None;
         for window in WINDOW_TIERS {
-            match self.reserve_window(config, window as usize, priority::ALWAYS) {
+            match self.reserve_window(config, window as usize, priority::HIGH) {
                 Ok(()) => return Ok(window),
                 Err(e) => refused = Some(e),
             }
@@ -646,7 +660,7 @@ impl State {
         if more == 0 {
             return Ok(());
         }
-        self.reserve_window(config, more, priority::ALWAYS)?;
+        self.reserve_window(config, more, priority::HIGH)?;
         if let Some(s) = self.streams.get_mut(&id) {
             s.reserved += more;
         }
@@ -752,11 +766,41 @@ impl State {
             && self.control_queued < MAX_QUEUED_CONTROL
     }
 
+    /// Books room for `extra` more bytes in the write queue (beside its data frames and
+    /// spare buffers), in steps of [`QUEUE_BOOKING_STEP`].
+    pub(crate) fn book_queue_for(&mut self, extra: usize) -> Result<(), ResourceError> {
+        let need = self.out_bytes + self.spare_bytes + extra;
+        let held = self.queue_held.size();
+        if need > held {
+            let step = (need - held).div_ceil(QUEUE_BOOKING_STEP) * QUEUE_BOOKING_STEP;
+            self.queue_held.grow(step, priority::ALWAYS)?;
+        }
+        Ok(())
+    }
+
+    /// Gives the write queue's memory back once it holds nothing.
+    pub(crate) fn unbook_queue_if_idle(&mut self) {
+        if self.out_bytes == 0 && self.spare_frames.is_empty() && self.out.is_empty() {
+            let held = self.queue_held.size();
+            self.queue_held.shrink(held);
+        }
+    }
+
     /// Queues a data frame: header and body in one buffer, so they leave in one write.
-    pub(crate) fn queue_data(&mut self, header: Header, body: &[u8]) {
+    /// The queue's memory is booked first; when it cannot be, nothing is queued.
+    pub(crate) fn queue_data(&mut self, header: Header, body: &[u8]) -> Result<(), ResourceError> {
+        // A spare buffer takes the frame without new memory; only a fresh one is booked.
+        let reuses = body.len() > WRITE_THROUGH_MAX
+            && self
+                .spare_frames
+                .last()
+                .is_some_and(|b| b.capacity() >= HEADER_LEN + body.len());
+        if !reuses {
+            self.book_queue_for(HEADER_LEN + body.len())?;
+        }
         self.seal_control();
         // Spare buffers are large: a small frame takes fresh memory of its own size.
-        let spare = if body.len() > WRITE_THROUGH_MAX {
+        let spare = if reuses {
             self.spare_frames.pop()
         } else {
             None
@@ -775,6 +819,7 @@ impl State {
         self.out_bytes += frame.len();
         self.out.push_back(frame.freeze());
         self.wake_driver();
+        Ok(())
     }
 
     /// Keeps the buffers of written frames for reuse, as far as the queue limit allows.
@@ -783,6 +828,7 @@ impl State {
             let size = frame.capacity();
             if self.spare_frames.len() < MAX_SPARE_FRAMES
                 && self.out_bytes + self.spare_bytes + size <= limit
+                && self.book_queue_for(size).is_ok()
             {
                 self.spare_bytes += size;
                 self.spare_frames.push(frame);
@@ -790,10 +836,12 @@ impl State {
         }
     }
 
-    /// Lets go of the spare frame buffers (the connection has nothing to write).
+    /// Lets go of the spare frame buffers (the connection has nothing to write), and of
+    /// the queue's memory if nothing is queued either.
     pub(crate) fn drop_spare_frames(&mut self) {
         self.spare_frames = Vec::new();
         self.spare_bytes = 0;
+        self.unbook_queue_if_idle();
     }
 
     /// Room in the queue for data, for a writer; registers `waker` when there is none.
@@ -1044,13 +1092,15 @@ mod tests {
         st.keep_spare_frames(&mut written, limit);
         assert!(written.is_empty());
         assert_eq!(st.spare_bytes, 40_000);
-        st.queue_data(Header::new(FrameType::Data, 0, 1, 100), &[7; 100]);
+        st.queue_data(Header::new(FrameType::Data, 0, 1, 100), &[7; 100])
+            .unwrap();
         assert_ne!(st.out.back().map(|f| f.as_ptr()), Some(kept_at));
         assert_eq!(
             st.spare_bytes, 40_000,
             "a small frame leaves the spare alone"
         );
-        st.queue_data(Header::new(FrameType::Data, 0, 1, 30_000), &[7; 30_000]);
+        st.queue_data(Header::new(FrameType::Data, 0, 1, 30_000), &[7; 30_000])
+            .unwrap();
         let frame = st.out.back().expect("queued");
         assert_eq!(frame.as_ptr(), kept_at, "the spare buffer is used again");
         assert_eq!(frame.len(), HEADER_LEN + 30_000);
@@ -1156,7 +1206,8 @@ mod tests {
         for id in [1, 3, 5] {
             st.queue_control(Header::new(FrameType::WindowUpdate, flags::RST, id, 0));
         }
-        st.queue_data(Header::new(FrameType::Data, 0, 7, 2), b"hi");
+        st.queue_data(Header::new(FrameType::Data, 0, 7, 2), b"hi")
+            .unwrap();
         st.queue_control(Header::new(FrameType::WindowUpdate, flags::FIN, 7, 0));
         assert_eq!(st.control_queued, 4 * HEADER_LEN);
         assert!(st.may_read_more());

@@ -167,7 +167,18 @@ impl AsyncWrite for YamuxStream {
         let header = Header::new(FrameType::Data, open_flag, this.id, n as u32);
         let (written, mut st) = session.write_through(st, header, &buf[..n], cx);
         if !written {
-            st.queue_data(header, &buf[..n]);
+            if let Err(e) = st.queue_data(header, &buf[..n]) {
+                // No memory for the write queue: nothing was sent; the stream stays as
+                // it was, and the writer hears why.
+                if let Some(s) = st.streams.get_mut(&this.id) {
+                    s.send_credit += n as u32;
+                    s.open_flag = open_flag;
+                }
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::OutOfMemory,
+                    format!("no memory for the yamux write queue: {e}"),
+                )));
+            }
         }
         Poll::Ready(Ok(n))
     }
