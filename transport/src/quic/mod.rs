@@ -93,7 +93,7 @@ pub struct QuicTransport {
 
 /// What an inbound QUIC handshake holds before its windows are reserved: quinn's
 /// connection state, rustls' handshake and its buffers, and the first window each way
-/// ([`config::FIRST_WINDOW`]). The counting allocator of the facade's `tests/attacks.rs`
+/// (64 KiB). The counting allocator of the facade's `tests/attacks.rs`
 /// measures about 60 KiB of live heap per handshake held (client silent after its
 /// Initial), the windows unused.
 pub const QUIC_HANDSHAKE_MEMORY: usize = 96 * 1024 + 2 * config::FIRST_WINDOW as usize;
