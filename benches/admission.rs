@@ -13,6 +13,7 @@ use std::io::BufRead;
 use std::net::{IpAddr, SocketAddr};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use strata::core::sys::{raise_fd_limit, rss_kib};
 
 use strata::core::addr::tcp_socket_addr;
 use strata::core::{Multiaddr, PeerId};
@@ -22,20 +23,6 @@ use tokio::net::{TcpSocket, TcpStream};
 
 const ECHO: &str = "/echo/1.0.0";
 const SAMPLES: usize = 15;
-
-fn raise_fd_limit() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit and setrlimit only read or write the struct we pass.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
-    }
-}
 
 /// The child: a host with default limits, echoing, until stdin closes.
 async fn listener() {
@@ -58,15 +45,6 @@ async fn listener() {
     let mut line = String::new();
     let _ = tokio::task::spawn_blocking(move || std::io::stdin().read_line(&mut line)).await;
     host.close().await;
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
 }
 
 /// The median time for a fresh client to connect and echo one message.
@@ -186,7 +164,7 @@ async fn parent() {
     rows.push(Row {
         case: "no flood",
         connect,
-        rss_kib: rss_kib(pid),
+        rss_kib: rss_kib(Some(pid)),
     });
 
     let flood = silent(target, "127.0.0.2".parse().unwrap(), 5000).await;
@@ -195,7 +173,7 @@ async fn parent() {
     rows.push(Row {
         case: "5,000 silent sockets from 127.0.0.2",
         connect,
-        rss_kib: rss_kib(pid),
+        rss_kib: rss_kib(Some(pid)),
     });
     drop(flood);
 
@@ -208,7 +186,7 @@ async fn parent() {
     rows.push(Row {
         case: "5,000 silent sockets from 50 addresses of the same /24",
         connect,
-        rss_kib: rss_kib(pid),
+        rss_kib: rss_kib(Some(pid)),
     });
     drop(flood);
 
@@ -219,7 +197,7 @@ async fn parent() {
     rows.push(Row {
         case: "slowloris: 1,000 sockets, one byte a second",
         connect,
-        rss_kib: rss_kib(pid),
+        rss_kib: rss_kib(Some(pid)),
     });
     let _ = stop_tx.send(true);
 

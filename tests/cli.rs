@@ -30,13 +30,14 @@ impl Drop for Running {
 
 /// Starts `strata listen ...` and returns it with a channel of its stdout lines.
 fn listen(args: &[&str]) -> (Running, mpsc::Receiver<String>) {
-    let mut child = Command::new(BIN)
-        .arg("listen")
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
+    let mut command = Command::new(BIN);
+    command.arg("listen").args(args).stderr(Stdio::inherit());
+    run_with_lines(command)
+}
+
+/// Starts `command` and returns it with a channel of its stdout lines.
+fn run_with_lines(mut command: Command) -> (Running, mpsc::Receiver<String>) {
+    let mut child = command.stdout(Stdio::piped()).spawn().unwrap();
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
@@ -550,25 +551,11 @@ fn rust_log_writes_logs_to_stderr_and_leaves_stdout_alone() {
 #[test]
 fn listen_starts_under_a_descriptor_limit_of_100() {
     let _serial = serial();
-    let mut child = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "ulimit -n 100 && exec {BIN} listen --tcp /ip4/127.0.0.1/tcp/0 --seed 1"
-        ))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, lines) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    let mut listener = Running(child);
+    let mut command = Command::new("sh");
+    command.arg("-c").arg(format!(
+        "ulimit -n 100 && exec {BIN} listen --tcp /ip4/127.0.0.1/tcp/0 --seed 1"
+    ));
+    let (mut listener, lines) = run_with_lines(command);
     let addr = next_line(&lines, "LISTEN ")
         .strip_prefix("LISTEN ")
         .unwrap()

@@ -20,6 +20,39 @@ pub fn fd_limit() -> u64 {
     soft
 }
 
+/// Raises the soft descriptor limit to the hard one (what a busy listener, or a test
+/// holding thousands of sockets, wants) and returns the soft limit then in force.
+pub fn raise_fd_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read or write the struct we pass, which lives
+    // for the call.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+    fd_limit()
+}
+
+/// The resident set of process `pid` (this process with `None`) in KiB, from `/proc`;
+/// 0 where it cannot be read.
+pub fn rss_kib(pid: Option<u32>) -> u64 {
+    let path = match pid {
+        Some(pid) => format!("/proc/{pid}/status"),
+        None => "/proc/self/status".to_owned(),
+    };
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
 /// The machine's physical memory in bytes, or 1 GiB when it cannot be read.
 pub fn total_memory() -> u64 {
     // SAFETY: sysconf takes no pointers; it returns -1 on error, handled below.
@@ -43,5 +76,8 @@ mod tests {
     fn limits_are_read() {
         assert!(fd_limit() >= 16);
         assert!(total_memory() >= 64 << 20);
+        assert!(raise_fd_limit() >= fd_limit().min(16));
+        assert!(rss_kib(None) > 0);
+        assert_eq!(rss_kib(Some(u32::MAX)), 0);
     }
 }

@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use strata_core::sys::rss_kib;
 
 use strata_core::identity::generate_ed25519;
 use strata_core::{CapableConn, Keypair, Multiaddr, PeerId, Transport};
@@ -67,15 +68,6 @@ async fn stranger(server: &Multiaddr, host: PeerId) {
     conn.close().await;
 }
 
-fn rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
 async fn churn_host(max_peers: usize, grace: Duration) -> (Host, Multiaddr) {
     let swarm = SwarmConfig {
         peerstore: PeerstoreConfig {
@@ -128,11 +120,11 @@ async fn ten_thousand_strangers_leave_nothing_behind() {
         while batch.next().await.is_some() {}
         peak = peak.max(host.peerstore().len());
         if round == 9 {
-            rss_after_warmup = rss_kib();
+            rss_after_warmup = rss_kib(None);
         }
     }
     let took = start.elapsed();
-    let rss_end = rss_kib();
+    let rss_end = rss_kib(None);
     eprintln!(
         "10,000 strangers in {took:?}; peerstore peak {peak}; RSS {rss_after_warmup} KiB after 2,000, {rss_end} KiB after 10,000"
     );

@@ -7,6 +7,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use strata_core::sys::raise_fd_limit;
 
 use strata_core::addr::tcp_socket_addr;
 use strata_core::{Multiaddr, ResourceManager};
@@ -24,24 +25,6 @@ const LIMIT: Duration = Duration::from_secs(30);
 
 /// One flood at a time: each holds thousands of descriptors.
 static SERIAL: Mutex<()> = Mutex::const_new(());
-
-/// Raises the soft descriptor limit to the hard one, for the flooders' sockets.
-fn raise_fd_limit() -> u64 {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit and setrlimit only read or write the struct we pass, which lives
-    // for the call.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
-    }
-    lim.rlim_cur
-}
 
 /// How many flood sockets this machine's descriptor limit allows (the 5,000 when
 /// it can; the listener side needs its own share).

@@ -15,6 +15,7 @@
 use std::io::BufRead;
 use std::process::{Command, Stdio};
 use std::time::Duration;
+use strata_core::sys::{raise_fd_limit, rss_kib};
 
 use futures::StreamExt;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
@@ -23,20 +24,6 @@ use strata_core::{Multiaddr, PeerId};
 use strata_host::{Host, HostBuilder, Security};
 
 const CONNS: usize = 1000;
-
-fn raise_fd_limit() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit and setrlimit only read or write the struct we pass.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
-    }
-}
 
 async fn wait_for_stdin_close() {
     let mut line = String::new();
@@ -103,15 +90,6 @@ async fn libp2p_listener() {
     }
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
 async fn dialer() -> Host {
     HostBuilder::new()
         .no_quic()
@@ -162,9 +140,9 @@ async fn measure(role: &str) -> f64 {
     let addr = strata_core::addr::without_peer_id(&full);
     // A warm-up, so that what both allocate once is in the baseline.
     let warm = connect(10, server, &addr).await;
-    let before = rss_kib(pid);
+    let before = rss_kib(Some(pid));
     let hosts = connect(CONNS, server, &addr).await;
-    let after = rss_kib(pid);
+    let after = rss_kib(Some(pid));
     for h in hosts.iter().chain(warm.iter()) {
         h.close().await;
     }

@@ -18,6 +18,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicIsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use strata::core::sys::{raise_fd_limit, rss_kib};
 
 use futures::future::join_all;
 use strata::core::addr::{quic_socket_addr, tcp_socket_addr};
@@ -101,33 +102,6 @@ pub const SINK: &str = "/sink/1.0.0";
 pub const STALL: &str = "/stall/1.0.0";
 /// A message protocol on which the listener sends 1 MiB messages as fast as it may.
 pub const SPAM: &str = "/spam/1.0.0";
-
-/// Raises the soft descriptor limit to the hard one; returns it.
-pub fn raise_fd_limit() -> u64 {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit and setrlimit only read or write the struct we pass, which lives
-    // for the call.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
-    }
-    lim.rlim_cur
-}
-
-fn rss_kib(pid: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
 
 struct Stalled;
 
@@ -220,7 +194,7 @@ async fn listener() {
             let line = format!(
                 "STAT {} {} {} {} {} {} {} {}",
                 LIVE.load(Ordering::Relaxed),
-                rss_kib("self"),
+                rss_kib(None),
                 stat.system.memory,
                 stat.transient.memory,
                 stat.pending_handshakes,

@@ -1068,23 +1068,26 @@ mod tests {
         }
     }
 
-    /// Writes one frame through a stream that takes `take` bytes; returns whether it was
-    /// written through, and what then sits in the queue.
-    /// A written frame's buffer is copied into again for the next frame; what spare
-    /// buffers hold and what is queued stay within the queue limit together; an idle
-    /// connection lets them go.
-    #[test]
-    fn written_frame_buffers_are_reused_within_the_queue_limit() {
-        let session = Session::new(
+    /// A session over a secured stream that takes `take` bytes, then pushes back.
+    fn session_taking(take: usize) -> Session {
+        Session::new(
             PeerId::random(),
             YamuxConfig::default(),
             Direction::Outbound,
             Arc::new(ConnScope::unlimited()),
             Box::new(TakesFew {
-                take: 0,
+                take,
                 got: Vec::new(),
             }),
-        );
+        )
+    }
+
+    /// A written frame's buffer is copied into again for the next frame; what spare
+    /// buffers hold and what is queued stay within the queue limit together; an idle
+    /// connection lets them go.
+    #[test]
+    fn written_frame_buffers_are_reused_within_the_queue_limit() {
+        let session = session_taking(0);
         let limit = 100_000;
         let mut st = session.lock();
         let mut written = vec![BytesMut::with_capacity(40_000)];
@@ -1119,18 +1122,10 @@ mod tests {
         assert_eq!((st.spare_frames.len(), st.spare_bytes), (0, 0));
     }
 
+    /// Writes one frame through a stream that takes `take` bytes; returns whether it was
+    /// written through, and what then sits in the queue.
     fn write_through_taking(take: usize) -> (bool, Vec<u8>, usize) {
-        let io = TakesFew {
-            take,
-            got: Vec::new(),
-        };
-        let session = Session::new(
-            PeerId::random(),
-            YamuxConfig::default(),
-            Direction::Outbound,
-            Arc::new(ConnScope::unlimited()),
-            Box::new(io),
-        );
+        let session = session_taking(take);
         let header = Header::new(FrameType::Data, 0, 1, 5);
         let mut cx = Context::from_waker(Waker::noop());
         let (through, st) = session.write_through(session.lock(), header, b"hello", &mut cx);
@@ -1192,16 +1187,7 @@ mod tests {
 
     #[test]
     fn control_frames_gather_in_one_buffer_and_stay_in_order() {
-        let session = Session::new(
-            PeerId::random(),
-            YamuxConfig::default(),
-            Direction::Outbound,
-            Arc::new(ConnScope::unlimited()),
-            Box::new(TakesFew {
-                take: 0,
-                got: Vec::new(),
-            }),
-        );
+        let session = session_taking(0);
         let mut st = session.lock();
         for id in [1, 3, 5] {
             st.queue_control(Header::new(FrameType::WindowUpdate, flags::RST, id, 0));
