@@ -89,13 +89,15 @@ pub trait StreamIo: AsyncRead + AsyncWrite + Send + Unpin + 'static {
     fn reset(&mut self);
 }
 
-/// A stream on a capable connection, with the protocol negotiated on it and the
-/// resource scope it is counted in.
+/// A stream on a capable connection, with the protocol negotiated on it, the resource
+/// scope it is counted in, and the connection's remote end (as go-libp2p's
+/// `s.Conn().RemotePeer()`).
 pub struct Stream {
     io: Box<dyn StreamIo>,
     protocol: Option<String>,
     direction: Direction,
     scope: StreamScope,
+    remote: Option<(PeerId, Multiaddr)>,
 }
 
 impl Stream {
@@ -106,7 +108,28 @@ impl Stream {
             protocol: None,
             direction,
             scope: StreamScope::unlimited(),
+            remote: None,
         }
+    }
+
+    /// The peer at the other end (set by the swarm for every stream it hands out).
+    pub fn remote_peer(&self) -> Option<PeerId> {
+        self.remote.as_ref().map(|(p, _)| *p)
+    }
+
+    /// The remote address of the stream's connection (set by the swarm).
+    pub fn remote_multiaddr(&self) -> Option<&Multiaddr> {
+        self.remote.as_ref().map(|(_, a)| a)
+    }
+
+    /// Records the connection's remote peer and address.
+    pub fn set_remote(&mut self, peer: PeerId, addr: Multiaddr) {
+        self.remote = Some((peer, addr));
+    }
+
+    /// The remote peer and address, for a wrapper that takes the stream's place.
+    pub fn remote(&self) -> Option<(PeerId, Multiaddr)> {
+        self.remote.clone()
     }
 
     /// The resource scope the stream is counted in (unlimited until the swarm sets one).

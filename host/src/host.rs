@@ -487,8 +487,9 @@ impl Host {
         protocol: String,
     ) -> Result<Stream, HostError> {
         charge_protocol(&mut stream, peer, &protocol)?;
-        // The wrapper takes the stream's place, with its scope.
+        // The wrapper takes the stream's place, with its scope and remote end.
         let scope = stream.take_scope();
+        let remote = stream.remote();
         let lazy =
             dialer_select_lazy(stream, &protocol)
                 .await
@@ -498,6 +499,9 @@ impl Host {
                 })?;
         let mut out = Stream::new(Box::new(LazyStream(lazy)), Direction::Outbound);
         out.set_scope(scope);
+        if let Some((peer, addr)) = remote {
+            out.set_remote(peer, addr);
+        }
         self.stream_ready(&mut out, peer, &protocol);
         out.set_protocol(protocol);
         Ok(out)

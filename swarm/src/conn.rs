@@ -265,6 +265,10 @@ pub(crate) fn wrap(
     scope: StreamScope,
 ) -> Stream {
     let direction = stream.direction();
+    let (peer, addr) = (
+        guard.0.conn.remote_peer(),
+        guard.0.conn.remote_multiaddr().clone(),
+    );
     let mut out = Stream::new(
         Box::new(Tracked {
             inner: stream,
@@ -274,6 +278,7 @@ pub(crate) fn wrap(
         direction,
     );
     out.set_scope(scope);
+    out.set_remote(peer, addr);
     out
 }
 
