@@ -148,6 +148,7 @@ pub fn peers_of(list: &[Peer]) -> Vec<PeerInfo> {
             .addrs
             .iter()
             .filter_map(|a| Multiaddr::try_from(a.clone()).ok())
+            .filter_map(|a| without_own_p2p(a, &id))
             .take(MAX_ADDRS_PER_PEER)
             .collect();
         match out.iter_mut().find(|o| o.id == id) {
@@ -162,6 +163,19 @@ pub fn peers_of(list: &[Peer]) -> Vec<PeerInfo> {
         }
     }
     out
+}
+
+/// `addr` without a trailing `/p2p/<id>` of `peer` (rust-libp2p sends addresses with
+/// it, go without); `None` for an address that names another peer.
+fn without_own_p2p(mut addr: Multiaddr, peer: &PeerId) -> Option<Multiaddr> {
+    match addr.iter().last() {
+        Some(strata_core::Protocol::P2p(id)) if &id == peer => {
+            addr.pop();
+            Some(addr)
+        }
+        Some(strata_core::Protocol::P2p(_)) => None,
+        _ => Some(addr),
+    }
 }
 
 /// Why bytes are not a Kademlia message.
@@ -394,6 +408,26 @@ mod tests {
             decode(&[3, 0xff, 0xff, 0xff], 1000),
             Err(DecodeError::Protobuf(_))
         ));
+    }
+
+    #[test]
+    fn an_address_naming_its_peer_is_stripped_and_one_naming_another_dropped() {
+        let own: Multiaddr = format!("/ip4/1.2.3.4/tcp/5/p2p/{}", peer(1))
+            .parse()
+            .unwrap();
+        let other: Multiaddr = format!("/ip4/1.2.3.4/tcp/6/p2p/{}", peer(2))
+            .parse()
+            .unwrap();
+        let wire = Peer {
+            id: peer(1).to_bytes(),
+            addrs: vec![own.to_vec(), other.to_vec()],
+            connection: 0,
+        };
+        let got = peers_of(&[wire]);
+        assert_eq!(
+            got[0].addrs,
+            vec!["/ip4/1.2.3.4/tcp/5".parse::<Multiaddr>().unwrap()]
+        );
     }
 
     #[test]
