@@ -1202,11 +1202,15 @@ impl Inner {
                 if msg.key.is_empty() {
                     return Err(HandleError::EmptyKey);
                 }
-                // Only the sender may announce itself (as go checks).
-                let own: Vec<PeerInfo> = proto::peers_of(&msg.provider_peers)
+                // Only the sender may announce itself (as go checks); the other entries
+                // are not even parsed.
+                let sender = peer.to_bytes();
+                let entries: Vec<proto::Peer> = msg
+                    .provider_peers
                     .into_iter()
-                    .filter(|p| p.id == peer)
+                    .filter(|p| p.id == sender)
                     .collect();
+                let own = proto::peers_of(&entries);
                 if own.is_empty() {
                     return Err(HandleError::NoProvider);
                 }

@@ -431,6 +431,57 @@ mod tests {
     }
 
     #[test]
+    fn a_message_of_tiny_fields_decodes_into_a_bounded_size() {
+        // 1 MiB of one-byte addresses in peers of 4,000 addresses each.
+        let one = Peer {
+            id: peer(1).to_bytes(),
+            addrs: vec![vec![0]; 4000],
+            connection: 0,
+        };
+        let mut msg = Message::request(MessageType::FindNode, vec![1]);
+        while msg.encoded_len() < 1 << 20 {
+            msg.closer_peers.push(one.clone());
+        }
+        let body = msg.encode_to_vec();
+        let back = decode_body(&body).unwrap();
+        assert_eq!(back.closer_peers.len(), MAX_PEERS_PER_MESSAGE);
+        assert!(back
+            .closer_peers
+            .iter()
+            .all(|p| p.addrs.len() == MAX_ADDRS_PER_PEER));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
+            if let Ok((msg, used)) = decode(&bytes, 1 << 20) {
+                proptest::prop_assert!(used <= bytes.len());
+                proptest::prop_assert!(msg.closer_peers.len() <= MAX_PEERS_PER_MESSAGE);
+                let _ = peers_of(&msg.closer_peers);
+            }
+            let _ = decode_body(&bytes);
+        }
+
+        #[test]
+        fn what_we_encode_decodes_the_same(
+            key in proptest::collection::vec(proptest::num::u8::ANY, 0..64),
+            value in proptest::collection::vec(proptest::num::u8::ANY, 0..64),
+            kind in 0i32..6,
+            peers in 0usize..10,
+        ) {
+            let mut msg = Message::request(MessageType::try_from(kind).unwrap(), key.clone());
+            msg.record = Some(Record { key, value, time_received: String::new() });
+            for i in 0..peers {
+                msg.closer_peers.push(Peer { id: vec![i as u8; 3], addrs: vec![vec![4, 1, 2, 3, 4]], connection: 1 });
+            }
+            let bytes = encode(&msg);
+            let (back, used) = decode(&bytes, 1 << 20).unwrap();
+            proptest::prop_assert_eq!(used, bytes.len());
+            proptest::prop_assert_eq!(back, msg);
+        }
+    }
+
+    #[test]
     fn listed_peers_are_bounded_and_cleaned() {
         let mut list = Vec::new();
         // Junk IDs and addresses, then 10,000 peers.
