@@ -1,5 +1,6 @@
-//! The `strata` command line: `listen`, `dial` and `demo`. Its output is a contract for
-//! scripts: `LISTEN <multiaddr>` lines, `EVENT ...` lines, and one JSON line from `dial`.
+//! The `strata` command line: `listen`, `dial`, `dht` and `demo`. Its output is a
+//! contract for scripts: `LISTEN <multiaddr>` lines, `EVENT ...` lines, and one JSON line
+//! from `dial` and from each `dht` command.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -21,6 +22,7 @@ use strata::swarm::{Conn, DisconnectReason, Notifiee, Swarm};
 use strata::transport::WsTlsConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+mod dht;
 mod report;
 use report::{round3, DialReport, RemoteReport};
 
@@ -83,6 +85,25 @@ enum Command {
         /// port 0 picks a free one).
         #[arg(long, value_name = "ADDR")]
         metrics: Option<std::net::SocketAddr>,
+        /// Also run a Kademlia DHT server (/ipfs/kad/1.0.0), with records under /strata/
+        /// accepted and loopback addresses kept.
+        #[arg(long)]
+        kad: bool,
+        /// A DHT peer to join through, with its /p2p/<peer id> (repeatable; with --kad).
+        #[arg(long, value_name = "ADDR", requires = "kad")]
+        bootstrap: Vec<Multiaddr>,
+    },
+    /// One DHT operation by a fresh client-mode node: one JSON line, exit 0; or
+    /// `strata: error: ...` and exit 1. At most 30 s.
+    Dht {
+        #[command(subcommand)]
+        command: dht::DhtCommand,
+        /// A DHT peer to join through, with its /p2p/<peer id> (repeatable, at least one).
+        #[arg(long, value_name = "ADDR", global = true)]
+        bootstrap: Vec<Multiaddr>,
+        /// Derive the identity from this seed.
+        #[arg(long, global = true)]
+        seed: Option<u64>,
     },
     /// Connects to a peer, does what is asked, prints one JSON line.
     Dial {
@@ -147,6 +168,8 @@ async fn main() -> ExitCode {
             events,
             shutdown_timeout,
             metrics,
+            kad,
+            bootstrap,
         } => match ws_server_tls(ws_cert, ws_key) {
             Ok(ws_tls) => {
                 let opts = ListenOpts {
@@ -156,6 +179,7 @@ async fn main() -> ExitCode {
                     shutdown: Duration::from_secs_f64(shutdown_timeout),
                     metrics,
                     ws_tls,
+                    kad: kad.then_some(bootstrap),
                 };
                 listen(tcp, quic, ws, opts).await
             }
@@ -184,6 +208,11 @@ async fn main() -> ExitCode {
                 Err(e) => Err(e),
             }
         }
+        Command::Dht {
+            command,
+            bootstrap,
+            seed,
+        } => dht::run(command, bootstrap, seed).await,
         Command::Demo => demo().await,
     };
     match result {
@@ -276,7 +305,7 @@ fn serve_echo(host: &Host) {
 /// Prints one `EVENT` line per notifiee call.
 struct PrintEvents;
 
-fn print_line(line: String) {
+pub(crate) fn print_line(line: String) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{line}");
     let _ = out.flush();
@@ -325,6 +354,8 @@ struct ListenOpts {
     shutdown: Duration,
     metrics: Option<std::net::SocketAddr>,
     ws_tls: WsTlsConfig,
+    /// Run a DHT server, joining through these peers.
+    kad: Option<Vec<Multiaddr>>,
 }
 
 /// Resolves on the next SIGINT or SIGTERM.
@@ -360,6 +391,7 @@ async fn listen(
         shutdown,
         metrics,
         ws_tls,
+        kad,
     } = opts;
     if ws_tls.server.is_none() && ws.iter().any(is_secure_ws) {
         return Err("listening on /tls/ws (or /wss) needs --ws-cert and --ws-key".into());
@@ -387,6 +419,16 @@ async fn listen(
     }
     let (host, outcomes) = b.build().await?;
     serve_echo(&host);
+    let _dht = match &kad {
+        Some(bootstrap) => match dht::serve(&host, bootstrap) {
+            Ok(kad) => Some(kad),
+            Err(e) => {
+                host.close().await;
+                return Err(e);
+            }
+        },
+        None => None,
+    };
     for o in &outcomes {
         if let Err(e) = &o.result {
             eprintln!("strata: cannot listen on {}: {e}", o.requested);

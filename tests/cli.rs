@@ -573,3 +573,156 @@ fn listen_starts_under_a_descriptor_limit_of_100() {
     let (status, _) = wait_exit(&mut listener.0, Duration::from_secs(10));
     assert!(status.success(), "exit status {status:?}");
 }
+
+/// Runs `strata dht ARGS --bootstrap ADDR`: its exit status, stdout and stderr.
+fn dht(args: &[&str], bootstrap: &str) -> (bool, String, String) {
+    let out = Command::new(BIN)
+        .arg("dht")
+        .args(args)
+        .args(["--bootstrap", bootstrap])
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+/// The one JSON line of a successful `strata dht` command, its keys exactly `keys` in
+/// order, its `peer_id` the node's own.
+fn dht_line(out: (bool, String, String), keys: &[&str], own: Option<&str>) -> serde_json::Value {
+    let (ok, stdout, stderr) = out;
+    assert!(ok, "{stdout} {stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "exactly one line: {stdout}");
+    // Key order as printed (serde_json's map sorts, so read them from the text).
+    let v: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+    let mut printed: Vec<(usize, &str)> = v
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(|k| (lines[0].find(&format!("\"{k}\":")).unwrap(), k.as_str()))
+        .collect();
+    printed.sort();
+    let printed: Vec<&str> = printed.into_iter().map(|(_, k)| k).collect();
+    assert_eq!(printed, keys, "{}", lines[0]);
+    assert!(v["ms"].as_f64().unwrap() >= 0.0);
+    if let Some(own) = own {
+        assert_eq!(v["peer_id"], own);
+    }
+    v
+}
+
+#[test]
+fn dht_commands_print_their_json_lines_against_listen_kad_nodes() {
+    let _serial = serial();
+    // Three DHT servers: the first, and two joining through it.
+    let (_first, lines) = listen(&["--tcp", "/ip4/127.0.0.1/tcp/0", "--seed", "41", "--kad"]);
+    let boot = next_line(&lines, "LISTEN ")
+        .strip_prefix("LISTEN ")
+        .unwrap()
+        .to_string();
+    let mut others = Vec::new();
+    let mut addrs = Vec::new();
+    for (seed, ip) in [("42", "127.0.0.2"), ("43", "127.0.0.3")] {
+        let (node, lines) = listen(&[
+            "--tcp",
+            &format!("/ip4/{ip}/tcp/0"),
+            "--seed",
+            seed,
+            "--kad",
+            "--bootstrap",
+            &boot,
+        ]);
+        addrs.push(
+            next_line(&lines, "LISTEN ")
+                .strip_prefix("LISTEN ")
+                .unwrap()
+                .to_string(),
+        );
+        others.push(node);
+    }
+    let id = |seed: u64| keypair_from_seed(seed).public().to_peer_id().to_string();
+
+    let own = id(50);
+    dht_line(
+        dht(&["put", "/strata/name", "hello", "--seed", "50"], &boot),
+        &["peer_id", "ok", "ms"],
+        Some(&own),
+    );
+    let v = dht_line(
+        dht(&["get", "/strata/name", "--seed", "51"], &addrs[1]),
+        &["peer_id", "value", "ms"],
+        Some(&id(51)),
+    );
+    assert_eq!(v["value"], "hello");
+
+    let cid = "bafkreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy";
+    dht_line(
+        dht(&["provide", cid, "--seed", "52"], &boot),
+        &["peer_id", "ok", "ms"],
+        Some(&id(52)),
+    );
+    let v = dht_line(
+        dht(&["providers", cid], &addrs[0]),
+        &["peer_id", "providers", "ms"],
+        None,
+    );
+    assert_eq!(v["providers"], serde_json::json!([id(52)]));
+
+    let v = dht_line(
+        dht(&["find-peer", &id(43)], &boot),
+        &["peer_id", "addrs", "ms"],
+        None,
+    );
+    let want = addrs[1].split("/p2p/").next().unwrap();
+    assert_eq!(v["addrs"], serde_json::json!([want]));
+
+    // By peer ID: that peer first; by key: the three servers, closest first.
+    let v = dht_line(
+        dht(&["closest", &id(42)], &boot),
+        &["peer_id", "peers", "ms"],
+        None,
+    );
+    assert_eq!(v["peers"][0], id(42));
+    let v = dht_line(
+        dht(&["closest", "some key"], &boot),
+        &["peer_id", "peers", "ms"],
+        None,
+    );
+    let mut peers: Vec<String> = v["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(peers.len(), 3);
+    let target = strata::kad::KadKey::from_bytes(b"some key");
+    let distance =
+        |p: &String| strata::kad::KadKey::from_peer(&p.parse().unwrap()).distance(&target);
+    assert!(peers.windows(2).all(|w| distance(&w[0]) < distance(&w[1])));
+    peers.sort();
+    let mut servers = vec![id(41), id(42), id(43)];
+    servers.sort();
+    assert_eq!(peers, servers);
+
+    // Failures: one line on stderr, nothing on stdout, exit 1.
+    for args in [
+        vec!["get", "/strata/missing"],
+        vec!["put", "no-namespace", "x"],
+        vec!["providers", "not-a-cid"],
+        vec!["find-peer", "not-a-peer"],
+    ] {
+        let (ok, stdout, stderr) = dht(&args, &boot);
+        assert!(!ok && stdout.is_empty(), "{args:?}: {stdout}");
+        assert!(stderr.starts_with("strata: error: "), "{args:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    }
+    let nobody = id(60);
+    let (ok, _, stderr) = dht(
+        &["get", "/strata/x"],
+        &format!("/ip4/127.0.0.1/tcp/1/p2p/{nobody}"),
+    );
+    assert!(!ok && stderr.starts_with("strata: error: "), "{stderr}");
+}

@@ -155,11 +155,11 @@ impl RustKad {
                         }
                     }
                     event = swarm.select_next_some() => match event {
-                        SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
-                            if info.protocols.iter().any(|p| p.as_ref() == KAD) {
-                                for a in info.listen_addrs {
-                                    swarm.behaviour_mut().kad.add_address(&peer_id, a);
-                                }
+                        SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }))
+                            if info.protocols.iter().any(|p| p.as_ref() == KAD) =>
+                        {
+                            for a in info.listen_addrs {
+                                swarm.behaviour_mut().kad.add_address(&peer_id, a);
                             }
                         }
                         SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed { id, result, step, .. })) => {
