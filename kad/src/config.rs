@@ -50,6 +50,9 @@ pub struct KadConfig {
     /// Buckets not looked up for this long are refreshed (a lookup of a random key in
     /// them).
     pub refresh_interval: Duration,
+    /// Table peers not seen alive for this long are asked whether they are still there at
+    /// the next refresh (go-libp2p's threshold is about 43 minutes).
+    pub liveness_interval: Duration,
     /// How often the keys this node provides are announced again.
     pub republish_interval: Duration,
     /// How long an inbound stream may wait for its next request.
@@ -80,6 +83,7 @@ impl Default for KadConfig {
             request_timeout: Duration::from_secs(10),
             query_timeout: Duration::from_secs(60),
             refresh_interval: Duration::from_secs(10 * 60),
+            liveness_interval: Duration::from_secs(45 * 60),
             republish_interval: Duration::from_secs(22 * 3600),
             stream_idle_timeout: Duration::from_secs(60),
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
@@ -103,6 +107,7 @@ impl std::fmt::Debug for KadConfig {
             .field("request_timeout", &self.request_timeout)
             .field("query_timeout", &self.query_timeout)
             .field("refresh_interval", &self.refresh_interval)
+            .field("liveness_interval", &self.liveness_interval)
             .field("republish_interval", &self.republish_interval)
             .field("max_message_size", &self.max_message_size)
             .field("diversity", &self.diversity)

@@ -12,7 +12,6 @@ use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use strata_core::{Multiaddr, PeerId, Stream};
 use strata_host::{Host, HostEvent, ServicePolicy, ADDRESS_TTL};
-use strata_swarm::{Connectedness, SwarmEvent};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -244,10 +243,23 @@ impl Kad {
         }
     }
 
+    /// The providers of `key` this node's own store holds (what it answers with).
+    pub fn local_providers(&self, key: &[u8]) -> Vec<PeerInfo> {
+        lock(&self.0.providers).get(key, Instant::now())
+    }
+
     /// Joins the network: a lookup of our own ID (which fills the buckets near us), then
     /// a refresh of every bucket up to the deepest one in use. Fails with
     /// [`KadError::NoPeers`] when the routing table is empty.
     pub async fn bootstrap(&self) -> Result<(), KadError> {
+        self.0.bootstrap().await
+    }
+
+    /// Refreshes the routing table now (go-libp2p's `RefreshRoutingTable`): peers not
+    /// seen alive within [`KadConfig::liveness_interval`] are asked whether they are still
+    /// there and leave if not, then a bootstrap.
+    pub async fn refresh_routing_table(&self) -> Result<(), KadError> {
+        self.0.check_liveness().await;
         self.0.bootstrap().await
     }
 
@@ -512,28 +524,27 @@ impl Inner {
         });
     }
 
-    /// A table peer lost its last connection: it is asked once; gone, it leaves the
-    /// table (and a waiting newcomer takes its place).
-    fn check_departed(self: &Arc<Self>, peer: PeerId) {
-        let Some(info) = lock(&self.table).get(&peer).map(|e| e.info()) else {
-            return;
-        };
-        let Ok(permit) = self.checks.clone().try_acquire_owned() else {
-            return;
-        };
-        let inner = self.clone();
-        self.spawn(async move {
-            if !inner.is_alive(&info).await {
-                tracing::debug!(%peer, "routing table peer gone");
-                inner.remove_peer(&peer);
-            }
-            drop(permit);
-        });
+    /// Asks every table peer not seen alive within the liveness interval whether it is
+    /// still there (eight at a time); those that do not answer leave the table, and a
+    /// waiting newcomer takes the place (go-libp2p checks the same way at its refreshes).
+    async fn check_liveness(self: &Arc<Self>) {
+        let cutoff = Instant::now()
+            .checked_sub(self.config.liveness_interval)
+            .unwrap_or_else(Instant::now);
+        let stale = lock(&self.table).not_seen_since(cutoff);
+        futures::stream::iter(stale)
+            .for_each_concurrent(8, |peer| async move {
+                if !self.is_alive(&peer).await {
+                    tracing::debug!(peer = %peer.id, "routing table peer gone");
+                    self.remove_peer(&peer.id);
+                }
+            })
+            .await;
     }
 
-    /// The service: feeds the routing table from identify, checks peers that
-    /// disconnect, and every minute expires store entries, refreshes stale buckets and
-    /// republishes what we provide when it is due.
+    /// The service: feeds the routing table from identify, and every minute expires
+    /// store entries, refreshes stale buckets (checking the liveness of peers not seen
+    /// for a while first) and republishes what we provide when it is due.
     async fn run(self: Arc<Self>, cancel: CancellationToken) {
         let mut events = self.host.events();
         self.seed_from_peerstore();
@@ -574,20 +585,13 @@ impl Inner {
     }
 
     fn on_event(self: &Arc<Self>, ev: HostEvent) {
-        match ev {
-            HostEvent::Identified { peer, info } => {
-                if info.protocols.iter().any(|p| p == &self.config.protocol) {
-                    self.add_peer(peer, &info.listen_addrs);
-                } else if lock(&self.table).contains(&peer) {
-                    // It went client: out of the table.
-                    self.remove_peer(&peer);
-                }
+        if let HostEvent::Identified { peer, info } = ev {
+            if info.protocols.iter().any(|p| p == &self.config.protocol) {
+                self.add_peer(peer, &info.listen_addrs);
+            } else if lock(&self.table).contains(&peer) {
+                // It went client: out of the table.
+                self.remove_peer(&peer);
             }
-            HostEvent::Swarm(SwarmEvent::PeerConnectedness {
-                peer,
-                connectedness: Connectedness::NotConnected,
-            }) => self.check_departed(peer),
-            _ => {}
         }
     }
 
@@ -601,6 +605,7 @@ impl Inner {
         if !stale.is_empty() && !lock(&self.table).is_empty() {
             self.refresh_in_background(stale);
         }
+
         let due = lock(&self.last_republish).elapsed() >= self.config.republish_interval;
         if due && !self.republishing.swap(true, Ordering::SeqCst) {
             *lock(&self.last_republish) = Instant::now();
@@ -623,6 +628,7 @@ impl Inner {
         }
         let inner = self.clone();
         self.spawn(async move {
+            inner.check_liveness().await;
             inner.refresh(cpls).await;
             inner.refreshing.store(false, Ordering::SeqCst);
         });

@@ -389,6 +389,14 @@ impl RoutingTable {
             .collect()
     }
 
+    /// The entries last seen alive before `cutoff`.
+    pub fn not_seen_since(&self, cutoff: Instant) -> Vec<PeerInfo> {
+        self.entries()
+            .filter(|e| e.last_seen < cutoff)
+            .map(|e| e.info())
+            .collect()
+    }
+
     /// The peers of every entry (for tests and snapshots).
     pub fn peers(&self) -> HashSet<PeerId> {
         self.entries().map(|e| e.peer).collect()

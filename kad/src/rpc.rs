@@ -225,13 +225,7 @@ impl Client {
 
     /// Sends `msgs` to `peer`, none answered (ADD_PROVIDER), on one stream.
     pub(crate) async fn send(&self, peer: &PeerInfo, msgs: &[Message]) -> Result<(), RpcError> {
-        let out = tokio::time::timeout(self.timeout, async {
-            for chunk in msgs.chunks(64) {
-                self.exchange_many(peer, chunk).await?;
-            }
-            Ok(())
-        })
-        .await;
+        let out = tokio::time::timeout(self.timeout, self.exchange_many(peer, msgs)).await;
         let out = out.unwrap_or(Err(RpcError::Timeout));
         if out.is_err() {
             self.counters.failures.fetch_add(1, Ordering::Relaxed);
@@ -239,41 +233,31 @@ impl Client {
         out
     }
 
+    /// Writes `msgs` on a kept stream or a new one, then closes its write side: nothing
+    /// answers these, so the stream is not kept (a kept stream may later be dropped,
+    /// which resets it, and a reset lets the remote drop what it has not read yet; the
+    /// close lets it read everything first).
     async fn exchange_many(&self, peer: &PeerInfo, msgs: &[Message]) -> Result<(), RpcError> {
-        let mut reused = true;
-        let mut stream = match self.take_idle(&peer.id) {
-            Some(s) => s,
-            None => {
-                reused = false;
-                self.open(peer).await?
-            }
-        };
         let mut bytes = Vec::new();
         for m in msgs {
             bytes.extend_from_slice(&proto::encode(m));
         }
-        let written = async {
-            stream.write_all(&bytes).await?;
-            stream.flush().await
+        if let Some(mut stream) = self.take_idle(&peer.id) {
+            if Self::write_and_close(&mut stream, &bytes).await.is_ok() {
+                self.counters
+                    .messages
+                    .fetch_add(msgs.len() as u64, Ordering::Relaxed);
+                return Ok(());
+            }
+            // A kept stream the server closed meanwhile: once more on a new one.
+            stream.reset();
         }
-        .await;
-        match written {
+        let mut stream = self.open(peer).await?;
+        match Self::write_and_close(&mut stream, &bytes).await {
             Ok(()) => {
                 self.counters
                     .messages
                     .fetch_add(msgs.len() as u64, Ordering::Relaxed);
-                self.put_idle(peer.id, stream);
-                Ok(())
-            }
-            Err(_) if reused => {
-                stream.reset();
-                let mut fresh = self.open(peer).await?;
-                fresh.write_all(&bytes).await?;
-                fresh.flush().await?;
-                self.counters
-                    .messages
-                    .fetch_add(msgs.len() as u64, Ordering::Relaxed);
-                self.put_idle(peer.id, fresh);
                 Ok(())
             }
             Err(e) => {
@@ -281,6 +265,12 @@ impl Client {
                 Err(e.into())
             }
         }
+    }
+
+    async fn write_and_close(stream: &mut Stream, bytes: &[u8]) -> std::io::Result<()> {
+        stream.write_all(bytes).await?;
+        stream.flush().await?;
+        stream.close_write().await
     }
 
     async fn exchange(&self, peer: &PeerInfo, msg: &Message) -> Result<Message, RpcError> {

@@ -17,13 +17,22 @@ use strata_core::{Multiaddr, PeerId, Reservation, ScopeMemory};
 use crate::proto::{PeerInfo, MAX_ADDRS_PER_PEER};
 use crate::record::RecordError;
 
-/// Bookkeeping bytes charged per stored record besides its key and value (the map entry,
-/// the struct, the allocator's rounding), measured by `benches/kad.rs`.
-pub const RECORD_OVERHEAD: usize = 160;
+/// Bookkeeping bytes charged per stored record besides its key and value (the map entry
+/// with the table's spare room, the struct, the allocator's rounding), as measured by
+/// `benches/kad.rs`.
+pub const RECORD_OVERHEAD: usize = 512;
 /// Bookkeeping bytes charged per provider record besides its addresses.
-pub const PROVIDER_OVERHEAD: usize = 128;
+pub const PROVIDER_OVERHEAD: usize = 240;
+/// Bookkeeping bytes charged per address of a provider record besides its bytes (the
+/// shared allocation a multiaddr lives in).
+pub const ADDR_OVERHEAD: usize = 48;
 /// Bookkeeping bytes charged per provided key besides the key's bytes.
-pub const PROVIDER_KEY_OVERHEAD: usize = 96;
+pub const PROVIDER_KEY_OVERHEAD: usize = 192;
+
+/// What one provider record's addresses are charged.
+fn addrs_cost(addrs: &[Multiaddr]) -> usize {
+    addrs.iter().map(|a| a.len() + ADDR_OVERHEAD).sum()
+}
 
 /// The limits of both stores.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -322,7 +331,7 @@ impl ProviderStore {
         }
         let expires = now + self.limits.provider_ttl;
         let addrs: Vec<Multiaddr> = addrs.iter().take(MAX_ADDRS_PER_PEER).cloned().collect();
-        let addr_bytes: usize = addrs.iter().map(|a| a.len()).sum();
+        let addr_bytes = addrs_cost(&addrs);
         if let Some(entry) = self.keys.get_mut(key) {
             if let Some(p) = entry.providers.iter_mut().find(|p| p.peer == provider) {
                 // A renewal: new addresses replace the old ones if they fit.

@@ -6,7 +6,7 @@ mod common;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::{close, config, join, network, node, node_with, LIMIT};
+use common::{close, config, join, network, network_with, node, node_with, LIMIT};
 use strata_core::PeerId;
 use strata_kad::{public_key_record, KadError, KadKey, Mode, RecordError, RoutingEvent};
 use tokio::time::timeout;
@@ -197,7 +197,13 @@ async fn a_client_is_not_announced_and_a_server_switch_is_heard() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_nodes_fill_their_tables_find_everything_and_replace_a_node_that_leaves() {
-    let mut nodes = network(1000, 50).await;
+    // Every table peer is checked for liveness at each refresh.
+    let eager = || {
+        let mut c = config();
+        c.liveness_interval = Duration::ZERO;
+        c
+    };
+    let mut nodes = network_with(1000, 50, eager).await;
     let ids: Vec<PeerId> = nodes.iter().map(|n| n.id()).collect();
     // Every table fills: with k = 20 a node of 50 holds about 40.
     let mut in_some_table = HashSet::new();
@@ -243,7 +249,7 @@ async fn fifty_nodes_fill_their_tables_find_everything_and_replace_a_node_that_l
         }
     }
 
-    // A node leaves: every table that held it drops it.
+    // A node leaves: every table that held it drops it at its next refresh.
     let leaving = nodes.remove(17);
     let gone = leaving.id();
     let holders: Vec<usize> = (0..nodes.len())
@@ -255,6 +261,9 @@ async fn fifty_nodes_fill_their_tables_find_everything_and_replace_a_node_that_l
         .map(|&i| nodes[i].kad.routing_events())
         .collect();
     leaving.host.shutdown(Duration::from_secs(5)).await;
+    for &i in &holders {
+        let _ = timeout(LIMIT, nodes[i].kad.refresh_routing_table()).await;
+    }
     for w in &mut watchers {
         timeout(LIMIT, async {
             loop {

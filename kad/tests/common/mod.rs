@@ -59,8 +59,13 @@ pub async fn node(seed: u64) -> Node {
 
 /// A server-mode DHT node on loopback address `ip`.
 pub async fn node_at(seed: u64, ip: &str) -> Node {
+    node_at_with(seed, ip, config()).await
+}
+
+/// A DHT node on loopback address `ip` with `config`.
+pub async fn node_at_with(seed: u64, ip: &str, config: KadConfig) -> Node {
     let (host, addr) = host_on(seed, ip).await;
-    let kad = Kad::new(host.clone(), config());
+    let kad = Kad::new(host.clone(), config);
     Node { host, kad, addr }
 }
 
@@ -74,9 +79,14 @@ pub fn loopback(i: usize) -> String {
 /// the first one and bootstrapped in turn, then bootstrapped once more so that early
 /// nodes learn of later ones.
 pub async fn network(first: u64, count: usize) -> Vec<Node> {
+    network_with(first, count, config).await
+}
+
+/// As [`network`], each node with `config()`.
+pub async fn network_with(first: u64, count: usize, config: fn() -> KadConfig) -> Vec<Node> {
     let mut nodes = Vec::with_capacity(count);
     for i in 0..count {
-        nodes.push(node_at(first + i as u64, &loopback(i)).await);
+        nodes.push(node_at_with(first + i as u64, &loopback(i), config()).await);
     }
     join(&nodes).await;
     nodes
