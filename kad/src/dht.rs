@@ -243,6 +243,13 @@ impl Kad {
         }
     }
 
+    /// The record under `key` in this node's own store (what it answers with).
+    pub fn local_value(&self, key: &[u8]) -> Option<Vec<u8>> {
+        lock(&self.0.records)
+            .get(key, Instant::now())
+            .map(|r| r.value)
+    }
+
     /// The providers of `key` this node's own store holds (what it answers with).
     pub fn local_providers(&self, key: &[u8]) -> Vec<PeerInfo> {
         lock(&self.0.providers).get(key, Instant::now())

@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use common::{close, config, join, network, network_with, node, node_with, LIMIT};
 use strata_core::PeerId;
+use strata_kad::proto::{Message, MessageType, Record};
+use strata_kad::rpc::{read_message, write_message};
 use strata_kad::{public_key_record, KadError, KadKey, Mode, RecordError, RoutingEvent};
 use tokio::time::timeout;
 
@@ -291,5 +293,118 @@ async fn fifty_nodes_fill_their_tables_find_everything_and_replace_a_node_that_l
         let size = n.kad.bucket_sizes().get(b).copied().unwrap_or(0);
         assert_eq!(size, candidates.min(20), "bucket {b} of {}", n.id());
     }
+    close(nodes).await;
+}
+
+/// Values are versions: the greatest is the best.
+struct Newest;
+
+impl strata_kad::Validator for Newest {
+    fn validate(&self, _key: &[u8], value: &[u8]) -> Result<(), String> {
+        if value.is_empty() {
+            return Err("empty".into());
+        }
+        Ok(())
+    }
+    fn select(&self, _key: &[u8], values: &[&[u8]]) -> usize {
+        (0..values.len()).max_by_key(|&i| values[i]).unwrap_or(0)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_value_selects_the_best_record_and_fixes_up_outdated_peers() {
+    let versioned = || {
+        let mut c = config();
+        c.validators.insert("v", Newest);
+        c
+    };
+    let nodes = network_with(2000, 8, versioned).await;
+    // Version 1 everywhere, then version 2 at two nodes only (stored directly, as a
+    // partial update would leave it).
+    timeout(LIMIT, nodes[0].kad.put_value(b"/v/doc", b"1".to_vec()))
+        .await
+        .unwrap()
+        .unwrap();
+    let holders_of_1: Vec<usize> = (0..8)
+        .filter(|&i| nodes[i].kad.local_value(b"/v/doc").as_deref() == Some(&b"1"[..]))
+        .collect();
+    assert!(holders_of_1.len() >= 6);
+    let (writer, _) = common::host_on(2050, "127.0.40.1").await;
+    for &i in &holders_of_1[..2] {
+        writer.peerstore().add_addrs(
+            nodes[i].id(),
+            std::slice::from_ref(&nodes[i].addr),
+            Duration::from_secs(60),
+        );
+        let mut s = writer
+            .new_stream(nodes[i].id(), &[strata_kad::DEFAULT_PROTOCOL])
+            .await
+            .unwrap();
+        let mut put = Message::request(MessageType::PutValue, b"/v/doc".to_vec());
+        put.record = Some(Record {
+            key: b"/v/doc".to_vec(),
+            value: b"2".to_vec(),
+            time_received: String::new(),
+        });
+        write_message(&mut s, &put).await.unwrap();
+        assert!(read_message(&mut s, 1 << 20).await.unwrap().is_some());
+        assert_eq!(nodes[i].kad.local_value(b"/v/doc").unwrap(), b"2");
+    }
+    let still_1 = (0..8)
+        .filter(|&i| nodes[i].kad.local_value(b"/v/doc").as_deref() == Some(&b"1"[..]))
+        .count();
+    assert!(still_1 >= 4);
+    // A lower version is refused where a higher one is stored.
+    let newer = holders_of_1[0];
+    assert!(matches!(
+        nodes[newer].kad.put_value(b"/v/doc", b"0".to_vec()).await,
+        Err(KadError::Record(RecordError::Outdated))
+    ));
+    // Asking for every answer: the best wins, and the peers that answered with version
+    // 1 are sent version 2.
+    let asker = (0..8).find(|i| !holders_of_1[..2].contains(i)).unwrap();
+    let got = timeout(LIMIT, nodes[asker].kad.get_value_quorum(b"/v/doc", 8))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got, b"2");
+    timeout(LIMIT, async {
+        loop {
+            let outdated = holders_of_1
+                .iter()
+                .filter(|&&i| i != asker)
+                .filter(|&&i| nodes[i].kad.local_value(b"/v/doc").as_deref() != Some(&b"2"[..]))
+                .count();
+            if outdated == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("outdated peers were not fixed up");
+    writer.close().await;
+    close(nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_address_filter_decides_what_is_kept_and_announced() {
+    let public_only = || config().public_addresses_only();
+    let nodes = network_with(2100, 5, public_only).await;
+    // Loopback addresses are neither kept in the tables nor announced.
+    for n in &nodes {
+        assert!(!n.kad.routing_table().is_empty());
+        assert!(n.kad.routing_table().iter().all(|p| p.addrs.is_empty()));
+    }
+    timeout(LIMIT, nodes[1].kad.provide(b"filtered"))
+        .await
+        .unwrap()
+        .unwrap();
+    let found = timeout(LIMIT, nodes[3].kad.find_providers(b"filtered", 1))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(found[0].id, nodes[1].id());
+    assert!(found[0].addrs.is_empty(), "{:?}", found[0].addrs);
     close(nodes).await;
 }
