@@ -24,6 +24,11 @@ pub fn keypair_from_seed(seed: u64) -> Keypair {
     Keypair::ed25519_from_bytes(secret).expect("a 32-byte array is a valid ed25519 secret")
 }
 
+/// The peer ID of [`keypair_from_seed`]`(seed)`.
+pub fn peer_id_from_seed(seed: u64) -> PeerId {
+    keypair_from_seed(seed).public().to_peer_id()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -128,6 +128,65 @@ pub trait MemoryOps: Send + Sync + 'static {
     fn release_memory(&self, size: usize);
 }
 
+/// Memory that allows up to a limit and counts what is held: a stand-in for a resource
+/// manager's scope, for tests of code that reserves (and for code run without one that
+/// still wants the count).
+#[derive(Debug)]
+pub struct CountedMemory {
+    held: std::sync::atomic::AtomicUsize,
+    limit: usize,
+    scope: &'static str,
+}
+
+impl CountedMemory {
+    /// Room for `limit` bytes, refused in the name of `scope` past it.
+    pub fn new(limit: usize, scope: &'static str) -> Arc<Self> {
+        Arc::new(CountedMemory {
+            held: std::sync::atomic::AtomicUsize::new(0),
+            limit,
+            scope,
+        })
+    }
+
+    /// Bytes held now.
+    pub fn held(&self) -> usize {
+        self.held.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// A handle to reserve from it.
+    pub fn memory(self: &Arc<Self>) -> ScopeMemory {
+        ScopeMemory::new(self.clone())
+    }
+}
+
+impl MemoryOps for CountedMemory {
+    fn reserve_memory(&self, size: usize, _priority: u8) -> Result<(), ResourceError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let mut held = self.held.load(SeqCst);
+        loop {
+            if held.saturating_add(size) > self.limit {
+                return Err(ResourceError {
+                    scope: self.scope.into(),
+                    resource: Resource::Memory,
+                    limit: self.limit as u64,
+                });
+            }
+            match self
+                .held
+                .compare_exchange(held, held + size, SeqCst, SeqCst)
+            {
+                Ok(_) => return Ok(()),
+                Err(now) => held = now,
+            }
+        }
+    }
+
+    fn release_memory(&self, size: usize) {
+        self.held
+            .fetch_sub(size, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 /// A handle on one scope's memory: what a buffer or queue reserves from before it grows.
 ///
 /// Cheap to clone, and it may outlive the scope's slot: a connection that has ended no

@@ -68,6 +68,76 @@ pub fn total_memory() -> u64 {
     (pages as u64).saturating_mul(page as u64)
 }
 
+/// A global allocator that forwards every call to the system allocator and counts what
+/// the process holds: live heap bytes, their peak, and the largest single allocation.
+/// For tests and benchmarks that measure real memory against what the resource manager
+/// books; install it in the test or bench binary with
+/// `#[global_allocator] static A: CountingAllocator = CountingAllocator;`.
+pub struct CountingAllocator;
+
+static LIVE: std::sync::atomic::AtomicIsize = std::sync::atomic::AtomicIsize::new(0);
+static PEAK: std::sync::atomic::AtomicIsize = std::sync::atomic::AtomicIsize::new(0);
+static LARGEST: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+impl CountingAllocator {
+    /// Heap bytes allocated and not yet freed (by a binary that installed it).
+    pub fn live() -> isize {
+        LIVE.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The most [`CountingAllocator::live`] has been since the last reset.
+    pub fn peak() -> isize {
+        PEAK.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Starts a new peak from what is live now.
+    pub fn reset_peak() {
+        PEAK.store(Self::live(), std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// The largest single allocation (or reallocation) asked for.
+    pub fn largest() -> usize {
+        LARGEST.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn grew(by: isize, size: usize) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let now = LIVE.fetch_add(by, Relaxed) + by;
+        PEAK.fetch_max(now, Relaxed);
+        LARGEST.fetch_max(size, Relaxed);
+    }
+}
+
+// SAFETY: every call is forwarded unchanged, with the caller's arguments, to the system
+// allocator, which upholds GlobalAlloc's contract; the counting beside it only updates
+// atomics, which neither allocate nor touch the memory handed out.
+unsafe impl std::alloc::GlobalAlloc for CountingAllocator {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        // SAFETY: forwarded unchanged; the caller upholds alloc's contract.
+        let p = unsafe { std::alloc::System.alloc(layout) };
+        if !p.is_null() {
+            Self::grew(layout.size() as isize, layout.size());
+        }
+        p
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        // SAFETY: forwarded unchanged; `ptr` came from this allocator, that is, from the
+        // system allocator with this layout.
+        unsafe { std::alloc::System.dealloc(ptr, layout) };
+        LIVE.fetch_sub(layout.size() as isize, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: forwarded unchanged; the caller upholds realloc's contract.
+        let p = unsafe { std::alloc::System.realloc(ptr, layout, new_size) };
+        if !p.is_null() {
+            Self::grew(new_size as isize - layout.size() as isize, new_size);
+        }
+        p
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

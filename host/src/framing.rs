@@ -78,57 +78,27 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::Arc;
-
-    /// Memory that refuses past `limit` and counts what is held.
-    struct Counted {
-        held: AtomicUsize,
-        limit: usize,
-    }
-
-    impl strata_core::rcmgr::MemoryOps for Counted {
-        fn reserve_memory(&self, size: usize, _: u8) -> Result<(), ResourceError> {
-            if self.held.load(Ordering::SeqCst) + size > self.limit {
-                return Err(ResourceError {
-                    scope: "stream".into(),
-                    resource: strata_core::rcmgr::Resource::Memory,
-                    limit: self.limit as u64,
-                });
-            }
-            self.held.fetch_add(size, Ordering::SeqCst);
-            Ok(())
-        }
-        fn release_memory(&self, size: usize) {
-            self.held.fetch_sub(size, Ordering::SeqCst);
-        }
-    }
+    use strata_core::rcmgr::CountedMemory;
 
     #[tokio::test]
     async fn a_body_is_reserved_as_it_arrives_and_released_with_it() {
-        let ops = Arc::new(Counted {
-            held: AtomicUsize::new(0),
-            limit: 1 << 20,
-        });
-        let memory = ScopeMemory::new(ops.clone());
+        let ops = CountedMemory::new(1 << 20, "stream");
+        let memory = ops.memory();
         let data: Vec<u8> = (0..100_000u32).map(|i| i as u8).collect();
         let (body, held) = read_body_reserved(&mut &data[..], data.len(), &memory)
             .await
             .unwrap();
         assert_eq!(&body[..], &data[..]);
         assert_eq!(held.size(), data.len());
-        assert_eq!(ops.held.load(Ordering::SeqCst), data.len());
+        assert_eq!(ops.held(), data.len());
         drop(held);
-        assert_eq!(ops.held.load(Ordering::SeqCst), 0);
+        assert_eq!(ops.held(), 0);
     }
 
     #[tokio::test]
     async fn a_peer_that_announces_much_and_sends_little_costs_little() {
-        let ops = Arc::new(Counted {
-            held: AtomicUsize::new(0),
-            limit: 1 << 20,
-        });
-        let memory = ScopeMemory::new(ops.clone());
+        let ops = CountedMemory::new(1 << 20, "stream");
+        let memory = ops.memory();
         let (mut ours, mut theirs) = tokio::io::duplex(1024);
         tokio::io::AsyncWriteExt::write_all(&mut theirs, b"abc")
             .await
@@ -141,19 +111,16 @@ mod tests {
                 .is_err()
         );
         // One chunk reserved once three bytes came, not the megabyte announced.
-        assert_eq!(ops.held.load(Ordering::SeqCst), READ_CHUNK);
+        assert_eq!(ops.held(), READ_CHUNK);
         drop(theirs);
         assert!(matches!(read.await, Err(BodyError::Truncated)));
-        assert_eq!(ops.held.load(Ordering::SeqCst), 0);
+        assert_eq!(ops.held(), 0);
     }
 
     #[tokio::test]
     async fn nothing_is_reserved_before_a_byte_arrives() {
-        let ops = Arc::new(Counted {
-            held: AtomicUsize::new(0),
-            limit: 1 << 20,
-        });
-        let memory = ScopeMemory::new(ops.clone());
+        let ops = CountedMemory::new(1 << 20, "stream");
+        let memory = ops.memory();
         let (mut ours, theirs) = tokio::io::duplex(1024);
         let read = read_body_reserved(&mut ours, 60_000, &memory);
         tokio::pin!(read);
@@ -162,23 +129,20 @@ mod tests {
                 .await
                 .is_err()
         );
-        assert_eq!(ops.held.load(Ordering::SeqCst), 0);
+        assert_eq!(ops.held(), 0);
         drop(theirs);
         assert!(matches!(read.await, Err(BodyError::Truncated)));
     }
 
     #[tokio::test]
     async fn a_body_past_the_memory_is_refused() {
-        let ops = Arc::new(Counted {
-            held: AtomicUsize::new(0),
-            limit: 40_000,
-        });
-        let memory = ScopeMemory::new(ops.clone());
+        let ops = CountedMemory::new(40_000, "stream");
+        let memory = ops.memory();
         let data = vec![7u8; 100_000];
         let err = read_body_reserved(&mut &data[..], data.len(), &memory)
             .await
             .unwrap_err();
         assert!(matches!(err, BodyError::Resource(_)), "{err}");
-        assert_eq!(ops.held.load(Ordering::SeqCst), 0);
+        assert_eq!(ops.held(), 0);
     }
 }

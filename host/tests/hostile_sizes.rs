@@ -3,40 +3,17 @@
 
 mod common;
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::{pair, streams, Sec, LIMIT};
+use strata_core::sys::CountingAllocator;
 use strata_host::identify::{recv_identify, IdentifyError, IDENTIFY_PROTOCOL};
 use strata_host::perf::{perf_service, PERF_PROTOCOL};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::timeout;
 
-/// Records the largest allocation requested.
-struct Largest;
-
-static LARGEST: AtomicUsize = AtomicUsize::new(0);
-
-unsafe impl GlobalAlloc for Largest {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LARGEST.fetch_max(layout.size(), Ordering::Relaxed);
-        // SAFETY: forwarded unchanged to the system allocator.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: forwarded unchanged to the system allocator.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LARGEST.fetch_max(new_size, Ordering::Relaxed);
-        // SAFETY: forwarded unchanged to the system allocator.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
 #[global_allocator]
-static GLOBAL: Largest = Largest;
+static GLOBAL: CountingAllocator = CountingAllocator;
 
 /// Well above any buffer the stack uses (yamux windows, 64 KiB blocks), far below what
 /// the hostile peers ask for.
@@ -86,7 +63,7 @@ async fn remote_sizes_are_not_allocated() {
         .unwrap();
     assert!(served.is_err(), "the transfer was cut: {served:?}");
 
-    let largest = LARGEST.load(Ordering::Relaxed);
+    let largest = CountingAllocator::largest();
     eprintln!("largest allocation: {largest} bytes");
     assert!(
         largest < CEILING,

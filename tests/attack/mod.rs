@@ -11,14 +11,13 @@
 
 #![allow(dead_code)]
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::{BufRead, BufReader, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicIsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use strata::core::sys::{raise_fd_limit, rss_kib};
+use strata::core::sys::{raise_fd_limit, rss_kib, CountingAllocator};
 
 use futures::future::join_all;
 use strata::core::addr::{quic_socket_addr, tcp_socket_addr};
@@ -35,38 +34,8 @@ use tokio::net::{TcpSocket, TcpStream};
 // ---------------------------------------------------------------------------------------
 // The counting allocator (what the listener really holds on the heap).
 
-struct Counting;
-
-static LIVE: AtomicIsize = AtomicIsize::new(0);
-
-// SAFETY: every call is forwarded unchanged to the system allocator; the counter is a
-// plain atomic that allocates nothing.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let p = System.alloc(layout);
-        if !p.is_null() {
-            LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        }
-        p
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        System.dealloc(ptr, layout);
-        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let p = System.realloc(ptr, layout, new_size);
-        if !p.is_null() {
-            LIVE.fetch_add(
-                new_size as isize - layout.size() as isize,
-                Ordering::Relaxed,
-            );
-        }
-        p
-    }
-}
-
 #[global_allocator]
-static ALLOC: Counting = Counting;
+static ALLOC: CountingAllocator = CountingAllocator;
 
 // ---------------------------------------------------------------------------------------
 // The listener (the child process).
@@ -193,7 +162,7 @@ async fn listener() {
             let spam = spam_host.message_stats(SPAM).map_or(0, |s| s.messages_sent);
             let line = format!(
                 "STAT {} {} {} {} {} {} {} {}",
-                LIVE.load(Ordering::Relaxed),
+                CountingAllocator::live(),
                 rss_kib(None),
                 stat.system.memory,
                 stat.transient.memory,

@@ -1027,38 +1027,20 @@ mod tests {
         assert!(err.to_string().contains("exceeds the limit"), "{err}");
 
         // A scope with room for one 600-byte frame, not two.
-        struct Tight(std::sync::atomic::AtomicUsize);
-        impl strata_core::rcmgr::MemoryOps for Tight {
-            fn reserve_memory(&self, size: usize, _: u8) -> Result<(), strata_core::ResourceError> {
-                use std::sync::atomic::Ordering;
-                if self.0.load(Ordering::SeqCst) + size > 1000 {
-                    return Err(strata_core::ResourceError {
-                        scope: "conn".into(),
-                        resource: strata_core::rcmgr::Resource::Memory,
-                        limit: 1000,
-                    });
-                }
-                self.0.fetch_add(size, Ordering::SeqCst);
-                Ok(())
-            }
-            fn release_memory(&self, size: usize) {
-                self.0.fetch_sub(size, std::sync::atomic::Ordering::SeqCst);
-            }
-        }
-        let ops = Arc::new(Tight(Default::default()));
+        let ops = strata_core::rcmgr::CountedMemory::new(1000, "conn");
         let budget = FrameBudget::new(1 << 20);
-        budget.attach(&ScopeMemory::new(ops.clone()));
+        budget.attach(&ops.memory());
         let mut bytes = b"GET / HTTP/1.1\r\n\r\n".to_vec();
         bytes.extend(client_header(2, 600));
         budget.received(&bytes).unwrap();
-        assert_eq!(ops.0.load(std::sync::atomic::Ordering::SeqCst), 600);
+        assert_eq!(ops.held(), 600);
         let mut next = vec![7u8; 600];
         next.extend(client_header(2, 600));
         let err = budget.received(&next).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::OutOfMemory);
         // Reading the first frame's bytes gives them back.
         budget.released(600);
-        assert_eq!(ops.0.load(std::sync::atomic::Ordering::SeqCst), 0);
+        assert_eq!(ops.held(), 0);
     }
 
     #[test]

@@ -5,56 +5,20 @@
 //!
 //! One test at a time: the allocator counts the whole process.
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};
 use std::sync::Arc;
 
 use strata_core::identity::keypair_from_seed;
 use strata_core::rcmgr::MemoryOps;
+use strata_core::sys::CountingAllocator;
 use strata_core::{ResourceError, ScopeMemory};
 use strata_transport::TcpTransport;
 use strata_upgrader::security::tls::TLS_BUFFERS;
 use strata_upgrader::{NoiseTransport, SecureTransport, SecurityScope, TlsTransport};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// Counts live heap bytes and their peak.
-struct Counting;
-
-static LIVE: AtomicIsize = AtomicIsize::new(0);
-static PEAK: AtomicIsize = AtomicIsize::new(0);
-
-// SAFETY: every call is forwarded unchanged to the system allocator; the counters are
-// plain atomics that allocate nothing.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let p = System.alloc(layout);
-        if !p.is_null() {
-            let now =
-                LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed) + layout.size() as isize;
-            PEAK.fetch_max(now, Ordering::Relaxed);
-        }
-        p
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        System.dealloc(ptr, layout);
-        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let p = System.realloc(ptr, layout, new_size);
-        if !p.is_null() {
-            let now = LIVE.fetch_add(
-                new_size as isize - layout.size() as isize,
-                Ordering::Relaxed,
-            ) + new_size as isize
-                - layout.size() as isize;
-            PEAK.fetch_max(now, Ordering::Relaxed);
-        }
-        p
-    }
-}
-
 #[global_allocator]
-static ALLOC: Counting = Counting;
+static ALLOC: CountingAllocator = CountingAllocator;
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -104,8 +68,8 @@ async fn measure(make: fn(u64) -> Arc<dyn SecureTransport>) -> (isize, isize, is
         raws.push((dialed.unwrap(), accepted.unwrap()));
     }
     tokio::task::yield_now().await;
-    let base = LIVE.load(Ordering::SeqCst);
-    PEAK.store(base, Ordering::SeqCst);
+    let base = CountingAllocator::live();
+    CountingAllocator::reset_peak();
     let handshakes = raws.into_iter().map(|(d, a)| {
         let (server, client, memory) = (server.clone(), client.clone(), memory.clone());
         async move {
@@ -119,9 +83,9 @@ async fn measure(make: fn(u64) -> Arc<dyn SecureTransport>) -> (isize, isize, is
         }
     });
     let streams = futures::future::join_all(handshakes).await;
-    let handshake_peak = PEAK.load(Ordering::SeqCst) - base;
-    let base = LIVE.load(Ordering::SeqCst);
-    PEAK.store(base, Ordering::SeqCst);
+    let handshake_peak = CountingAllocator::peak() - base;
+    let base = CountingAllocator::live();
+    CountingAllocator::reset_peak();
     let mut books_peak = books.0.load(Ordering::SeqCst);
     let mut sides = Vec::new();
     for (c, s) in streams {
@@ -162,7 +126,7 @@ async fn measure(make: fn(u64) -> Arc<dyn SecureTransport>) -> (isize, isize, is
         kept = futures::future::join_all(transfers) => kept,
         _ = sampler => unreachable!(),
     };
-    let bulk_peak = PEAK.load(Ordering::SeqCst) - base;
+    let bulk_peak = CountingAllocator::peak() - base;
     drop(kept);
     let sides = (2 * PAIRS) as isize;
     (
