@@ -8,55 +8,30 @@
 //!   from a fresh node: requests, messages, streams and connections opened, the time, and
 //!   how many of each sampled key's true 20 closest nodes hold the record.
 //!
+//! * `flood ...`: 25 attacker hosts (one loopback address each) fill a DHT server's
+//!   provider store (4,096 keys each, the per-peer cap, two addresses per record) and 16
+//!   more send it 16 KiB records until the record store refuses; after the attackers are
+//!   gone, the heap the server still holds beside what its resource manager books for
+//!   the `libp2p.dht` service.
+//!
 //! `KAD_BENCH_NODES` and `KAD_BENCH_KEYS` change the network and key counts.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use strata_core::identity::keypair_from_seed;
+use strata_core::sys::CountingAllocator;
 use strata_core::{Multiaddr, PeerId, ScopeMemory};
 use strata_host::{ConnManagerConfig, Host, HostBuilder};
 use strata_kad::routing::RoutingTable;
 use strata_kad::store::{ProviderStore, RecordStore};
 use strata_kad::{DiversityLimits, Kad, KadConfig, KadKey, KadStats, StoreLimits};
 
-struct Counting;
-
-static LIVE: AtomicIsize = AtomicIsize::new(0);
-
-// SAFETY: every call is forwarded unchanged to the system allocator; the counter is a
-// plain atomic that allocates nothing.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let p = System.alloc(layout);
-        if !p.is_null() {
-            LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        }
-        p
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        System.dealloc(ptr, layout);
-        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let p = System.realloc(ptr, layout, new_size);
-        if !p.is_null() {
-            LIVE.fetch_add(
-                new_size as isize - layout.size() as isize,
-                Ordering::Relaxed,
-            );
-        }
-        p
-    }
-}
-
 #[global_allocator]
-static ALLOC: Counting = Counting;
+static ALLOC: CountingAllocator = CountingAllocator;
 
 fn live() -> isize {
-    LIVE.load(Ordering::Relaxed)
+    CountingAllocator::live()
 }
 
 /// Two addresses, as a typical DHT server lists (TCP and QUIC).
@@ -85,50 +60,51 @@ fn memory() {
     );
     drop(table);
 
-    // Provider records: 10,000 keys of 34 bytes (a sha2-256 multihash) x 10 providers.
+    // Provider records: keys of 34 bytes (a sha2-256 multihash), 10 providers each and 1
+    // provider each, every record with addresses of its own as each arrives in its own
+    // message (their containers are freed by the end; the store keeps the addresses).
     let limits = StoreLimits {
         max_provider_records: usize::MAX,
         max_provided_keys_per_peer: usize::MAX,
         max_providers_per_key: usize::MAX,
         ..StoreLimits::default()
     };
-    let keys: Vec<Vec<u8>> = (0..10_000u32)
-        .map(|i| {
-            let mut k = vec![0x12, 0x20];
-            k.extend_from_slice(&[i as u8; 32]);
-            k[2..6].copy_from_slice(&i.to_be_bytes());
-            k
-        })
-        .collect();
-    let providers: Vec<PeerId> = peers[..10].to_vec();
     let now = std::time::Instant::now();
-    // Each record with addresses of its own, as each arrives in its own message (their
-    // containers are freed by the end; the addresses are kept by the store).
-    let before = live();
-    let fresh: Vec<Vec<Vec<Multiaddr>>> = keys
-        .iter()
-        .map(|_| (0..providers.len()).map(addrs).collect())
-        .collect();
-    let mut store = ProviderStore::new(PeerId::random(), limits.clone(), ScopeMemory::unlimited());
-    for (k, per_provider) in keys.iter().zip(fresh) {
-        for (p, a) in providers.iter().zip(per_provider) {
-            store.add(k, *p, &a, now).unwrap();
+    for (key_count, per_key) in [(10_000u32, 10usize), (100_000, 1)] {
+        let keys: Vec<Vec<u8>> = (0..key_count)
+            .map(|i| {
+                let mut k = vec![0x12, 0x20];
+                k.extend_from_slice(&[i as u8; 32]);
+                k[2..6].copy_from_slice(&i.to_be_bytes());
+                k
+            })
+            .collect();
+        let before = live();
+        let fresh: Vec<Vec<Vec<Multiaddr>>> = keys
+            .iter()
+            .map(|_| (0..per_key).map(addrs).collect())
+            .collect();
+        let mut store =
+            ProviderStore::new(PeerId::random(), limits.clone(), ScopeMemory::unlimited());
+        for (k, per_provider) in keys.iter().zip(fresh) {
+            for (p, a) in peers.iter().zip(per_provider) {
+                store.add(k, *p, &a, now).unwrap();
+            }
         }
-    }
-    let heap = (live() - before) as f64 / store.len() as f64;
-    let reserved = {
+        let heap = (live() - before) as f64 / store.len() as f64;
         let addr_bytes: usize = peer_addrs[0]
             .iter()
             .map(|a| a.len() + strata_kad::store::ADDR_OVERHEAD)
             .sum();
-        let per_key = strata_kad::store::PROVIDER_KEY_OVERHEAD + 34;
-        strata_kad::store::PROVIDER_OVERHEAD as f64 + addr_bytes as f64 + per_key as f64 / 10.0
-    };
-    println!(
-        "memory provider_record_bytes={heap:.0} reserved_per_record={reserved:.0} records={} (10 providers per key, 2 addresses each)",
-        store.len()
-    );
-    drop(store);
+        let key_cost = strata_kad::store::PROVIDER_KEY_OVERHEAD + 34;
+        let reserved = strata_kad::store::PROVIDER_OVERHEAD as f64
+            + addr_bytes as f64
+            + key_cost as f64 / per_key as f64;
+        println!(
+            "memory provider_record_bytes={heap:.0} reserved_per_record={reserved:.0} records={} ({per_key} providers per key, 2 addresses each)",
+            store.len()
+        );
+    }
 
     // Records: 1,000 of a 20-byte key and a 1,000-byte value.
     let before = live();
@@ -330,6 +306,127 @@ async fn provide(nodes: usize, key_count: usize) {
     }
 }
 
+/// A raw DHT stream from `from` to `to`.
+async fn raw_stream(from: &Host, to: &Node) -> strata_core::Stream {
+    from.peerstore().add_addrs(
+        to.host.id(),
+        std::slice::from_ref(&to.addr),
+        Duration::from_secs(600),
+    );
+    from.new_stream(to.host.id(), &[strata_kad::DEFAULT_PROTOCOL])
+        .await
+        .unwrap()
+}
+
+async fn flood() {
+    use strata_kad::proto::{self, ConnectionType, Message, MessageType, PeerInfo, Record};
+    use strata_kad::rpc::{read_message, write_message};
+    use tokio::io::AsyncWriteExt;
+
+    let mut config = KadConfig::default();
+    config
+        .validators
+        .insert("test", strata_kad::AcceptAnyValidator);
+    let (host, outcomes) = HostBuilder::new()
+        .identity(keypair_from_seed(30_000))
+        .no_quic()
+        .listen_on("/ip4/127.0.60.1/tcp/0".parse().unwrap())
+        .build()
+        .await
+        .unwrap();
+    let victim = Node {
+        kad: Kad::new(host.clone(), config),
+        addr: outcomes[0].result.as_ref().unwrap().clone(),
+        host,
+    };
+    // Everything the attackers allocate is freed when they close: what is left is the
+    // victim's.
+    let before = live();
+    let rss_before = strata_core::sys::rss_kib(None);
+    let mut attackers = Vec::new();
+    for i in 0..41u64 {
+        let (h, o) = HostBuilder::new()
+            .identity(keypair_from_seed(30_001 + i))
+            .no_quic()
+            .listen_on(format!("/ip4/127.0.61.{}/tcp/0", i + 1).parse().unwrap())
+            .build()
+            .await
+            .unwrap();
+        attackers.push((h, o[0].result.as_ref().unwrap().clone()));
+    }
+    let t = Instant::now();
+    let ping = Message::request(MessageType::Ping, Vec::new());
+    // Provider records: 4,096 keys from each of 25 peers, on one stream each.
+    futures::stream::iter(attackers.iter().take(25).enumerate())
+        .for_each_concurrent(5, |(i, (h, addr))| {
+            let (victim, ping) = (&victim, &ping);
+            async move {
+                let me = PeerInfo {
+                    id: h.id(),
+                    addrs: vec![addr.clone(), format!("{addr}/ws").parse().unwrap()],
+                }
+                .to_wire(ConnectionType::Connected);
+                let mut s = raw_stream(h, victim).await;
+                let mut batch = Vec::new();
+                for k in 0..4096u32 {
+                    let mut key = vec![0x12, 0x20];
+                    key.extend_from_slice(&[i as u8; 32]);
+                    key[2..6].copy_from_slice(&k.to_be_bytes());
+                    let mut m = Message::request(MessageType::AddProvider, key);
+                    m.provider_peers.push(me.clone());
+                    batch.extend_from_slice(&proto::encode(&m));
+                }
+                s.write_all(&batch).await.unwrap();
+                write_message(&mut s, ping).await.unwrap();
+                read_message(&mut s, 1 << 20).await.unwrap();
+            }
+        })
+        .await;
+    // Records of 16 KiB, from 16 more peers, until refused.
+    let mut taken = 0;
+    for (i, (h, _)) in attackers.iter().skip(25).enumerate() {
+        let mut s = raw_stream(h, &victim).await;
+        for k in 0..64 {
+            let key = format!("/test/{i}-{k}").into_bytes();
+            let mut put = Message::request(MessageType::PutValue, key.clone());
+            put.record = Some(Record {
+                key,
+                value: vec![k as u8; 16 << 10],
+                time_received: String::new(),
+            });
+            if write_message(&mut s, &put).await.is_err() {
+                break;
+            }
+            match read_message(&mut s, 1 << 20).await {
+                Ok(Some(_)) => taken += 1,
+                _ => {
+                    s = raw_stream(h, &victim).await;
+                }
+            }
+        }
+    }
+    let secs = t.elapsed().as_secs_f64();
+    for (h, _) in attackers {
+        h.close().await;
+    }
+    let stats = victim.kad.store_stats();
+    let held = (live() - before) as f64 / (1 << 20) as f64;
+    let rss = (strata_core::sys::rss_kib(None) as f64 - rss_before as f64) / 1024.0;
+    let booked = victim
+        .host
+        .resource_manager()
+        .stat()
+        .services
+        .get(strata_kad::SERVICE_NAME)
+        .map_or(0, |s| s.memory) as f64
+        / (1 << 20) as f64;
+    println!(
+        "flood provider_records={} records={taken} record_bytes={} secs={secs:.1} heap_after_mib={held:.1} rss_growth_mib={rss:.1} booked_mib={booked:.1}",
+        stats.provider_records, stats.record_bytes
+    );
+    victim.host.close().await;
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; `cargo test --benches` passes nothing and gets a
     // quick run.
@@ -348,6 +445,7 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    rt.block_on(flood());
     let (nodes, keys) = if quick { (20, 200) } else { (200, 10_000) };
     rt.block_on(provide(
         env("KAD_BENCH_NODES", nodes),

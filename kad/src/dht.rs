@@ -204,10 +204,11 @@ impl Kad {
     }
 
     /// Adds a peer known to run a DHT server at `addrs` (a bootstrap peer) to the
-    /// peerstore and the routing table; false if the table did not take it.
+    /// peerstore and the routing table, the addresses as given (the address filter is
+    /// for what the network tells us); false if the table did not take it.
     pub fn add_address(&self, peer: PeerId, addrs: &[Multiaddr]) -> bool {
         self.0.host.peerstore().add_addrs(peer, addrs, ADDRESS_TTL);
-        self.0.add_peer(peer, addrs)
+        self.0.insert_peer(peer, addrs)
     }
 
     /// The peers in the routing table.
@@ -456,7 +457,18 @@ impl Inner {
     /// is checked first).
     pub(crate) fn add_peer(self: &Arc<Self>, peer: PeerId, addrs: &[Multiaddr]) -> bool {
         let addrs = self.addrs_for(&peer, addrs);
-        let update = lock(&self.table).update(peer, &addrs, Instant::now());
+        self.insert_peer(peer, &addrs)
+    }
+
+    /// Into the routing table at `addrs` as they are (not filtered).
+    fn insert_peer(self: &Arc<Self>, peer: PeerId, addrs: &[Multiaddr]) -> bool {
+        // Grouped for diversity by where it connects from, when it is connected.
+        let seen_at = self
+            .host
+            .network()
+            .best_conn(&peer)
+            .map(|c| c.remote_multiaddr().clone());
+        let update = lock(&self.table).update_seen(peer, addrs, seen_at.as_ref(), Instant::now());
         match update {
             Update::Added => {
                 self.peer_added(peer);

@@ -357,9 +357,7 @@ mod tests {
     use super::*;
 
     fn peer(seed: u64) -> PeerId {
-        strata_core::identity::keypair_from_seed(seed)
-            .public()
-            .to_peer_id()
+        strata_core::identity::peer_id_from_seed(seed)
     }
 
     #[test]

@@ -158,6 +158,8 @@ pub enum Refusal {
     BucketFull,
     /// Its address group already holds its share of the bucket or the table.
     Diversity,
+    /// No address to reach it, and no connection to it.
+    NoAddresses,
 }
 
 /// The routing table.
@@ -214,20 +216,47 @@ impl RoutingTable {
     }
 
     /// A peer speaking the DHT in server mode was seen alive at `addrs` (merged into
-    /// what is known).
+    /// what is known). Its address groups come from `addrs`; see
+    /// [`RoutingTable::update_seen`] to group it by the address it is connected from.
     pub fn update(&mut self, peer: PeerId, addrs: &[Multiaddr], now: Instant) -> Update {
+        self.update_seen(peer, addrs, None, now)
+    }
+
+    /// As [`RoutingTable::update`], the peer's diversity group taken from `seen_at`, the
+    /// remote address of a live connection to it, when there is one (as go-libp2p does:
+    /// the addresses a peer announces are its own say, the one it connects from is not).
+    /// A peer with no address at all, and no connection, is not taken.
+    pub fn update_seen(
+        &mut self,
+        peer: PeerId,
+        addrs: &[Multiaddr],
+        seen_at: Option<&Multiaddr>,
+        now: Instant,
+    ) -> Update {
         if peer == self.local {
             return Update::Refused(Refusal::Local);
         }
         let key = KadKey::from_peer(&peer);
         let b = self.bucket_of(&key);
         let limits = self.diversity.clone();
+        let seen_groups = seen_at.map(|a| groups_of(std::slice::from_ref(a), &limits));
         if let Some(i) = self.buckets[b].entries.iter().position(|e| e.peer == peer) {
             let mut e = self.buckets[b].entries.remove(i);
-            merge_addrs(&mut e.addrs, addrs);
-            let groups = groups_of(&e.addrs, &limits);
-            if self.diversity_allows(b, &groups, Some(&peer)) {
+            let mut merged = e.addrs.clone();
+            merge_addrs(&mut merged, addrs);
+            let groups = seen_groups.unwrap_or_else(|| {
+                let mut g = e.groups.clone();
+                for n in groups_of(&merged, &limits) {
+                    if !g.contains(&n) {
+                        g.push(n);
+                    }
+                }
+                g
+            });
+            // New addresses (or a new group) only within the diversity limits.
+            if groups == e.groups || self.diversity_allows(b, &groups, Some(&peer)) {
                 e.groups = groups;
+                e.addrs = merged;
             }
             e.last_seen = now;
             self.buckets[b].entries.push(e);
@@ -235,7 +264,10 @@ impl RoutingTable {
         }
         let mut fresh_addrs = Vec::new();
         merge_addrs(&mut fresh_addrs, addrs);
-        let groups = groups_of(&fresh_addrs, &limits);
+        if fresh_addrs.is_empty() && seen_at.is_none() {
+            return Update::Refused(Refusal::NoAddresses);
+        }
+        let groups = seen_groups.unwrap_or_else(|| groups_of(&fresh_addrs, &limits));
         if !self.diversity_allows(b, &groups, None) {
             return Update::Refused(Refusal::Diversity);
         }
@@ -420,9 +452,7 @@ mod tests {
     use super::*;
 
     fn peer(seed: u64) -> PeerId {
-        strata_core::identity::keypair_from_seed(seed)
-            .public()
-            .to_peer_id()
+        strata_core::identity::peer_id_from_seed(seed)
     }
 
     fn addr(s: &str) -> Vec<Multiaddr> {
@@ -458,14 +488,17 @@ mod tests {
         }
         // Only one newcomer waits at a time.
         assert_eq!(
-            t.update(ps[4], &[], now),
+            t.update(ps[4], &addr("/ip4/10.0.0.5/tcp/1"), now),
             Update::Refused(Refusal::BucketFull)
         );
         // Alive: it stays, the newcomer goes.
         assert_eq!(t.oldest_checked(&ps[1], true, now), None);
         assert!(t.contains(&ps[1]) && !t.contains(&ps[3]));
         // Dead: the newcomer takes its place.
-        assert!(matches!(t.update(ps[3], &[], now), Update::CheckOldest(_)));
+        assert!(matches!(
+            t.update(ps[3], &addr("/ip4/10.0.0.4/tcp/1"), now),
+            Update::CheckOldest(_)
+        ));
         assert_eq!(t.oldest_checked(&ps[2], false, now), Some(ps[3]));
         assert!(!t.contains(&ps[2]) && t.contains(&ps[3]));
         assert_eq!(t.len(), 3);
@@ -507,6 +540,34 @@ mod tests {
                 Update::Added
             );
         }
+    }
+
+    #[test]
+    fn the_connection_address_decides_the_group_and_no_address_is_no_entry() {
+        let now = Instant::now();
+        let mut t = RoutingTable::new(peer(0), 20, DiversityLimits::default());
+        let ps = peers_in_bucket(&t, 0, 4);
+        assert_eq!(
+            t.update(ps[0], &[], now),
+            Update::Refused(Refusal::NoAddresses)
+        );
+        // Three peers connected from one /24, each announcing an address elsewhere.
+        let from: Multiaddr = "/ip4/93.184.216.7/tcp/50000".parse().unwrap();
+        let mut taken = 0;
+        for (i, p) in ps.iter().enumerate() {
+            let announced = addr(&format!("/ip4/198.51.{i}.1/tcp/4001"));
+            if t.update_seen(*p, &announced, Some(&from), now) == Update::Added {
+                taken += 1;
+            }
+        }
+        assert_eq!(taken, 2);
+        // Announcing more addresses later cannot move a peer out of its group.
+        let more = addr("/ip4/203.0.113.1/tcp/4001");
+        assert_eq!(t.update(ps[0], &more, now), Update::Refreshed);
+        assert_eq!(
+            t.update_seen(ps[3], &more, Some(&from), now),
+            Update::Refused(Refusal::Diversity)
+        );
     }
 
     #[test]

@@ -20,14 +20,14 @@ use crate::record::RecordError;
 /// Bookkeeping bytes charged per stored record besides its key and value (the map entry
 /// with the table's spare room, the struct, the allocator's rounding), as measured by
 /// `benches/kad.rs`.
-pub const RECORD_OVERHEAD: usize = 512;
+pub const RECORD_OVERHEAD: usize = 600;
 /// Bookkeeping bytes charged per provider record besides its addresses.
-pub const PROVIDER_OVERHEAD: usize = 240;
+pub const PROVIDER_OVERHEAD: usize = 176;
 /// Bookkeeping bytes charged per address of a provider record besides its bytes (the
 /// shared allocation a multiaddr lives in).
-pub const ADDR_OVERHEAD: usize = 48;
+pub const ADDR_OVERHEAD: usize = 56;
 /// Bookkeeping bytes charged per provided key besides the key's bytes.
-pub const PROVIDER_KEY_OVERHEAD: usize = 192;
+pub const PROVIDER_KEY_OVERHEAD: usize = 112;
 
 /// What one provider record's addresses are charged.
 fn addrs_cost(addrs: &[Multiaddr]) -> usize {
@@ -99,6 +99,16 @@ pub enum StoreError {
     /// The resource manager refused the memory.
     #[error("no memory for the entry: {0}")]
     Memory(String),
+}
+
+/// One entry of `peer` fewer in a per-peer count.
+fn forget_one(counts: &mut HashMap<PeerId, usize>, peer: &PeerId) {
+    if let Some(n) = counts.get_mut(peer) {
+        *n -= 1;
+        if *n == 0 {
+            counts.remove(peer);
+        }
+    }
 }
 
 /// A record as a store keeps it.
@@ -229,12 +239,7 @@ impl RecordStore {
         };
         self.bytes -= key.len() + r.value.len();
         if let Some(peer) = r.from {
-            if let Some(n) = self.per_peer.get_mut(&peer) {
-                *n -= 1;
-                if *n == 0 {
-                    self.per_peer.remove(&peer);
-                }
-            }
+            forget_one(&mut self.per_peer, &peer);
         }
         true
     }
@@ -377,6 +382,9 @@ impl ProviderStore {
             );
         }
         if let Some(entry) = self.keys.get_mut(key) {
+            // Exactly one more place: a key holds at most a few dozen providers, and a
+            // vector's doubling would leave up to half of its room unused.
+            entry.providers.reserve_exact(1);
             entry.providers.push(Provider {
                 peer: provider,
                 addrs,
@@ -416,12 +424,7 @@ impl ProviderStore {
                 if !keep {
                     dropped += 1;
                     if p.peer != local {
-                        if let Some(n) = per_peer.get_mut(&p.peer) {
-                            *n -= 1;
-                            if *n == 0 {
-                                per_peer.remove(&p.peer);
-                            }
-                        }
+                        forget_one(per_peer, &p.peer);
                     }
                 }
                 keep
@@ -456,44 +459,17 @@ impl ProviderStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
+    use strata_core::rcmgr::CountedMemory;
 
     fn peer(seed: u64) -> PeerId {
-        strata_core::identity::keypair_from_seed(seed)
-            .public()
-            .to_peer_id()
+        strata_core::identity::peer_id_from_seed(seed)
     }
 
-    /// Memory that counts what is held and refuses past `limit`.
-    struct Counted {
-        held: AtomicUsize,
-        limit: usize,
-    }
-
-    impl strata_core::rcmgr::MemoryOps for Counted {
-        fn reserve_memory(&self, size: usize, _: u8) -> Result<(), strata_core::ResourceError> {
-            if self.held.load(Ordering::SeqCst) + size > self.limit {
-                return Err(strata_core::ResourceError {
-                    scope: "service:libp2p.dht".into(),
-                    resource: strata_core::rcmgr::Resource::Memory,
-                    limit: self.limit as u64,
-                });
-            }
-            self.held.fetch_add(size, Ordering::SeqCst);
-            Ok(())
-        }
-        fn release_memory(&self, size: usize) {
-            self.held.fetch_sub(size, Ordering::SeqCst);
-        }
-    }
-
-    fn counted(limit: usize) -> (Arc<Counted>, ScopeMemory) {
-        let ops = Arc::new(Counted {
-            held: AtomicUsize::new(0),
-            limit,
-        });
-        (ops.clone(), ScopeMemory::new(ops))
+    fn counted(limit: usize) -> (Arc<CountedMemory>, ScopeMemory) {
+        let ops = CountedMemory::new(limit, "service:libp2p.dht");
+        let memory = ops.memory();
+        (ops, memory)
     }
 
     #[test]
@@ -545,11 +521,11 @@ mod tests {
         );
         // The books follow the entries, and expiry frees everything.
         let expected = s.bytes() + s.len() * RECORD_OVERHEAD;
-        assert_eq!(ops.held.load(Ordering::SeqCst), expected);
+        assert_eq!(ops.held(), expected);
         let later = now + StoreLimits::default().record_ttl;
         assert!(s.get(b"/x/0", later).is_none());
         assert_eq!(s.gc(later), 7);
-        assert_eq!(ops.held.load(Ordering::SeqCst), 0);
+        assert_eq!(ops.held(), 0);
         assert_eq!(s.stored_by(&flooder), 0);
     }
 
@@ -596,12 +572,12 @@ mod tests {
             .filter(|i| s.add(&(i + 10_000).to_be_bytes(), me, &[], now).is_ok())
             .count();
         assert_eq!(ours, 50);
-        assert!(ops.held.load(Ordering::SeqCst) > 0);
+        assert!(ops.held() > 0);
         let later = now + StoreLimits::default().provider_ttl;
         assert!(s.get(b"key", later).is_empty());
         assert_eq!(s.gc(later), 63);
         assert_eq!(s.keys(), 0);
-        assert_eq!(ops.held.load(Ordering::SeqCst), 0);
+        assert_eq!(ops.held(), 0);
         assert!(matches!(
             s.add(&[], peer(1), &[], now),
             Err(StoreError::KeyTooLarge { .. })

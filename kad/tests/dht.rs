@@ -389,22 +389,48 @@ async fn get_value_selects_the_best_record_and_fixes_up_outdated_peers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_address_filter_decides_what_is_kept_and_announced() {
-    let public_only = || config().public_addresses_only();
-    let nodes = network_with(2100, 5, public_only).await;
-    // Loopback addresses are neither kept in the tables nor announced.
-    for n in &nodes {
-        assert!(!n.kad.routing_table().is_empty());
-        assert!(n.kad.routing_table().iter().all(|p| p.addrs.is_empty()));
-    }
-    timeout(LIMIT, nodes[1].kad.provide(b"filtered"))
+    // Addresses on 127.0.99.0/24 stand for private ones here: dropped.
+    let filtered = || {
+        let mut c = config();
+        c.address_filter = std::sync::Arc::new(|a: &strata_core::Multiaddr| {
+            !a.to_string().starts_with("/ip4/127.0.99.")
+        });
+        c
+    };
+    let nodes = network_with(2100, 5, filtered).await;
+    let hidden = common::node_at_with(2150, "127.0.99.1", filtered()).await;
+    hidden
+        .kad
+        .add_address(nodes[0].id(), std::slice::from_ref(&nodes[0].addr));
+    timeout(LIMIT, hidden.kad.bootstrap())
         .await
         .unwrap()
         .unwrap();
+    timeout(LIMIT, hidden.kad.provide(b"filtered"))
+        .await
+        .unwrap()
+        .unwrap();
+    // The others keep each other's addresses, and the hidden node's none.
+    for n in &nodes {
+        for p in n.kad.routing_table() {
+            if p.id == hidden.id() {
+                assert!(p.addrs.is_empty(), "{:?}", p.addrs);
+            } else {
+                assert!(!p.addrs.is_empty());
+            }
+        }
+    }
+    assert!(nodes
+        .iter()
+        .any(|n| n.kad.routing_table().iter().any(|p| p.id == hidden.id())));
+    // Its provider record announces none (it filters its own too).
     let found = timeout(LIMIT, nodes[3].kad.find_providers(b"filtered", 1))
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(found[0].id, nodes[1].id());
+    assert_eq!(found[0].id, hidden.id());
     assert!(found[0].addrs.is_empty(), "{:?}", found[0].addrs);
-    close(nodes).await;
+    let mut all = nodes;
+    all.push(hidden);
+    close(all).await;
 }

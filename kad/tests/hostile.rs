@@ -19,9 +19,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::time::timeout;
 
 fn peer(seed: u64) -> PeerId {
-    strata_core::identity::keypair_from_seed(seed)
-        .public()
-        .to_peer_id()
+    strata_core::identity::peer_id_from_seed(seed)
 }
 
 /// A stream from `attacker` to `victim` on the DHT protocol.
