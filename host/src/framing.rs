@@ -146,3 +146,49 @@ mod tests {
         assert_eq!(ops.held(), 0);
     }
 }
+
+/// Helpers for the hand-written, bounded protobuf decoders of the protocols above the
+/// host (a generic decoder allocates for every repeated entry a remote lists; these let
+/// a decoder skip entries past its caps without allocating for them).
+pub mod protobuf {
+    pub use prost::encoding::{decode_key, decode_varint, skip_field, DecodeContext, WireType};
+
+    /// Why bytes are not the protobuf message a decoder expects.
+    #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+    #[error("invalid protobuf: {0}")]
+    pub struct ProtobufError(pub String);
+
+    impl From<prost::DecodeError> for ProtobufError {
+        fn from(e: prost::DecodeError) -> Self {
+            ProtobufError(e.to_string())
+        }
+    }
+
+    /// The bytes of a length-delimited field, `buf` moved past them.
+    pub fn delimited<'a>(buf: &mut &'a [u8]) -> Result<&'a [u8], ProtobufError> {
+        let len = decode_varint(buf)?;
+        if len > buf.len() as u64 {
+            return Err(ProtobufError("field length past the end".into()));
+        }
+        let (field, rest) = buf.split_at(len as usize);
+        *buf = rest;
+        Ok(field)
+    }
+
+    /// `Ok` when a field came with the wire type its tag has.
+    pub fn expect_wire(wire: WireType, want: WireType) -> Result<(), ProtobufError> {
+        if wire == want {
+            Ok(())
+        } else {
+            Err(ProtobufError(format!(
+                "wire type {wire:?} where {want:?} belongs"
+            )))
+        }
+    }
+
+    /// Skips a field of a tag the decoder does not read.
+    pub fn skip(wire: WireType, tag: u32, buf: &mut &[u8]) -> Result<(), ProtobufError> {
+        skip_field(wire, tag, buf, DecodeContext::default())?;
+        Ok(())
+    }
+}

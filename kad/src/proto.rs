@@ -245,26 +245,13 @@ pub fn decode_body(body: &[u8]) -> Result<Message, DecodeError> {
 /// a hundred bytes).
 pub const MAX_ADDR_LEN: usize = 512;
 
-use prost::encoding::{decode_key, decode_varint, skip_field, DecodeContext, WireType};
+use strata_host::framing::protobuf::{
+    decode_key, decode_varint, delimited, expect_wire as expect, skip, ProtobufError, WireType,
+};
 
-/// The bytes of a length-delimited field, `buf` moved past them.
-fn delimited<'a>(buf: &mut &'a [u8]) -> Result<&'a [u8], DecodeError> {
-    let len = decode_varint(buf)?;
-    if len > buf.len() as u64 {
-        return Err(DecodeError::Protobuf("field length past the end".into()));
-    }
-    let (field, rest) = buf.split_at(len as usize);
-    *buf = rest;
-    Ok(field)
-}
-
-fn expect(wire: WireType, want: WireType) -> Result<(), DecodeError> {
-    if wire == want {
-        Ok(())
-    } else {
-        Err(DecodeError::Protobuf(format!(
-            "wire type {wire:?} where {want:?} belongs"
-        )))
+impl From<ProtobufError> for DecodeError {
+    fn from(e: ProtobufError) -> Self {
+        DecodeError::Protobuf(e.0)
     }
 }
 
@@ -304,7 +291,7 @@ fn decode_message(mut buf: &[u8]) -> Result<Message, DecodeError> {
                     list.push(decode_peer(field)?);
                 }
             }
-            _ => skip_field(wire, tag, &mut buf, DecodeContext::default())?,
+            _ => skip(wire, tag, &mut buf)?,
         }
     }
     Ok(msg)
@@ -330,7 +317,7 @@ fn decode_peer(mut buf: &[u8]) -> Result<Peer, DecodeError> {
                 expect(wire, WireType::Varint)?;
                 peer.connection = decode_varint(&mut buf)? as i32;
             }
-            _ => skip_field(wire, tag, &mut buf, DecodeContext::default())?,
+            _ => skip(wire, tag, &mut buf)?,
         }
     }
     Ok(peer)
