@@ -10,6 +10,7 @@
 //! * [`swarm`]: listeners, connections, dialing, notifiees;
 //! * [`host`]: the API applications hold ([`Host`], [`HostBuilder`]);
 //! * [`kad`]: the Kademlia DHT on a host;
+//! * [`pubsub`]: GossipSub on a host;
 //! * [`metrics`]: an HTTP endpoint serving a Prometheus registry.
 
 pub mod metrics;
@@ -17,6 +18,7 @@ pub mod metrics;
 pub use strata_core as core;
 pub use strata_host as host;
 pub use strata_kad as kad;
+pub use strata_pubsub as pubsub;
 pub use strata_rcmgr as rcmgr;
 pub use strata_swarm as swarm;
 pub use strata_transport as transport;

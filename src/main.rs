@@ -1,6 +1,6 @@
-//! The `strata` command line: `listen`, `dial`, `dht` and `demo`. Its output is a
-//! contract for scripts: `LISTEN <multiaddr>` lines, `EVENT ...` lines, and one JSON line
-//! from `dial` and from each `dht` command.
+//! The `strata` command line: `listen`, `dial`, `dht`, `pubsub` and `demo`. Its output is a
+//! contract for scripts: `LISTEN <multiaddr>` lines, `EVENT ...` lines, one JSON line
+//! from `dial` and from each `dht` command, and `RECV` and `GOT` lines from `pubsub`.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -23,6 +23,7 @@ use strata::transport::WsTlsConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 mod dht;
+mod pubsub;
 mod report;
 use report::{round3, DialReport, RemoteReport};
 
@@ -103,6 +104,37 @@ enum Command {
         bootstrap: Vec<Multiaddr>,
         /// Derive the identity from this seed.
         #[arg(long, global = true)]
+        seed: Option<u64>,
+    },
+    /// A GossipSub node: prints `LISTEN <multiaddr>/p2p/<id>` per address, subscribes to
+    /// the topic, dials the --dial peers, waits for a peer on the topic (at most
+    /// --wait-ms), publishes --publish messages `<own id>:<i>` about 20 ms apart, and
+    /// prints `RECV <source peer id> <data>` per message from others. With --expect M:
+    /// `GOT m of M` last, exit 0 at M messages, exit 1 at the timeout.
+    Pubsub {
+        /// The topic.
+        #[arg(long)]
+        topic: String,
+        /// Address to listen on (repeatable; default /ip4/127.0.0.1/tcp/0).
+        #[arg(long, value_name = "ADDR")]
+        listen: Vec<Multiaddr>,
+        /// A peer to dial, with its /p2p/<peer id> (repeatable).
+        #[arg(long, value_name = "ADDR")]
+        dial: Vec<Multiaddr>,
+        /// Messages to publish.
+        #[arg(long, value_name = "K", default_value_t = 0)]
+        publish: u64,
+        /// Exit once this many messages from others have arrived.
+        #[arg(long, value_name = "M")]
+        expect: Option<u64>,
+        /// The longest wait for a peer on the topic before publishing, in ms.
+        #[arg(long, value_name = "W", default_value_t = 5000)]
+        wait_ms: u64,
+        /// The longest run with --expect, in seconds.
+        #[arg(long, value_name = "S", default_value_t = 30.0)]
+        timeout: f64,
+        /// Derive the identity from this seed.
+        #[arg(long)]
         seed: Option<u64>,
     },
     /// Connects to a peer, does what is asked, prints one JSON line.
@@ -213,6 +245,34 @@ async fn main() -> ExitCode {
             bootstrap,
             seed,
         } => dht::run(command, bootstrap, seed).await,
+        Command::Pubsub {
+            topic,
+            listen,
+            dial,
+            publish,
+            expect,
+            wait_ms,
+            timeout,
+            seed,
+        } => {
+            let args = pubsub::PubsubArgs {
+                topic,
+                listen,
+                dial,
+                publish,
+                expect,
+                wait: Duration::from_millis(wait_ms),
+                // At most a day: a deadline past the clock's range would panic.
+                timeout: Duration::try_from_secs_f64(timeout.clamp(0.0, 86_400.0))
+                    .unwrap_or_default(),
+                seed,
+            };
+            match pubsub::run(args).await {
+                Ok(true) => Ok(()),
+                Ok(false) => return ExitCode::FAILURE,
+                Err(e) => Err(e),
+            }
+        }
         Command::Demo => demo().await,
     };
     match result {

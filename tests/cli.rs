@@ -726,3 +726,147 @@ fn dht_commands_print_their_json_lines_against_listen_kad_nodes() {
     );
     assert!(!ok && stderr.starts_with("strata: error: "), "{stderr}");
 }
+
+/// Starts `strata pubsub ARGS` with a channel of its stdout lines.
+fn pubsub(args: &[&str]) -> (Running, mpsc::Receiver<String>) {
+    let mut command = Command::new(BIN);
+    command.arg("pubsub").args(args).stderr(Stdio::inherit());
+    run_with_lines(command)
+}
+
+/// Every stdout line of a finished `strata pubsub`, and whether it exited 0.
+fn finish(mut running: Running, lines: mpsc::Receiver<String>) -> (bool, Vec<String>) {
+    let status = running.0.wait().unwrap();
+    let mut out = Vec::new();
+    while let Ok(line) = lines.recv_timeout(Duration::from_secs(5)) {
+        out.push(line);
+    }
+    (status.success(), out)
+}
+
+/// Checks a finished `strata pubsub`: exit 0, `GOT want of want` last, `want` lines
+/// `RECV <source> <source>:<i>` from `from` (never its own), and no other lines but
+/// `LISTEN`.
+fn check_pubsub(name: &str, run: Running, lines: mpsc::Receiver<String>, from: &str, want: usize) {
+    let (ok, out) = finish(run, lines);
+    assert!(ok, "{name}: {out:?}");
+    assert_eq!(
+        out.last().unwrap(),
+        &format!("GOT {want} of {want}"),
+        "{name}"
+    );
+    let recv: Vec<&String> = out.iter().filter(|l| l.starts_with("RECV ")).collect();
+    assert_eq!(recv.len(), want, "{name}: {out:?}");
+    let mut seen = std::collections::HashSet::new();
+    for line in recv {
+        let parts: Vec<&str> = line.split(' ').collect();
+        assert_eq!(parts.len(), 3, "{line}");
+        assert_eq!(parts[1], from, "{name}: {line}");
+        let (source, i) = parts[2].rsplit_once(':').unwrap();
+        assert_eq!(source, from, "{line}");
+        assert!(
+            seen.insert(i.parse::<u32>().unwrap()),
+            "{name}: twice: {line}"
+        );
+    }
+    assert!(out
+        .iter()
+        .all(|l| l.starts_with("LISTEN ") || l.starts_with("RECV ") || l.starts_with("GOT ")));
+}
+
+#[test]
+fn pubsub_nodes_print_listen_recv_and_got_lines() {
+    let _serial = serial();
+    let a_id = keypair_from_seed(31).public().to_peer_id().to_string();
+    let b_id = keypair_from_seed(32).public().to_peer_id().to_string();
+    // A pair: each waits for the other on the topic, publishes 3 and expects 3.
+    let (a, a_lines) = pubsub(&[
+        "--topic",
+        "cli",
+        "--seed",
+        "31",
+        "--publish",
+        "3",
+        "--expect",
+        "3",
+        "--timeout",
+        "30",
+    ]);
+    let listen_line = next_line(&a_lines, "LISTEN ");
+    let a_addr = listen_line.strip_prefix("LISTEN ").unwrap().to_string();
+    assert!(a_addr.starts_with("/ip4/127.0.0.1/tcp/"), "{a_addr}");
+    assert!(a_addr.ends_with(&format!("/p2p/{a_id}")), "{a_addr}");
+    let (b, b_lines) = pubsub(&[
+        "--topic",
+        "cli",
+        "--seed",
+        "32",
+        "--dial",
+        &a_addr,
+        "--publish",
+        "3",
+        "--expect",
+        "3",
+    ]);
+    check_pubsub("a", a, a_lines, &b_id, 3);
+    check_pubsub("b", b, b_lines, &a_id, 3);
+}
+
+#[test]
+fn pubsub_messages_are_forwarded_through_a_middle_node() {
+    let _serial = serial();
+    let c_id = keypair_from_seed(43).public().to_peer_id().to_string();
+    // M relays (runs until killed); B and C know only M. C publishes 30, 20 ms apart; B
+    // must get 10 of them through M (the first few may go out before B has joined).
+    let (_m, m_lines) = pubsub(&["--topic", "relay", "--seed", "41"]);
+    let m_addr = next_line(&m_lines, "LISTEN ")
+        .strip_prefix("LISTEN ")
+        .unwrap()
+        .to_string();
+    let (b, b_lines) = pubsub(&[
+        "--topic", "relay", "--seed", "42", "--dial", &m_addr, "--expect", "10",
+    ]);
+    next_line(&b_lines, "LISTEN ");
+    let (_c, _c_lines) = pubsub(&[
+        "--topic",
+        "relay",
+        "--seed",
+        "43",
+        "--dial",
+        &m_addr,
+        "--publish",
+        "30",
+    ]);
+    check_pubsub("b", b, b_lines, &c_id, 10);
+    // The relay printed what passed through it, too.
+    let line = next_line(&m_lines, "RECV ");
+    assert!(line.starts_with(&format!("RECV {c_id} {c_id}:")), "{line}");
+}
+
+#[test]
+fn pubsub_expecting_more_than_arrives_exits_1_at_its_timeout() {
+    let _serial = serial();
+    let (run, lines) = pubsub(&[
+        "--topic",
+        "lonely",
+        "--expect",
+        "1",
+        "--wait-ms",
+        "100",
+        "--timeout",
+        "1",
+    ]);
+    let started = std::time::Instant::now();
+    let (ok, out) = finish(run, lines);
+    assert!(!ok);
+    assert_eq!(out.last().unwrap(), "GOT 0 of 1");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    // A --dial address without /p2p/ is an error.
+    let out = Command::new(BIN)
+        .args(["pubsub", "--topic", "t", "--dial", "/ip4/127.0.0.1/tcp/1"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.starts_with("strata: error: "), "{stderr}");
+}

@@ -65,7 +65,12 @@ async fn strata_gets(sub: &mut Subscription, want: &[Vec<u8>], me: PeerId) {
         *got.entry(m.data.to_vec()).or_default() += 1;
     }
     for w in want {
-        assert_eq!(got.get(w), Some(&1), "{me}: {:?}", String::from_utf8_lossy(w));
+        assert_eq!(
+            got.get(w),
+            Some(&1),
+            "{me}: {:?}",
+            String::from_utf8_lossy(w)
+        );
     }
 }
 
@@ -81,7 +86,12 @@ async fn rust_gets(rx: &mut mpsc::UnboundedReceiver<Received>, want: &[Vec<u8>],
         *got.entry(m.data).or_default() += 1;
     }
     for w in want {
-        assert_eq!(got.get(w), Some(&1), "{me}: {:?}", String::from_utf8_lossy(w));
+        assert_eq!(
+            got.get(w),
+            Some(&1),
+            "{me}: {:?}",
+            String::from_utf8_lossy(w)
+        );
     }
 }
 
@@ -120,19 +130,28 @@ async fn strata_and_rust_libp2p_share_one_mesh() {
         rust[i].0.dial(rust[(i + 1) % 4].0.addr.clone());
     }
     for (host, pubsub, _) in &strata {
-        eventually("a Strata node meshes with its rust-libp2p neighbour", || async {
-            pubsub.mesh_peers(TOPIC).len() >= 2
-        })
+        eventually(
+            "a Strata node meshes with its rust-libp2p neighbour",
+            || async { pubsub.mesh_peers(TOPIC).len() >= 2 },
+        )
         .await;
         let _ = host;
     }
     for (r, _) in &rust {
-        eventually("a rust-libp2p node meshes", || async { r.mesh(TOPIC).await.len() >= 2 }).await;
+        eventually("a rust-libp2p node meshes", || async {
+            r.mesh(TOPIC).await.len() >= 2
+        })
+        .await;
     }
     // The 1.1-only node speaks 1.1 with everyone; the others 1.2 with each other.
     let only11 = &strata[3].1;
     let kinds: Vec<_> = only11.snapshot().peers.iter().map(|p| p.kind).collect();
-    assert!(kinds.iter().all(|k| *k == strata_pubsub::PeerKind::Gossipsub11), "{kinds:?}");
+    assert!(
+        kinds
+            .iter()
+            .all(|k| *k == strata_pubsub::PeerKind::Gossipsub11),
+        "{kinds:?}"
+    );
     let kinds0: HashMap<PeerId, strata_pubsub::PeerKind> = strata[0]
         .1
         .snapshot()
@@ -140,8 +159,14 @@ async fn strata_and_rust_libp2p_share_one_mesh() {
         .iter()
         .map(|p| (p.peer, p.kind))
         .collect();
-    assert_eq!(kinds0.get(&strata[1].0.id()), Some(&strata_pubsub::PeerKind::Gossipsub12));
-    assert_eq!(kinds0.get(&rust[0].0.peer), Some(&strata_pubsub::PeerKind::Gossipsub12));
+    assert_eq!(
+        kinds0.get(&strata[1].0.id()),
+        Some(&strata_pubsub::PeerKind::Gossipsub12)
+    );
+    assert_eq!(
+        kinds0.get(&rust[0].0.peer),
+        Some(&strata_pubsub::PeerKind::Gossipsub12)
+    );
 
     let mut all: Vec<Vec<u8>> = Vec::new();
     for (i, (_, pubsub, _)) in strata.iter().enumerate() {

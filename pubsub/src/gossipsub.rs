@@ -39,6 +39,8 @@ const EVENTS_CAPACITY: usize = 1024;
 const MAX_PX_DIALS: usize = 16;
 /// Frames up to this size are gathered into one write.
 const GATHER: usize = 64 * 1024;
+/// How long the writers may drain their queues at shutdown.
+const SHUTDOWN_DRAIN: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Decides whether a message of a topic is delivered and forwarded.
 #[async_trait]
@@ -101,6 +103,8 @@ struct Inner {
     events: broadcast::Sender<GossipsubEvent>,
     px_dials: Arc<tokio::sync::Semaphore>,
     tasks: TaskTracker,
+    /// The writers, apart: at shutdown they drain their queues first.
+    writers: TaskTracker,
     cancel: CancellationToken,
     memory: ScopeMemory,
     next_sub: AtomicU64,
@@ -127,6 +131,7 @@ impl Gossipsub {
             events: broadcast::channel(EVENTS_CAPACITY).0,
             px_dials: Arc::new(tokio::sync::Semaphore::new(MAX_PX_DIALS)),
             tasks: TaskTracker::new(),
+            writers: TaskTracker::new(),
             cancel: CancellationToken::new(),
             memory,
             next_sub: AtomicU64::new(0),
@@ -446,6 +451,13 @@ impl PeerQueue {
         st.control.is_empty() && st.messages.is_empty()
     }
 
+    /// No more frames; the writer sends what is queued, then closes the stream.
+    fn finish(&self) {
+        self.state.lock().expect("queue lock").closed = true;
+        self.notify.notify_one();
+    }
+
+    /// No more frames, and those queued are dropped.
     fn close(&self) {
         let mut st = self.state.lock().expect("queue lock");
         st.closed = true;
@@ -744,8 +756,12 @@ impl Inner {
         };
         self.carry_out(outputs);
         let inner = self.clone();
-        self.spawn(async move {
-            inner.write_loop(peer, queue.clone()).await;
+        let cancel = self.cancel.clone();
+        self.writers.spawn(async move {
+            tokio::select! {
+                _ = cancel.cancelled() => {}
+                _ = inner.write_loop(peer, queue.clone()) => {}
+            }
             inner.drop_peer(peer, &queue);
         });
     }
@@ -918,6 +934,13 @@ impl Inner {
             }
         }
         if cancel.is_cancelled() {
+            // What is queued goes out first (a little while at most: a peer that does
+            // not read is not waited for), then everything stops.
+            for q in self.links.lock().expect("links lock").values() {
+                q.finish();
+            }
+            self.writers.close();
+            let _ = tokio::time::timeout(SHUTDOWN_DRAIN, self.writers.wait()).await;
             self.cancel.cancel();
             for q in self.links.lock().expect("links lock").values() {
                 q.close();

@@ -73,8 +73,9 @@ pub fn rust_libp2p_message_id(msg: &RawMessage) -> MessageId {
         .from
         .as_deref()
         .and_then(|b| PeerId::from_bytes(b).ok())
+        .or_else(|| PeerId::from_bytes(&[0, 1, 0]).ok())
         .map(|p| p.to_base58())
-        .unwrap_or_else(|| "1Bu".to_owned());
+        .unwrap_or_default();
     let seqno = msg.seqno.as_deref().and_then(seqno_of).unwrap_or(0);
     MessageId(Bytes::from(format!("{source}{seqno}")))
 }

@@ -600,7 +600,7 @@ impl Router {
             self.stats.over_limit += rpc.skipped as u64;
         }
         for sub in rpc.subscriptions {
-            self.handle_subscription(peer, sub);
+            self.handle_subscription(peer, sub, now);
         }
         for msg in rpc.publish {
             self.handle_message(peer, msg, now);
@@ -613,7 +613,10 @@ impl Router {
         }
     }
 
-    fn handle_subscription(&mut self, peer: PeerId, sub: SubOpts) {
+    /// A peer joining one of our topics while its mesh is below `d_lo` is grafted at
+    /// once (as rust-libp2p does), so that a message published right after it joined
+    /// is forwarded to it without waiting for the next heartbeat.
+    fn handle_subscription(&mut self, peer: PeerId, sub: SubOpts, now: Instant) {
         let max = self.config.max_topics_per_peer;
         let Some(state) = self.peers.get_mut(&peer) else {
             return;
@@ -631,6 +634,21 @@ impl Router {
                 .entry(sub.topic.clone())
                 .or_default()
                 .insert(peer);
+            let gossip = state.kind.gossip();
+            let short = self
+                .mesh
+                .get(&sub.topic)
+                .is_some_and(|m| m.len() < self.config.d_lo && !m.contains(&peer));
+            if gossip
+                && short
+                && !self.in_backoff(&sub.topic, &peer, now)
+                && self.score(&peer) >= 0.0
+            {
+                if let Some(mesh) = self.mesh.get_mut(&sub.topic) {
+                    mesh.insert(peer);
+                }
+                self.graft_peer(&peer, &sub.topic, now);
+            }
             self.out.push(Output::Event(GossipsubEvent::Subscribed {
                 peer,
                 topic: sub.topic,
@@ -894,10 +912,10 @@ impl Router {
             .is_some_and(|t| self.score(peer) < t.gossip)
     }
 
+    /// IHAVEs past the limit are counted and penalised before the gossip threshold is
+    /// looked at, so a flooder keeps paying until it is graylisted (go ignores them once
+    /// the peer is below the threshold, which leaves a flooder just under it).
     fn handle_ihave(&mut self, peer: PeerId, ihave: IHave, iwant: &mut Vec<MessageId>) {
-        if self.below_gossip_threshold(&peer) {
-            return;
-        }
         let max_messages = self.config.max_ihave_messages;
         let max_ids = self.config.max_ihave_length;
         let Some(state) = self.peers.get_mut(&peer) else {
@@ -912,7 +930,7 @@ impl Router {
             }
             return;
         }
-        if !self.subscribed.contains(&ihave.topic) {
+        if self.below_gossip_threshold(&peer) || !self.subscribed.contains(&ihave.topic) {
             return;
         }
         for id in ihave.ids {
@@ -947,10 +965,11 @@ impl Router {
         });
     }
 
+    /// Requests past the retransmission limit are counted and penalised whatever the
+    /// peer's score (see [`Router::handle_ihave`]); answers go only to peers above the
+    /// gossip threshold.
     fn handle_iwant(&mut self, peer: PeerId, iwant: IWant) {
-        if self.below_gossip_threshold(&peer) {
-            return;
-        }
+        let below = self.below_gossip_threshold(&peer);
         let limit = self.config.gossip_retransmission;
         for id in iwant.ids {
             let id = MessageId(id);
@@ -958,6 +977,7 @@ impl Router {
                 continue;
             }
             match self.mcache.get_for_peer(&id, &peer, limit) {
+                Some(_) if below => {}
                 Some(frame) => self.send_message(peer, frame),
                 None => {
                     self.stats.over_limit += 1;
