@@ -53,6 +53,60 @@ pub fn rss_kib(pid: Option<u32>) -> u64 {
         .unwrap_or(0)
 }
 
+/// CPU time (user and system) this process has used so far.
+pub fn cpu_time() -> std::time::Duration {
+    // SAFETY: an all-zero rusage is a valid value of this plain C struct.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage only writes the struct we pass, which lives for the call.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+        return std::time::Duration::ZERO;
+    }
+    let tv = |t: libc::timeval| {
+        std::time::Duration::from_secs(t.tv_sec.max(0) as u64)
+            + std::time::Duration::from_micros(t.tv_usec.max(0) as u64)
+    };
+    tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
+/// Bytes received so far over the TCP sockets this process has open (the kernel's
+/// `tcpi_bytes_received` of each, summed): with both ends of every connection in the
+/// process, what all of them sent, framing and encryption included. For benchmarks
+/// that compare stacks on the wire.
+pub fn tcp_bytes_received() -> u64 {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return 0;
+    };
+    let mut total = 0;
+    for entry in dir.flatten() {
+        let Some(fd) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<libc::c_int>().ok())
+        else {
+            continue;
+        };
+        // SAFETY: an all-zero tcp_info is a valid value of this plain C struct.
+        let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        // SAFETY: getsockopt writes at most `len` bytes into `info`, which is that
+        // large and lives for the call; on a descriptor that is not a TCP socket (or no
+        // longer open) it fails without writing, and the result is ignored.
+        let rc = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::IPPROTO_TCP,
+                libc::TCP_INFO,
+                (&mut info as *mut libc::tcp_info).cast(),
+                &mut len,
+            )
+        };
+        if rc == 0 {
+            total += info.tcpi_bytes_received;
+        }
+    }
+    total
+}
+
 /// The machine's physical memory in bytes, or 1 GiB when it cannot be read.
 pub fn total_memory() -> u64 {
     // SAFETY: sysconf takes no pointers; it returns -1 on error, handled below.

@@ -53,8 +53,8 @@ pub use config::{
 };
 pub use gossipsub::{Gossipsub, GossipsubStats, Snapshot, Subscription, Validator, SERVICE_NAME};
 pub use message::{
-    default_message_id, rust_libp2p_message_id, Message, MessageId, MessageIdFn, SignatureError,
-    SignaturePolicy,
+    content_message_id, default_message_id, rust_libp2p_message_id, Message, MessageId,
+    MessageIdFn, SignatureError, SignaturePolicy,
 };
 pub use proto::{DecodeError, DecodeLimits};
 pub use router::{

@@ -54,15 +54,28 @@ pub struct Message {
 pub type MessageIdFn = Arc<dyn Fn(&RawMessage) -> MessageId + Send + Sync>;
 
 /// go-libp2p's default ID: the author's peer ID bytes followed by the sequence number
-/// bytes (for an unsigned message, its data's SHA-256 is not used: with neither field
-/// the ID is empty, so such topics need a content-based function).
+/// bytes. A message with neither (`StrictNoSign`, anonymous) gets the SHA-256 of its
+/// topic and data instead, so that distinct messages never share the empty ID (go and
+/// rust-libp2p leave this to a user-set function).
 pub fn default_message_id(msg: &RawMessage) -> MessageId {
-    let from = msg.from.as_deref().unwrap_or_default();
-    let seqno = msg.seqno.as_deref().unwrap_or_default();
+    let (Some(from), Some(seqno)) = (msg.from.as_deref(), msg.seqno.as_deref()) else {
+        return content_message_id(msg);
+    };
     let mut id = Vec::with_capacity(from.len() + seqno.len());
     id.extend_from_slice(from);
     id.extend_from_slice(seqno);
     MessageId(Bytes::from(id))
+}
+
+/// A content-based ID: the SHA-256 of the topic and the data (for networks of unsigned
+/// messages, where the same content is the same message).
+pub fn content_message_id(msg: &RawMessage) -> MessageId {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update((msg.topic.len() as u64).to_be_bytes());
+    h.update(msg.topic.as_bytes());
+    h.update(msg.data.as_deref().unwrap_or_default());
+    MessageId(Bytes::copy_from_slice(&h.finalize()))
 }
 
 /// rust-libp2p's default ID: the author's base58 peer ID followed by the sequence number
@@ -284,5 +297,16 @@ mod tests {
         let unsigned = build(&key, SignaturePolicy::StrictNoSign, "t", Bytes::new(), 1).unwrap();
         assert_eq!(unsigned.from, None);
         assert_eq!(verify(&unsigned, SignaturePolicy::StrictNoSign), Ok(None));
+        // Unsigned messages are told apart by content.
+        let other = build(
+            &key,
+            SignaturePolicy::StrictNoSign,
+            "t",
+            Bytes::from_static(b"x"),
+            1,
+        )
+        .unwrap();
+        assert_eq!(default_message_id(&unsigned).as_bytes().len(), 32);
+        assert_ne!(default_message_id(&unsigned), default_message_id(&other));
     }
 }

@@ -1476,3 +1476,377 @@ pub struct PeerSnapshot {
     /// Its score.
     pub score: f64,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::{build, SignaturePolicy};
+    use crate::proto::decode_rpc;
+    use std::time::Duration;
+    use strata_core::Keypair;
+
+    const T: &str = "t";
+
+    fn peer(n: u64) -> PeerId {
+        strata_core::identity::peer_id_from_seed(n)
+    }
+
+    fn router_with(config: GossipsubConfig) -> (Router, Instant) {
+        let now = Instant::now();
+        let memory = ScopeMemory::unlimited();
+        (Router::new(peer(0), config, &memory, now), now)
+    }
+
+    fn router() -> (Router, Instant) {
+        router_with(GossipsubConfig::default())
+    }
+
+    /// Adds peers `range` speaking `kind`, every third one outbound, subscribed to T.
+    fn add(r: &mut Router, range: std::ops::Range<u64>, kind: PeerKind, now: Instant) {
+        for n in range {
+            r.add_peer(peer(n), kind, n % 3 == 0, None, &ScopeMemory::unlimited());
+            r.handle_rpc(
+                peer(n),
+                Rpc {
+                    subscriptions: vec![SubOpts {
+                        subscribe: true,
+                        topic: T.into(),
+                    }],
+                    ..Rpc::default()
+                },
+                now,
+            );
+        }
+    }
+
+    /// The RPCs sent, per peer, decoded.
+    fn sent(r: &mut Router) -> Vec<(PeerId, Rpc)> {
+        r.take_outputs()
+            .into_iter()
+            .filter_map(|o| match o {
+                Output::Send { peer, frame, .. } => {
+                    let mut body: &[u8] = &frame;
+                    prost::encoding::decode_varint(&mut body).unwrap();
+                    Some((peer, decode_rpc(body, &Default::default()).unwrap()))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn grafts_to(out: &[(PeerId, Rpc)]) -> HashSet<PeerId> {
+        out.iter()
+            .filter(|(_, r)| r.control.as_ref().is_some_and(|c| !c.graft.is_empty()))
+            .map(|(p, _)| *p)
+            .collect()
+    }
+
+    fn prunes_to(out: &[(PeerId, Rpc)]) -> HashSet<PeerId> {
+        out.iter()
+            .filter(|(_, r)| r.control.as_ref().is_some_and(|c| !c.prune.is_empty()))
+            .map(|(p, _)| *p)
+            .collect()
+    }
+
+    fn message(author: &Keypair, n: u64, size: usize) -> RawMessage {
+        build(
+            author,
+            SignaturePolicy::StrictSign,
+            T,
+            Bytes::from(vec![n as u8; size]),
+            n,
+        )
+        .unwrap()
+    }
+
+    fn control_rpc(control: Control) -> Rpc {
+        Rpc {
+            control: Some(control),
+            ..Rpc::default()
+        }
+    }
+
+    #[test]
+    fn joining_grafts_d_peers_and_the_heartbeat_prunes_past_d_hi() {
+        let (mut r, now) = router();
+        add(&mut r, 1..31, PeerKind::Gossipsub12, now);
+        sent(&mut r);
+        r.join(T, now);
+        let out = sent(&mut r);
+        assert_eq!(r.mesh_peers(T).len(), 6);
+        assert_eq!(grafts_to(&out), r.mesh_peers(T).into_iter().collect());
+        // Everyone else grafts us: inbound peers are taken up to d_hi, outbound ones
+        // beyond it; the rest are pruned back.
+        for n in 1..31 {
+            r.handle_rpc(
+                peer(n),
+                control_rpc(Control {
+                    graft: vec![Graft { topic: T.into() }],
+                    ..Control::default()
+                }),
+                now,
+            );
+        }
+        let out = sent(&mut r);
+        let mesh = r.mesh_peers(T);
+        assert!(mesh.len() > 12, "{}", mesh.len());
+        assert!(!prunes_to(&out).is_empty());
+        assert!(prunes_to(&out).iter().all(|p| !mesh.contains(p)));
+        r.heartbeat(now + Duration::from_secs(1));
+        let out = sent(&mut r);
+        let mesh = r.mesh_peers(T);
+        assert_eq!(mesh.len(), 6);
+        let outbound = mesh.iter().filter(|p| r.peers[p].outbound).count();
+        assert!(outbound >= 2, "{outbound} outbound");
+        // Those pruned are told so, with peer exchange and a backoff.
+        let pruned = prunes_to(&out);
+        assert!(pruned.len() >= 7);
+        for (p, rpc) in &out {
+            if let Some(prune) = rpc.control.as_ref().and_then(|c| c.prune.first()) {
+                assert!(!mesh.contains(p));
+                assert_eq!(prune.backoff, Some(60));
+            }
+        }
+    }
+
+    #[test]
+    fn backoff_is_honoured_both_ways() {
+        let (mut r, now) = router();
+        add(&mut r, 1..4, PeerKind::Gossipsub12, now);
+        r.join(T, now);
+        assert_eq!(r.mesh_peers(T).len(), 3);
+        sent(&mut r);
+        // Peer 1 prunes us: it leaves the mesh and is not grafted again in its backoff.
+        r.handle_rpc(
+            peer(1),
+            control_rpc(Control {
+                prune: vec![Prune {
+                    topic: T.into(),
+                    peers: vec![],
+                    backoff: Some(30),
+                }],
+                ..Control::default()
+            }),
+            now,
+        );
+        assert!(!r.mesh_peers(T).contains(&peer(1)));
+        r.heartbeat(now + Duration::from_secs(1));
+        assert!(!grafts_to(&sent(&mut r)).contains(&peer(1)));
+        assert!(!r.mesh_peers(T).contains(&peer(1)));
+        // After it, the short mesh takes it back.
+        r.heartbeat(now + Duration::from_secs(31));
+        assert!(grafts_to(&sent(&mut r)).contains(&peer(1)));
+        // A GRAFT from peer 2 during a backoff we set is refused and penalised.
+        r.leave(T, now + Duration::from_secs(32));
+        r.join(T, now + Duration::from_secs(33));
+        sent(&mut r);
+        r.handle_rpc(
+            peer(2),
+            control_rpc(Control {
+                graft: vec![Graft { topic: T.into() }],
+                ..Control::default()
+            }),
+            now + Duration::from_secs(34),
+        );
+        assert!(prunes_to(&sent(&mut r)).contains(&peer(2)));
+        assert!(r.score(&peer(2)) < 0.0);
+    }
+
+    #[test]
+    fn idontwant_is_honoured_when_forwarding_and_sent_for_large_messages() {
+        let (mut r, now) = router();
+        add(&mut r, 1..4, PeerKind::Gossipsub12, now);
+        r.join(T, now);
+        sent(&mut r);
+        let author = Keypair::generate_ed25519();
+        let msg = message(&author, 1, 2000);
+        let id = (r.config.message_id)(&msg);
+        r.handle_rpc(
+            peer(2),
+            control_rpc(Control {
+                idontwant: vec![IDontWant {
+                    ids: vec![id.0.clone()],
+                }],
+                ..Control::default()
+            }),
+            now,
+        );
+        r.handle_rpc(
+            peer(1),
+            Rpc {
+                publish: vec![msg],
+                ..Rpc::default()
+            },
+            now,
+        );
+        let out = sent(&mut r);
+        let forwarded: HashSet<PeerId> = out
+            .iter()
+            .filter(|(_, rpc)| !rpc.publish.is_empty())
+            .map(|(p, _)| *p)
+            .collect();
+        assert_eq!(forwarded, [peer(3)].into_iter().collect());
+        // A message over 1 KiB: IDONTWANT to the other mesh peers, not to its sender.
+        let idontwant: HashSet<PeerId> = out
+            .iter()
+            .filter(|(_, rpc)| {
+                rpc.control
+                    .as_ref()
+                    .is_some_and(|c| !c.idontwant.is_empty())
+            })
+            .map(|(p, _)| *p)
+            .collect();
+        assert_eq!(idontwant, [peer(2), peer(3)].into_iter().collect());
+    }
+
+    #[test]
+    fn gossip_goes_to_non_mesh_peers_and_iwant_is_answered_from_the_cache() {
+        let (mut r, now) = router();
+        add(&mut r, 1..21, PeerKind::Gossipsub11, now);
+        r.join(T, now);
+        let author = Keypair::generate_ed25519();
+        r.publish(message(&author, 5, 10), now).unwrap();
+        sent(&mut r);
+        r.heartbeat(now + Duration::from_secs(1));
+        let out = sent(&mut r);
+        let mesh = r.mesh_peers(T);
+        let gossiped: Vec<PeerId> = out
+            .iter()
+            .filter(|(_, rpc)| rpc.control.as_ref().is_some_and(|c| !c.ihave.is_empty()))
+            .map(|(p, _)| *p)
+            .collect();
+        assert_eq!(gossiped.len(), 6, "d_lazy of the 14 outside the mesh");
+        assert!(gossiped.iter().all(|p| !mesh.contains(p)));
+        // IWANT for it is answered, three times at most per peer.
+        let id = default_id(&author, 5);
+        for round in 0..5 {
+            r.handle_rpc(
+                peer(1),
+                control_rpc(Control {
+                    iwant: vec![IWant {
+                        ids: vec![id.clone()],
+                    }],
+                    ..Control::default()
+                }),
+                now,
+            );
+            let answered = sent(&mut r).iter().any(|(_, rpc)| !rpc.publish.is_empty());
+            assert_eq!(answered, round < 3, "round {round}");
+        }
+    }
+
+    fn default_id(author: &Keypair, seqno: u64) -> Bytes {
+        let mut id = author.public().to_peer_id().to_bytes();
+        id.extend_from_slice(&seqno.to_be_bytes());
+        Bytes::from(id)
+    }
+
+    #[test]
+    fn a_broken_iwant_promise_is_penalised() {
+        let (mut r, now) = router();
+        add(&mut r, 1..3, PeerKind::Gossipsub12, now);
+        r.join(T, now);
+        sent(&mut r);
+        r.handle_rpc(
+            peer(1),
+            control_rpc(Control {
+                ihave: vec![IHave {
+                    topic: T.into(),
+                    ids: vec![Bytes::from_static(b"never sent")],
+                }],
+                ..Control::default()
+            }),
+            now,
+        );
+        let out = sent(&mut r);
+        assert!(out
+            .iter()
+            .any(|(p, rpc)| *p == peer(1)
+                && rpc.control.as_ref().is_some_and(|c| !c.iwant.is_empty())));
+        assert_eq!(r.score(&peer(1)), 0.0);
+        r.heartbeat(now + Duration::from_secs(4));
+        assert_eq!(r.stats().broken_promises, 1);
+        assert!(r.score(&peer(1)) < 0.0);
+    }
+
+    #[test]
+    fn fanout_serves_a_topic_we_publish_to_until_its_ttl() {
+        let config = GossipsubConfig {
+            flood_publish: false,
+            ..GossipsubConfig::default()
+        };
+        let (mut r, now) = router_with(config);
+        add(&mut r, 1..11, PeerKind::Gossipsub12, now);
+        let author = Keypair::generate_ed25519();
+        r.publish(message(&author, 1, 10), now).unwrap();
+        let out = sent(&mut r);
+        assert_eq!(out.len(), 6, "d peers of the fanout");
+        assert_eq!(r.fanout_peers(T).len(), 6);
+        r.heartbeat(now + Duration::from_secs(30));
+        assert_eq!(r.fanout_peers(T).len(), 6);
+        r.heartbeat(now + Duration::from_secs(61));
+        assert!(r.fanout_peers(T).is_empty());
+    }
+
+    #[test]
+    fn peer_exchange_is_used_from_peers_above_the_threshold() {
+        let (mut r, now) = router();
+        add(&mut r, 1..2, PeerKind::Gossipsub11, now);
+        let prune = control_rpc(Control {
+            prune: vec![Prune {
+                topic: T.into(),
+                peers: vec![PxPeer {
+                    peer_id: Some(Bytes::from(peer(9).to_bytes())),
+                    signed_peer_record: None,
+                }],
+                backoff: None,
+            }],
+            ..Control::default()
+        });
+        // A fresh peer scores 0, under accept_px (10): ignored.
+        r.handle_rpc(peer(1), prune.clone(), now);
+        assert!(!r
+            .take_outputs()
+            .iter()
+            .any(|o| matches!(o, Output::Connect(_))));
+        r.set_application_score(&peer(1), 20.0);
+        r.handle_rpc(peer(1), prune, now);
+        let connect: Vec<Vec<PeerId>> = r
+            .take_outputs()
+            .into_iter()
+            .filter_map(|o| match o {
+                Output::Connect(p) => Some(p),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(connect, vec![vec![peer(9)]]);
+    }
+
+    #[test]
+    fn floodsub_peers_get_messages_and_no_control() {
+        let (mut r, now) = router();
+        add(&mut r, 1..3, PeerKind::Floodsub, now);
+        add(&mut r, 3..5, PeerKind::Gossipsub12, now);
+        r.join(T, now);
+        let out = sent(&mut r);
+        // The mesh is GossipSub peers only; floodsub peers get no GRAFT.
+        let mesh: HashSet<PeerId> = r.mesh_peers(T).into_iter().collect();
+        assert_eq!(mesh, [peer(3), peer(4)].into_iter().collect());
+        assert!(grafts_to(&out).iter().all(|p| mesh.contains(p)));
+        let author = Keypair::generate_ed25519();
+        r.handle_rpc(
+            peer(3),
+            Rpc {
+                publish: vec![message(&author, 1, 10)],
+                ..Rpc::default()
+            },
+            now,
+        );
+        let forwarded: HashSet<PeerId> = sent(&mut r)
+            .iter()
+            .filter(|(_, rpc)| !rpc.publish.is_empty())
+            .map(|(p, _)| *p)
+            .collect();
+        assert_eq!(forwarded, [peer(1), peer(2), peer(4)].into_iter().collect());
+    }
+}

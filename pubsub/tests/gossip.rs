@@ -248,3 +248,103 @@ async fn a_hundred_hosts_deliver_everything_through_churn() {
     }
     close(ns).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsigned_networks_deliver_by_content_and_refuse_signed_messages() {
+    fn no_sign() -> GossipsubConfig {
+        GossipsubConfig {
+            signature_policy: strata_pubsub::SignaturePolicy::StrictNoSign,
+            ..GossipsubConfig::default()
+        }
+    }
+    let ns = nodes(50, 2, no_sign).await;
+    let signed = node_at(52, &loopback(2), config()).await;
+    ns[0].connect(&ns[1]).await;
+    signed.connect(&ns[1]).await;
+    let _s0 = ns[0].pubsub.subscribe("u");
+    let mut s1 = ns[1].pubsub.subscribe("u");
+    let _s2 = signed.pubsub.subscribe("u");
+    eventually("peers", || ns[1].pubsub.topic_peers("u").len() == 2).await;
+    ns[0].pubsub.publish("u", &b"one"[..]).await.unwrap();
+    ns[0].pubsub.publish("u", &b"two"[..]).await.unwrap();
+    let a = next(&mut s1).await;
+    let b = next(&mut s1).await;
+    assert_eq!((a.source, a.sequence_number), (None, None));
+    assert_eq!([&a.data[..], &b.data[..]], [b"one", b"two"]);
+    // The same content again is the same message: a duplicate.
+    assert_eq!(
+        ns[0].pubsub.publish("u", &b"one"[..]).await,
+        Err(PublishError::Duplicate)
+    );
+    // A signed message is refused by a StrictNoSign node.
+    signed.pubsub.publish("u", &b"signed"[..]).await.unwrap();
+    eventually("refused", || ns[1].pubsub.stats().router.rejected == 1).await;
+    let mut all = ns;
+    all.push(signed);
+    close(all).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_subscriber_misses_what_its_buffer_cannot_hold_and_counts_it() {
+    fn small_buffer() -> GossipsubConfig {
+        GossipsubConfig {
+            subscription_buffer: 4,
+            ..GossipsubConfig::default()
+        }
+    }
+    let ns = nodes(60, 2, small_buffer).await;
+    ns[0].connect(&ns[1]).await;
+    let _s0 = ns[0].pubsub.subscribe("slow");
+    let mut s1 = ns[1].pubsub.subscribe("slow");
+    eventually("peers", || ns[0].pubsub.topic_peers("slow").len() == 1).await;
+    for i in 0..10u8 {
+        ns[0].pubsub.publish("slow", vec![i]).await.unwrap();
+    }
+    eventually("all ten handled", || {
+        ns[1].pubsub.stats().router.delivered == 10
+    })
+    .await;
+    // Four were kept, in order; six missed.
+    for i in 0..4u8 {
+        assert_eq!(&next(&mut s1).await.data[..], &[i]);
+    }
+    assert_eq!(s1.missed(), 6);
+    assert_eq!(ns[1].pubsub.stats().missed_by_subscriptions, 6);
+    close(ns).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_validator_past_its_deadline_means_ignored_without_penalty() {
+    fn short_deadline() -> GossipsubConfig {
+        GossipsubConfig {
+            validation_timeout: Duration::from_millis(200),
+            ..GossipsubConfig::default()
+        }
+    }
+    struct Stuck;
+    #[async_trait::async_trait]
+    impl strata_pubsub::Validator for Stuck {
+        async fn validate(&self, m: &strata_pubsub::Message) -> ValidationResult {
+            if &m.data[..] == b"stuck" {
+                std::future::pending::<()>().await;
+            }
+            ValidationResult::Accept
+        }
+    }
+    let ns = nodes(70, 2, short_deadline).await;
+    ns[0].connect(&ns[1]).await;
+    let _s0 = ns[0].pubsub.subscribe("d");
+    let mut s1 = ns[1].pubsub.subscribe("d");
+    ns[1].pubsub.register_validator("d", Stuck);
+    eventually("peers", || ns[0].pubsub.topic_peers("d").len() == 1).await;
+    ns[0].pubsub.publish("d", &b"stuck"[..]).await.unwrap();
+    ns[0].pubsub.publish("d", &b"fine"[..]).await.unwrap();
+    // The stuck one does not hold up the next.
+    assert_eq!(&next(&mut s1).await.data[..], b"fine");
+    eventually("ignored at the deadline", || {
+        ns[1].pubsub.stats().router.ignored == 1
+    })
+    .await;
+    assert!(ns[1].pubsub.peer_score(&ns[0].id()) >= 0.0);
+    close(ns).await;
+}

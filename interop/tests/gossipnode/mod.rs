@@ -28,6 +28,8 @@ enum Cmd {
 /// A message a rust-libp2p node received.
 #[derive(Debug, Clone)]
 pub struct Received {
+    /// When it arrived.
+    pub at: std::time::Instant,
     pub source: Option<PeerId>,
     pub data: Vec<u8>,
     pub topic: String,
@@ -56,6 +58,17 @@ impl RustGossip {
         ip: &str,
         idontwant: bool,
     ) -> (RustGossip, mpsc::UnboundedReceiver<Received>) {
+        Self::start_with_metrics(seed, ip, idontwant, None).await
+    }
+
+    /// As [`RustGossip::start`], recording gossipsub's own metrics (duplicates among
+    /// them) in `registry`.
+    pub async fn start_with_metrics(
+        seed: u64,
+        ip: &str,
+        idontwant: bool,
+        registry: Option<std::sync::Arc<std::sync::Mutex<prometheus_client::registry::Registry>>>,
+    ) -> (RustGossip, mpsc::UnboundedReceiver<Received>) {
         // The identity a Strata node of the same seed would have.
         let ours = strata_core::identity::keypair_from_seed(seed);
         let key = libp2p::identity::Keypair::from_protobuf_encoding(
@@ -77,16 +90,19 @@ impl RustGossip {
                     cfg.idontwant_message_size_threshold(usize::MAX);
                 }
                 let cfg = cfg.build().unwrap();
+                let mut gossipsub =
+                    gossipsub::Behaviour::new(MessageAuthenticity::Signed(key.clone()), cfg)
+                        .unwrap();
+                if let Some(registry) = &registry {
+                    let mut registry = registry.lock().unwrap();
+                    gossipsub = gossipsub.with_metrics(&mut registry, Default::default());
+                }
                 Behaviour {
                     identify: identify::Behaviour::new(identify::Config::new(
                         "ipfs/0.1.0".into(),
                         key.public(),
                     )),
-                    gossipsub: gossipsub::Behaviour::new(
-                        MessageAuthenticity::Signed(key.clone()),
-                        cfg,
-                    )
-                    .unwrap(),
+                    gossipsub,
                 }
             })
             .unwrap()
@@ -139,6 +155,7 @@ impl RustGossip {
                     event = swarm.select_next_some() => {
                         if let SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message { message, .. })) = event {
                             let _ = received_tx.send(Received {
+                                at: std::time::Instant::now(),
                                 source: message.source,
                                 data: message.data,
                                 topic: message.topic.into_string(),
