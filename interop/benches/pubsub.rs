@@ -269,8 +269,8 @@ async fn rust_run(w: &Workload) -> Outcome {
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &r.lock().unwrap()).unwrap();
         (
-            metric_sum(&text, "gossipsub_topic_msg_recv_counts_unfiltered_total"),
-            metric_sum(&text, "gossipsub_topic_msg_recv_counts_total"),
+            metric_sum(&text, "topic_msg_recv_counts_unfiltered_total"),
+            metric_sum(&text, "topic_msg_recv_counts_total"),
         )
     };
     let (all_before, first_before) = counts(&registry);

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::GossipsubConfig;
-use crate::message::{self, Message};
+use crate::message::{self, Message, MessageId};
 use crate::proto::decode_rpc;
 use crate::router::{
     GossipsubEvent, Output, PeerKind, PeerSnapshot, PublishError, Router, RouterStats,
@@ -391,14 +391,14 @@ struct PeerQueue {
 #[derive(Default)]
 struct QueueState {
     control: VecDeque<(Bytes, Reservation)>,
-    messages: VecDeque<(Bytes, Reservation)>,
+    messages: VecDeque<(Bytes, Reservation, Option<MessageId>)>,
     bytes: usize,
     closed: bool,
 }
 
 impl PeerQueue {
-    /// Queues `frame`; `false` if it was dropped.
-    fn push(&self, frame: Bytes, control: bool) -> bool {
+    /// Queues `frame` (a message's, with its `id`); `false` if it was dropped.
+    fn push(&self, frame: Bytes, control: bool, id: Option<MessageId>) -> bool {
         let mut st = self.state.lock().expect("queue lock");
         let len = st.control.len() + st.messages.len();
         // Control may use a quarter more than messages, so it gets through a queue that
@@ -421,7 +421,7 @@ impl PeerQueue {
         if control {
             st.control.push_back((frame, held));
         } else {
-            st.messages.push_back((frame, held));
+            st.messages.push_back((frame, held, id));
         }
         drop(st);
         self.notify.notify_one();
@@ -436,7 +436,7 @@ impl PeerQueue {
             let next = match st.control.pop_front() {
                 Some(f) => f,
                 None => match st.messages.pop_front() {
-                    Some(f) => f,
+                    Some((frame, held, _)) => (frame, held),
                     None => break,
                 },
             };
@@ -444,6 +444,21 @@ impl PeerQueue {
             st.bytes -= next.0.len();
             out.push(next);
         }
+    }
+
+    /// Drops queued messages the peer said it does not want (IDONTWANT).
+    fn forget(&self, ids: &[MessageId]) {
+        let mut st = self.state.lock().expect("queue lock");
+        let before = st.bytes;
+        let mut freed = 0;
+        st.messages.retain(|(frame, _, id)| {
+            let keep = id.as_ref().is_none_or(|id| !ids.contains(id));
+            if !keep {
+                freed += frame.len();
+            }
+            keep
+        });
+        st.bytes = before - freed;
     }
 
     fn is_empty(&self) -> bool {
@@ -613,8 +628,9 @@ impl Inner {
                     peer,
                     frame,
                     control,
+                    id,
                 } => {
-                    let queued = links.get(&peer).is_some_and(|q| q.push(frame, control));
+                    let queued = links.get(&peer).is_some_and(|q| q.push(frame, control, id));
                     if !queued {
                         let counter = if control {
                             &self.dropped_control
@@ -622,6 +638,11 @@ impl Inner {
                             &self.dropped_messages
                         };
                         counter.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Output::Forget { peer, ids } => {
+                    if let Some(q) = links.get(&peer) {
+                        q.forget(&ids);
                     }
                 }
                 other => later.push(other),
@@ -636,7 +657,7 @@ impl Inner {
                 Output::Event(ev) => {
                     let _ = self.events.send(ev);
                 }
-                Output::Send { .. } => {}
+                Output::Send { .. } | Output::Forget { .. } => {}
             }
         }
     }

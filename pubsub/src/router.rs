@@ -71,6 +71,15 @@ pub enum Output {
         frame: Bytes,
         /// Control (subscriptions, GRAFT, PRUNE, IHAVE, IWANT, IDONTWANT) or messages.
         control: bool,
+        /// The message's ID, for a message frame.
+        id: Option<MessageId>,
+    },
+    /// `peer` does not want these messages: drop them from its queue if still there.
+    Forget {
+        /// The peer.
+        peer: PeerId,
+        /// The IDs.
+        ids: Vec<MessageId>,
     },
     /// Deliver a message to the topic's local subscriptions.
     Deliver(Message),
@@ -402,6 +411,7 @@ impl Router {
                 peer,
                 frame: rpc.encode(),
                 control: true,
+                id: None,
             });
         }
     }
@@ -496,6 +506,7 @@ impl Router {
                 peer: *peer,
                 frame: frame.clone(),
                 control: true,
+                id: None,
             });
         }
     }
@@ -573,18 +584,19 @@ impl Router {
         .encode();
         self.mcache.put(id.clone(), &topic, frame.clone());
         for peer in targets {
-            self.send_message(peer, frame.clone());
+            self.send_message(peer, frame.clone(), &id);
         }
         self.stats.published += 1;
         Ok(id)
     }
 
-    fn send_message(&mut self, peer: PeerId, frame: Bytes) {
+    fn send_message(&mut self, peer: PeerId, frame: Bytes, id: &MessageId) {
         self.stats.messages_sent += 1;
         self.out.push(Output::Send {
             peer,
             frame,
             control: false,
+            id: Some(id.clone()),
         });
     }
 
@@ -827,7 +839,7 @@ impl Router {
             {
                 continue;
             }
-            self.send_message(peer, frame.clone());
+            self.send_message(peer, frame.clone(), &id);
         }
     }
 
@@ -858,6 +870,7 @@ impl Router {
                 peer,
                 frame: frame.clone(),
                 control: true,
+                id: None,
             });
         }
     }
@@ -887,9 +900,11 @@ impl Router {
             self.handle_prune(peer, p, now);
         }
         let heartbeats = self.heartbeats;
+        let mut forget = Vec::new();
         if let Some(state) = self.peers.get_mut(&peer) {
             for d in control.idontwant {
                 for id in d.ids {
+                    forget.push(MessageId(id.clone()));
                     if state.dont_want.len() >= MAX_DONT_WANT_PER_PEER
                         || !state.charge(ID_COST + id.len())
                     {
@@ -904,6 +919,9 @@ impl Router {
                     }
                 }
             }
+        }
+        if !forget.is_empty() {
+            self.out.push(Output::Forget { peer, ids: forget });
         }
     }
 
@@ -978,7 +996,7 @@ impl Router {
             }
             match self.mcache.get_for_peer(&id, &peer, limit) {
                 Some(_) if below => {}
-                Some(frame) => self.send_message(peer, frame),
+                Some(frame) => self.send_message(peer, frame, &id),
                 None => {
                     self.stats.over_limit += 1;
                     if let Some(state) = self.peers.get_mut(&peer) {
@@ -1159,6 +1177,7 @@ impl Router {
                 peer,
                 frame,
                 control: true,
+                id: None,
             });
         }
     }
