@@ -1012,3 +1012,65 @@ impl Inner {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queue(max_bytes: usize, max_len: usize) -> PeerQueue {
+        PeerQueue {
+            state: Mutex::new(QueueState::default()),
+            notify: Notify::new(),
+            memory: ScopeMemory::unlimited(),
+            max_bytes,
+            max_len,
+        }
+    }
+
+    fn id(n: u8) -> MessageId {
+        MessageId(Bytes::from(vec![n]))
+    }
+
+    #[test]
+    fn control_goes_first_and_a_full_queue_drops_messages_not_control() {
+        let q = queue(100, 10);
+        assert!(q.push(Bytes::from(vec![1; 60]), false, Some(id(1))));
+        assert!(!q.push(Bytes::from(vec![2; 60]), false, Some(id(2))));
+        // Control may use a quarter more.
+        assert!(q.push(Bytes::from(vec![3; 60]), true, None));
+        let mut out = Vec::new();
+        q.take(&mut out);
+        let firsts: Vec<u8> = out.iter().map(|(f, _)| f[0]).collect();
+        assert_eq!(firsts, vec![3, 1]);
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn forgetting_drops_queued_copies_and_frees_their_room() {
+        let q = queue(100, 10);
+        assert!(q.push(Bytes::from(vec![1; 40]), false, Some(id(1))));
+        assert!(q.push(Bytes::from(vec![2; 40]), false, Some(id(2))));
+        assert!(!q.push(Bytes::from(vec![3; 40]), false, Some(id(3))));
+        q.forget(&[id(1)]);
+        assert!(q.push(Bytes::from(vec![3; 40]), false, Some(id(3))));
+        let mut out = Vec::new();
+        q.take(&mut out);
+        let firsts: Vec<u8> = out.iter().map(|(f, _)| f[0]).collect();
+        assert_eq!(firsts, vec![2, 3]);
+    }
+
+    #[test]
+    fn a_finished_queue_is_written_out_and_a_closed_one_is_dropped() {
+        let q = queue(100, 10);
+        q.push(Bytes::from_static(b"a"), false, None);
+        q.finish();
+        assert!(!q.push(Bytes::from_static(b"b"), true, None));
+        let mut out = Vec::new();
+        q.take(&mut out);
+        assert_eq!(out.len(), 1);
+        let q = queue(100, 10);
+        q.push(Bytes::from_static(b"a"), false, None);
+        q.close();
+        assert!(q.is_empty() && q.is_closed());
+    }
+}

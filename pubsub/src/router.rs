@@ -1716,6 +1716,26 @@ mod tests {
             .map(|(p, _)| *p)
             .collect();
         assert_eq!(idontwant, [peer(2), peer(3)].into_iter().collect());
+        // An IDONTWANT also asks for the peer's queued copies to be dropped.
+        r.handle_rpc(
+            peer(3),
+            control_rpc(Control {
+                idontwant: vec![IDontWant {
+                    ids: vec![id.0.clone()],
+                }],
+                ..Control::default()
+            }),
+            now,
+        );
+        let forget: Vec<(PeerId, Vec<MessageId>)> = r
+            .take_outputs()
+            .into_iter()
+            .filter_map(|o| match o {
+                Output::Forget { peer, ids } => Some((peer, ids)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(forget, vec![(peer(3), vec![id])]);
     }
 
     #[test]
