@@ -39,6 +39,10 @@ const EVENTS_CAPACITY: usize = 1024;
 const MAX_PX_DIALS: usize = 16;
 /// Frames up to this size are gathered into one write.
 const GATHER: usize = 64 * 1024;
+/// Times a peer's stream is opened again after failing, while it stays connected.
+const STREAM_RETRIES: u32 = 3;
+/// The wait before reopening, times the failures so far.
+const STREAM_RETRY_BACKOFF: std::time::Duration = std::time::Duration::from_millis(100);
 /// How long the writers may drain their queues at shutdown.
 const SHUTDOWN_DRAIN: std::time::Duration = std::time::Duration::from_millis(500);
 
@@ -810,24 +814,48 @@ impl Inner {
         }
     }
 
-    /// Opens our stream to `peer` and writes its queue until the stream fails or the
-    /// queue is closed.
+    /// Opens our stream to `peer` and writes its queue until the queue is closed. A
+    /// stream that cannot be opened or fails is opened again (a few times, backing off)
+    /// while the peer is still connected, so that a stream lost on a live connection
+    /// does not cost the peer its place (and us what it told us); past that, the peer
+    /// is dropped.
     async fn write_loop(&self, peer: PeerId, queue: Arc<PeerQueue>) {
         let protocols: Vec<&str> = self.config.protocols.iter().map(String::as_str).collect();
-        let mut stream = match self.host.new_stream(peer, &protocols).await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::debug!(%peer, "pubsub stream not opened: {e}");
+        let mut failures = 0u32;
+        loop {
+            match self.host.new_stream(peer, &protocols).await {
+                Ok(mut stream) => match self.pump(&queue, &mut stream).await {
+                    Ok(()) => {
+                        let _ = stream.shutdown().await;
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::debug!(%peer, "pubsub stream failed: {e}");
+                        stream.reset();
+                    }
+                },
+                Err(e) => tracing::debug!(%peer, "pubsub stream not opened: {e}"),
+            }
+            failures += 1;
+            if failures > STREAM_RETRIES
+                || queue.is_closed()
+                || !self.host.peerstore().is_connected(&peer)
+            {
                 return;
             }
-        };
+            tokio::time::sleep(STREAM_RETRY_BACKOFF * failures).await;
+        }
+    }
+
+    /// Writes the queue to `stream` until the queue is closed (`Ok`) or a write fails.
+    async fn pump(&self, queue: &PeerQueue, stream: &mut Stream) -> std::io::Result<()> {
         let mut batch: Vec<(Bytes, Reservation)> = Vec::new();
         let mut gathered: Vec<u8> = Vec::new();
         loop {
             queue.take(&mut batch);
             if batch.is_empty() {
                 if queue.is_closed() {
-                    break;
+                    return Ok(());
                 }
                 queue.notify.notified().await;
                 continue;
@@ -845,17 +873,11 @@ impl Inner {
             if gathered.capacity() > GATHER * 2 {
                 gathered = Vec::new();
             }
-            let result = match result {
-                Ok(()) if queue.is_empty() => stream.flush().await,
-                other => other,
-            };
-            if let Err(e) = result {
-                tracing::debug!(%peer, "pubsub stream failed: {e}");
-                stream.reset();
-                return;
+            match result {
+                Ok(()) if queue.is_empty() => stream.flush().await?,
+                other => other?,
             }
         }
-        let _ = stream.shutdown().await;
     }
 
     /// An inbound stream: the peer's RPCs, read one by one.

@@ -415,3 +415,62 @@ async fn a_peer_that_never_reads_loses_messages_and_holds_up_nobody() {
     drop(attacker);
     close(vec![victim, honest]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_breaks_on_a_live_connection_is_opened_again() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let (victim, honest, _sub) = victim_and_honest(170).await;
+    // A peer that resets the first stream the victim opens to it and reads the next,
+    // reporting the data of every message on it.
+    let (host, _addr) = host_on(172, &loopback(2)).await;
+    let opened = Arc::new(AtomicUsize::new(0));
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+    let count = opened.clone();
+    host.set_stream_handler(MESHSUB_V12, move |mut stream: Stream| {
+        let count = count.clone();
+        let tx = tx.clone();
+        async move {
+            if count.fetch_add(1, Ordering::SeqCst) == 0 {
+                stream.reset();
+                return;
+            }
+            while let Ok(Some(frame)) =
+                strata_host::messaging::read_message(&mut stream, 1 << 20).await
+            {
+                let rpc = strata_pubsub::proto::decode_rpc(&frame, &Default::default()).unwrap();
+                for m in rpc.publish {
+                    let _ = tx.send(m.data.unwrap_or_default().to_vec());
+                }
+            }
+        }
+    });
+    host.connect(victim.id(), std::slice::from_ref(&victim.addr))
+        .await
+        .unwrap();
+    let mut stream = host.new_stream(victim.id(), &[MESHSUB_V12]).await.unwrap();
+    let sub = Rpc {
+        subscriptions: vec![SubOpts {
+            subscribe: true,
+            topic: TOPIC.into(),
+        }],
+        ..Rpc::default()
+    };
+    stream.write_all(&sub.encode()).await.unwrap();
+    stream.flush().await.unwrap();
+    eventually("a second stream", || opened.load(Ordering::SeqCst) >= 2).await;
+    // The victim still knows the peer's subscription, and reaches it on the new stream.
+    assert!(victim.pubsub.topic_peers(TOPIC).contains(&host.id()));
+    victim
+        .pubsub
+        .publish(TOPIC, &b"after the reset"[..])
+        .await
+        .unwrap();
+    let got = tokio::time::timeout(LIMIT, rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got, b"after the reset");
+    host.shutdown(Duration::from_secs(1)).await;
+    close(vec![victim, honest]).await;
+}
