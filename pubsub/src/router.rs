@@ -1888,4 +1888,100 @@ mod tests {
             .collect();
         assert_eq!(forwarded, [peer(1), peer(2), peer(4)].into_iter().collect());
     }
+
+    #[test]
+    fn a_mesh_with_a_low_median_score_grafts_better_peers() {
+        let config = GossipsubConfig {
+            opportunistic_graft_ticks: 1,
+            ..GossipsubConfig::default()
+        };
+        let (mut r, now) = router_with(config);
+        add(&mut r, 1..7, PeerKind::Gossipsub12, now);
+        r.join(T, now);
+        assert_eq!(r.mesh_peers(T).len(), 6);
+        // Two peers outside the mesh score well above the opportunistic threshold.
+        add(&mut r, 7..9, PeerKind::Gossipsub12, now);
+        r.set_application_score(&peer(7), 50.0);
+        r.set_application_score(&peer(8), 50.0);
+        sent(&mut r);
+        r.heartbeat(now + Duration::from_secs(1));
+        let mesh = r.mesh_peers(T);
+        assert!(
+            mesh.contains(&peer(7)) && mesh.contains(&peer(8)),
+            "{mesh:?}"
+        );
+        assert!(grafts_to(&sent(&mut r)).contains(&peer(7)));
+    }
+
+    #[test]
+    fn a_mesh_peer_that_delivers_too_little_loses_score_once_active() {
+        let mut params = crate::config::PeerScoreParams::default();
+        params.default_topic = Some(crate::config::TopicScoreParams {
+            mesh_message_deliveries_weight: -1.0,
+            mesh_message_deliveries_threshold: 5.0,
+            mesh_message_deliveries_decay: 1.0,
+            mesh_message_deliveries_activation: Duration::from_secs(2),
+            ..crate::config::TopicScoreParams::default()
+        });
+        let config = GossipsubConfig {
+            scoring: Some((params, PeerScoreThresholds::default())),
+            ..GossipsubConfig::default()
+        };
+        let (mut r, now) = router_with(config);
+        add(&mut r, 1..3, PeerKind::Gossipsub12, now);
+        r.join(T, now);
+        // Peer 1 delivers five messages, peer 2 none.
+        let author = Keypair::generate_ed25519();
+        for n in 0..5 {
+            r.handle_rpc(
+                peer(1),
+                Rpc {
+                    publish: vec![message(&author, n, 10)],
+                    ..Rpc::default()
+                },
+                now,
+            );
+        }
+        // Before activation, no deficit counts.
+        r.heartbeat(now + Duration::from_secs(1));
+        assert!(r.score(&peer(2)) >= 0.0);
+        r.heartbeat(now + Duration::from_millis(2500));
+        // Peer 2's deficit is 5 (squared, weight -1); peer 1 decayed but is positive.
+        assert!(r.score(&peer(2)) < -20.0, "{}", r.score(&peer(2)));
+        assert!(r.score(&peer(1)) > 0.0, "{}", r.score(&peer(1)));
+        // A negative score leaves the mesh at the next heartbeat.
+        r.heartbeat(now + Duration::from_secs(3));
+        assert!(!r.mesh_peers(T).contains(&peer(2)));
+    }
+
+    #[test]
+    fn validations_past_the_queue_are_ignored_without_penalty() {
+        let config = GossipsubConfig {
+            validation_concurrency: 1,
+            ..GossipsubConfig::default()
+        };
+        let (mut r, now) = router_with(config);
+        add(&mut r, 1..2, PeerKind::Gossipsub12, now);
+        r.join(T, now);
+        r.set_validated(T, true);
+        let author = Keypair::generate_ed25519();
+        for n in 0..2 {
+            r.handle_rpc(
+                peer(1),
+                Rpc {
+                    publish: vec![message(&author, n, 10)],
+                    ..Rpc::default()
+                },
+                now,
+            );
+        }
+        let validating = r
+            .take_outputs()
+            .iter()
+            .filter(|o| matches!(o, Output::Validate(_)))
+            .count();
+        assert_eq!(validating, 1);
+        assert_eq!(r.stats().ignored, 1);
+        assert_eq!(r.score(&peer(1)), 0.0);
+    }
 }
