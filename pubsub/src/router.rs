@@ -1915,14 +1915,16 @@ mod tests {
 
     #[test]
     fn a_mesh_peer_that_delivers_too_little_loses_score_once_active() {
-        let mut params = crate::config::PeerScoreParams::default();
-        params.default_topic = Some(crate::config::TopicScoreParams {
-            mesh_message_deliveries_weight: -1.0,
-            mesh_message_deliveries_threshold: 5.0,
-            mesh_message_deliveries_decay: 1.0,
-            mesh_message_deliveries_activation: Duration::from_secs(2),
-            ..crate::config::TopicScoreParams::default()
-        });
+        let params = crate::config::PeerScoreParams {
+            default_topic: Some(crate::config::TopicScoreParams {
+                mesh_message_deliveries_weight: -1.0,
+                mesh_message_deliveries_threshold: 5.0,
+                mesh_message_deliveries_decay: 1.0,
+                mesh_message_deliveries_activation: Duration::from_secs(2),
+                ..crate::config::TopicScoreParams::default()
+            }),
+            ..crate::config::PeerScoreParams::default()
+        };
         let config = GossipsubConfig {
             scoring: Some((params, PeerScoreThresholds::default())),
             ..GossipsubConfig::default()
