@@ -283,6 +283,34 @@ mod tests {
     }
 
     #[test]
+    fn a_key_the_peer_id_does_not_embed_travels_with_the_message() {
+        let key = Keypair::generate_ecdsa();
+        let msg = build(
+            &key,
+            SignaturePolicy::StrictSign,
+            "t",
+            Bytes::from_static(b"x"),
+            1,
+        )
+        .unwrap();
+        assert_eq!(msg.key, Some(Bytes::from(key.public().encode_protobuf())));
+        assert_eq!(
+            verify(&msg, SignaturePolicy::StrictSign),
+            Ok(Some(key.public().to_peer_id()))
+        );
+        let mut keyless = msg.clone();
+        keyless.key = None;
+        assert_eq!(
+            verify(&keyless, SignaturePolicy::StrictSign),
+            Err(SignatureError::Missing("a key"))
+        );
+        // An Ed25519 ID embeds its key: none is sent.
+        let ed = Keypair::generate_ed25519();
+        let msg = build(&ed, SignaturePolicy::StrictSign, "t", Bytes::new(), 1).unwrap();
+        assert_eq!(msg.key, None);
+    }
+
+    #[test]
     fn ids_follow_go_and_rust_libp2p() {
         let key = Keypair::generate_ed25519();
         let author = key.public().to_peer_id();
