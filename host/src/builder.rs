@@ -161,6 +161,9 @@ pub enum BuildError {
     /// The resource limits contradict each other.
     #[error(transparent)]
     Limits(#[from] LimitError),
+    /// [`HostBuilder::build_listening`] with no address to listen on.
+    #[error("no listen address was given")]
+    NoListenAddr,
 }
 
 /// One listen address asked for, and what became of it.
@@ -173,6 +176,38 @@ pub struct ListenOutcome {
 }
 
 impl HostBuilder {
+    /// A TCP-only host (no QUIC) with the identity of `seed`
+    /// ([`strata_core::identity::keypair_from_seed`]) listening on `/ip4/<ip>/tcp/0`: the
+    /// host that tests, benches and examples start from when each node wants its own
+    /// loopback address. Finish it with [`HostBuilder::build_listening`].
+    pub fn tcp_on(seed: u64, ip: &str) -> Self {
+        let mut b = HostBuilder::new()
+            .identity(strata_core::identity::keypair_from_seed(seed))
+            .no_quic();
+        match format!("/ip4/{ip}/tcp/0").parse() {
+            Ok(addr) => b = b.listen_on(addr),
+            Err(e) => tracing::warn!("not an IPv4 address: {ip}: {e}"),
+        }
+        b
+    }
+
+    /// Builds the host and returns it with the address its first listener got (its
+    /// port resolved); the first listener's failure is the error.
+    pub async fn build_listening(self) -> Result<(Host, Multiaddr), BuildError> {
+        let (host, outcomes) = self.build().await?;
+        match outcomes.into_iter().next().map(|o| o.result) {
+            Some(Ok(addr)) => Ok((host, addr)),
+            Some(Err(e)) => {
+                host.close().await;
+                Err(BuildError::Swarm(e))
+            }
+            None => {
+                host.close().await;
+                Err(BuildError::NoListenAddr)
+            }
+        }
+    }
+
     /// The defaults (see the table above).
     pub fn new() -> Self {
         Self::default()

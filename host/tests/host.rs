@@ -454,3 +454,24 @@ async fn connections_in_their_grace_period_are_not_trimmed() {
     a.close().await;
     b.close().await;
 }
+
+#[tokio::test]
+async fn build_listening_returns_the_resolved_address_or_why_there_is_none() {
+    let (host, addr) = HostBuilder::tcp_on(4242, "127.0.0.1")
+        .build_listening()
+        .await
+        .unwrap();
+    assert_eq!(
+        host.id(),
+        strata_core::identity::keypair_from_seed(4242)
+            .public()
+            .to_peer_id()
+    );
+    let text = addr.to_string();
+    assert!(text.starts_with("/ip4/127.0.0.1/tcp/"), "{text}");
+    assert!(!text.ends_with("/tcp/0"), "{text}");
+    assert!(host.addrs().contains(&addr));
+    host.close().await;
+    let none = HostBuilder::new().no_quic().build_listening().await;
+    assert!(matches!(none, Err(strata_host::BuildError::NoListenAddr)));
+}

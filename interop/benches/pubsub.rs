@@ -18,7 +18,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
-use strata_core::identity::keypair_from_seed;
 use strata_core::sys::{cpu_time, raise_fd_limit, tcp_bytes_received};
 use strata_core::Multiaddr;
 use strata_host::{Host, HostBuilder};
@@ -139,14 +138,10 @@ async fn strata_run(w: &Workload) -> Outcome {
     let links = topology();
     let mut hosts: Vec<(Host, Gossipsub, Multiaddr)> = Vec::new();
     for i in 0..NODES {
-        let (host, outcomes) = HostBuilder::new()
-            .identity(keypair_from_seed(10_000 + i as u64))
-            .no_quic()
-            .listen_on(format!("/ip4/{}/tcp/0", loopback(i)).parse().unwrap())
-            .build()
+        let (host, addr) = HostBuilder::tcp_on(10_000 + i as u64, &loopback(i))
+            .build_listening()
             .await
             .unwrap();
-        let addr = outcomes[0].result.as_ref().unwrap().clone();
         let mut config = GossipsubConfig {
             message_id: Arc::new(rust_libp2p_message_id),
             ..GossipsubConfig::default()

@@ -7,7 +7,6 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use gossipnode::{Received, RustGossip};
-use strata_core::identity::keypair_from_seed;
 use strata_core::{Multiaddr, PeerId};
 use strata_host::{Host, HostBuilder};
 use strata_pubsub::{rust_libp2p_message_id, Gossipsub, GossipsubConfig, Subscription};
@@ -21,14 +20,10 @@ fn loopback(i: usize) -> String {
 }
 
 async fn strata_node(seed: u64, ip: &str, config: GossipsubConfig) -> (Host, Gossipsub, Multiaddr) {
-    let (host, outcomes) = HostBuilder::new()
-        .identity(keypair_from_seed(seed))
-        .no_quic()
-        .listen_on(format!("/ip4/{ip}/tcp/0").parse().unwrap())
-        .build()
+    let (host, addr) = HostBuilder::tcp_on(seed, ip)
+        .build_listening()
         .await
         .unwrap();
-    let addr = outcomes[0].result.as_ref().unwrap().clone();
     let pubsub = Gossipsub::new(host.clone(), config);
     (host, pubsub, addr)
 }

@@ -140,20 +140,16 @@ async fn node(seed: u64, i: usize) -> Node {
     let ip = format!("127.0.{}.{}", 100 + i / 200, 1 + i % 200);
     // Few connections per node, as on a real network where a node cannot hold one to
     // everyone (and so that 200 nodes fit one process's descriptors): trimmed above 32.
-    let (host, outcomes) = HostBuilder::new()
-        .identity(keypair_from_seed(seed))
+    let (host, addr) = HostBuilder::tcp_on(seed, &ip)
         .conn_manager(ConnManagerConfig {
             low_water: 16,
             high_water: 32,
             grace_period: Duration::from_secs(1),
             ..ConnManagerConfig::default()
         })
-        .no_quic()
-        .listen_on(format!("/ip4/{ip}/tcp/0").parse().unwrap())
-        .build()
+        .build_listening()
         .await
         .unwrap();
-    let addr = outcomes[0].result.as_ref().unwrap().clone();
     let kad = Kad::new(host.clone(), KadConfig::default());
     Node { host, kad, addr }
 }

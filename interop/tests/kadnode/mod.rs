@@ -288,14 +288,10 @@ fn seed_bytes(seed: u64) -> [u8; 32] {
 
 /// A Strata DHT node: host on `ip`, server mode, the `test` namespace accepting anything.
 pub async fn strata_node(seed: u64, ip: &str) -> (Host, Kad, Multiaddr) {
-    let (host, outcomes) = HostBuilder::new()
-        .identity(strata_core::identity::keypair_from_seed(seed))
-        .no_quic()
-        .listen_on(format!("/ip4/{ip}/tcp/0").parse().unwrap())
-        .build()
+    let (host, addr) = HostBuilder::tcp_on(seed, ip)
+        .build_listening()
         .await
         .unwrap();
-    let addr = outcomes[0].result.as_ref().unwrap().clone();
     let mut config = KadConfig::default();
     config.validators.insert("test", AcceptAnyValidator);
     let kad = Kad::new(host.clone(), config);

@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use strata_core::identity::keypair_from_seed;
 use strata_core::{Multiaddr, PeerId};
 use strata_host::{Host, HostBuilder};
 use strata_pubsub::{Gossipsub, GossipsubConfig, Message, Subscription};
@@ -40,15 +39,10 @@ pub fn loopback(i: usize) -> String {
 
 /// A host on `ip` with identity `seed`.
 pub async fn host_on(seed: u64, ip: &str) -> (Host, Multiaddr) {
-    let (host, outcomes) = HostBuilder::new()
-        .identity(keypair_from_seed(seed))
-        .no_quic()
-        .listen_on(format!("/ip4/{ip}/tcp/0").parse().unwrap())
-        .build()
+    HostBuilder::tcp_on(seed, ip)
+        .build_listening()
         .await
-        .unwrap();
-    let addr = outcomes[0].result.as_ref().unwrap().clone();
-    (host, addr)
+        .unwrap()
 }
 
 /// A node with `config` on loopback address `ip`.
