@@ -71,6 +71,16 @@ async fn run() {
         never_reads_messages(t, Duration::from_secs(4))
     })
     .await;
+    let pubsub_sources: Vec<_> = (1..=20).map(|h| loopback(60, h)).collect();
+    row(
+        "pubsub: 20 peers, 1,000 new topics and 5,000 IHAVE IDs per RPC",
+        |t| pubsub_subscriptions_and_ihave(t, &pubsub_sources, Duration::from_secs(4)),
+    )
+    .await;
+    row("pubsub: 20 peers, 1 MiB RPCs of forged messages", |t| {
+        pubsub_forged_messages(t, &pubsub_sources, Duration::from_secs(4))
+    })
+    .await;
     let quic_sources: Vec<_> = (1..=50).map(|h| loopback(4, h)).collect();
     row("500 silent QUIC handshakes from 50 addresses", |t| {
         silent_quic_handshakes(t, &quic_sources, 500, Duration::from_secs(7))

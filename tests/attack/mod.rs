@@ -23,6 +23,8 @@ use futures::future::join_all;
 use strata::core::addr::{quic_socket_addr, tcp_socket_addr};
 use strata::core::{Multiaddr, PeerId, Stream};
 use strata::host::{HostBuilder, MessageConfig, MessageHandler, Security};
+use strata::pubsub::proto::{Control, IHave, RawMessage, Rpc, SubOpts};
+use strata::pubsub::{Gossipsub, GossipsubConfig, MESHSUB_V12};
 use strata::rcmgr::LimitConfig;
 use strata::transport::{QuicConfig, QuicTransport, TcpTransport, WsConfig};
 use strata::upgrader::muxer::yamux::frame::{flags, FrameType, Header};
@@ -146,6 +148,9 @@ async fn listener() {
     let _ = spammer.0.set(host.clone());
     host.add_message_protocol(SPAM, MessageConfig::default(), spammer)
         .unwrap();
+    // GossipSub, subscribed to the topic the pubsub attacks aim at.
+    let pubsub = Gossipsub::new(host.clone(), GossipsubConfig::default());
+    let _topic = pubsub.subscribe(PUBSUB_TOPIC);
     let addrs: Vec<String> = outcomes
         .iter()
         .map(|o| format!("{}/p2p/{}", o.result.as_ref().unwrap(), host.id()))
@@ -801,6 +806,104 @@ pub async fn never_reads_messages(target: &Target, time: Duration) {
     connect_all(std::slice::from_ref(&host), target, 1).await;
     tokio::time::sleep(time).await;
     host.close().await;
+}
+
+/// The topic the listener's GossipSub is subscribed to.
+pub const PUBSUB_TOPIC: &str = "attack";
+
+/// A pubsub stream from a fresh host on `source` to the listener.
+async fn pubsub_stream(target: &Target, source: IpAddr) -> (Host, Stream) {
+    let host = client_from(source, None).await;
+    connect_all(std::slice::from_ref(&host), target, 1).await;
+    let stream = host
+        .new_stream(target.peer, &[MESHSUB_V12])
+        .await
+        .expect("a pubsub stream");
+    (host, stream)
+}
+
+/// Writes `rpc` again and again to the listener from each of `sources` for `time`.
+async fn pubsub_flood(
+    target: &Target,
+    sources: &[IpAddr],
+    time: Duration,
+    rpc: impl Fn(u64) -> Rpc,
+) {
+    let mut attackers = Vec::new();
+    for &source in sources {
+        attackers.push(pubsub_stream(target, source).await);
+    }
+    let deadline = tokio::time::Instant::now() + time;
+    let rpc = &rpc;
+    join_all(
+        attackers
+            .iter_mut()
+            .enumerate()
+            .map(|(a, (_, stream))| async move {
+                let mut n = 0u64;
+                while tokio::time::Instant::now() < deadline {
+                    let frame = rpc((a as u64) << 32 | n).encode();
+                    if stream.write_all(&frame).await.is_err() {
+                        break;
+                    }
+                    n += 1;
+                }
+            }),
+    )
+    .await;
+    for (host, _) in attackers {
+        host.close().await;
+    }
+}
+
+/// Each of `sources` subscribes to ever new topics (1,000 per RPC, names of 64 bytes)
+/// and announces IHAVEs of 5,000 IDs, for `time`.
+pub async fn pubsub_subscriptions_and_ihave(target: &Target, sources: &[IpAddr], time: Duration) {
+    pubsub_flood(target, sources, time, |n| Rpc {
+        subscriptions: (0..1000u64)
+            .map(|i| SubOpts {
+                subscribe: true,
+                topic: format!("{n:016x}/{i:08x}/{}", "t".repeat(38)),
+            })
+            .collect(),
+        control: Some(Control {
+            ihave: vec![IHave {
+                topic: PUBSUB_TOPIC.into(),
+                ids: (0..5000u64)
+                    .map(|i| bytes::Bytes::from((n << 16 | i).to_be_bytes().to_vec()))
+                    .collect(),
+            }],
+            ..Control::default()
+        }),
+        ..Rpc::default()
+    })
+    .await;
+}
+
+/// Each of `sources` sends RPCs of sixteen 60 KiB messages with bad signatures (each
+/// must be read, decoded and checked), for `time`.
+pub async fn pubsub_forged_messages(target: &Target, sources: &[IpAddr], time: Duration) {
+    let data = bytes::Bytes::from(vec![0x5a; 60 * 1024]);
+    let from = bytes::Bytes::from(
+        strata::identity::generate_ed25519()
+            .public()
+            .to_peer_id()
+            .to_bytes(),
+    );
+    pubsub_flood(target, sources, time, move |n| Rpc {
+        publish: (0..16u64)
+            .map(|i| RawMessage {
+                from: Some(from.clone()),
+                data: Some(data.clone()),
+                seqno: Some(bytes::Bytes::from((n << 8 | i).to_be_bytes().to_vec())),
+                topic: PUBSUB_TOPIC.into(),
+                signature: Some(bytes::Bytes::from(vec![7u8; 64])),
+                key: None,
+            })
+            .collect(),
+        ..Rpc::default()
+    })
+    .await;
 }
 
 /// The first datagram of a QUIC connection attempt (a real Initial with a ClientHello)
