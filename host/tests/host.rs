@@ -475,3 +475,61 @@ async fn build_listening_returns_the_resolved_address_or_why_there_is_none() {
     let none = HostBuilder::new().no_quic().build_listening().await;
     assert!(matches!(none, Err(strata_host::BuildError::NoListenAddr)));
 }
+
+/// An idle QUIC connection books the smallest window tier (not the 15 MiB windows a bulk
+/// transfer wants); one that moves data grows its windows, booked as they grow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quic_windows_start_small_and_grow_with_traffic() {
+    let quic = |seed: u64| {
+        HostBuilder::new()
+            .identity(strata_core::identity::keypair_from_seed(seed))
+            .no_tcp()
+            .listen_on("/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap())
+    };
+    let (server, addr) = quic(901).build_listening().await.unwrap();
+    let (client, _) = quic(902).build_listening().await.unwrap();
+    serve_echo(&server);
+    let booked = |h: &Host| h.resource_manager().stat().system.memory;
+    let before = booked(&server);
+    client.connect(server.id(), &[addr]).await.unwrap();
+    // The server's side is booked once its handshake is done and the swarm has it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !server.peerstore().is_connected(&client.id()) {
+        assert!(tokio::time::Instant::now() < deadline, "never connected");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let idle = booked(&server) - before;
+    assert!(idle >= 2 * 240 * 1024, "the windows are booked: {idle}");
+    // The smallest tier (240 KiB each way by default) and the handshake's state.
+    assert!(
+        idle < 2 * 1024 * 1024,
+        "an idle connection books {idle} bytes"
+    );
+    // 64 MiB through an echo stream.
+    let mut s = client.new_stream(server.id(), &[ECHO]).await.unwrap();
+    let payload: Vec<u8> = (0..64 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    let (mut r, mut w) = tokio::io::split(&mut s);
+    let write = async {
+        w.write_all(&payload).await.unwrap();
+        w.shutdown().await.unwrap();
+    };
+    let mut back = Vec::with_capacity(payload.len());
+    let read = r.read_to_end(&mut back);
+    let (_, n) = tokio::join!(write, read);
+    assert_eq!(n.unwrap(), payload.len());
+    assert!(back == payload, "the echo differs");
+    drop(s);
+    // Once the stream is gone, what stays booked is the connection's: grown windows.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while server.resource_manager().stat().system.streams_inbound > 0 {
+        assert!(tokio::time::Instant::now() < deadline, "the stream stays");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let grown = booked(&server) - before;
+    assert!(
+        grown >= idle + 1024 * 1024,
+        "windows did not grow: {grown} bytes booked, {idle} idle"
+    );
+    client.close().await;
+    server.close().await;
+}

@@ -30,7 +30,7 @@ impl Stack {
             .collect()
     }
 
-    fn short(self) -> &'static str {
+    pub fn short(self) -> &'static str {
         match self {
             Stack::Tls => "tls",
             Stack::Noise => "noise",
@@ -72,8 +72,17 @@ pub fn libp2p_swarm<B: NetworkBehaviour>(
     stack: Stack,
     behaviour: impl FnOnce(&libp2p::identity::Keypair) -> B,
 ) -> Swarm<B> {
+    libp2p_swarm_idle(stack, Duration::from_secs(60), behaviour)
+}
+
+/// As [`libp2p_swarm`], with connections kept for `idle_timeout` while idle.
+pub fn libp2p_swarm_idle<B: NetworkBehaviour>(
+    stack: Stack,
+    idle_timeout: Duration,
+    behaviour: impl FnOnce(&libp2p::identity::Keypair) -> B,
+) -> Swarm<B> {
     let builder = SwarmBuilder::with_new_identity().with_tokio();
-    let idle = |c: libp2p::swarm::Config| c.with_idle_connection_timeout(Duration::from_secs(60));
+    let idle = |c: libp2p::swarm::Config| c.with_idle_connection_timeout(idle_timeout);
     match stack {
         Stack::Tls => builder
             .with_tcp(

@@ -20,8 +20,8 @@ pub(crate) const FIRST_WINDOW: u64 = 64 * 1024;
 /// | `keep_alive_interval` | `Some(15 s)` | half the idle timeout, so an idle but live connection survives one lost ping |
 /// | `max_concurrent_bidi_streams` | 256 | streams the remote may have open at once (as rust-libp2p) |
 /// | `stream_receive_window` | 10 MiB | per-stream flow-control window: one stream can fill a fast path |
-/// | `receive_window` | 15 MiB | per-connection window, larger than one stream's so one stream cannot starve the others |
-/// | `send_window` | 15 MiB | bytes in flight we buffer per connection, matched to the receive window (a connection short of memory gets smaller ones, as it gets a smaller receive window) |
+/// | `receive_window` | 15 MiB | the largest per-connection window, larger than one stream's so one stream cannot starve the others; a connection starts at 1/64 of it and grows by fourfold steps with its traffic, booked as it grows |
+/// | `send_window` | 15 MiB | the largest of the bytes in flight we buffer per connection, matched to the receive window (it starts and grows with it) |
 /// | `accept_queue_len` | 16 | connections accepted but not yet taken by [`strata_core::Listener::accept`] |
 /// | `max_inflight_handshakes` | 1024 | inbound handshakes running at once per listener; an attempt past it is refused (per-address caps are the resource manager's) |
 /// | `retry_above` | 64 | with more handshakes than this in flight, or while the resource manager reports pressure (pending handshakes holding half of what they may), an attempt from an address not yet validated gets a Retry first (stateless; a spoofed source never answers it) |

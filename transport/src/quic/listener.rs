@@ -204,10 +204,13 @@ async fn handshake(
         .map_err(|_| UpgradeError::NoProgress(progress))?
         .map_err(handshake_error)?;
     scope.handshake_progress();
-    if let Err(e) = ctx.shared.open_windows(&conn, &mut held) {
-        conn.close(CLOSE_NORMAL, b"resource limit");
-        return Err(UpgradeError::Resource(e));
-    }
+    let tier = match ctx.shared.open_windows(&conn, &mut held) {
+        Ok(tier) => tier,
+        Err(e) => {
+            conn.close(CLOSE_NORMAL, b"resource limit");
+            return Err(UpgradeError::Resource(e));
+        }
+    };
     let key = match remote_public_key(&conn) {
         Ok(key) => key,
         Err(e) => {
@@ -248,7 +251,7 @@ async fn handshake(
         return Err(UpgradeError::Gated(GateStage::Upgraded));
     }
     ctx.shared
-        .hold_until_closed(conn.quinn().clone(), scope, held);
+        .hold_until_closed(conn.quinn().clone(), scope, held, tier);
     Ok(conn)
 }
 

@@ -64,8 +64,12 @@ pub enum QuicError {
 pub(crate) struct Shared {
     pub(crate) local_peer: PeerId,
     pub(crate) config: QuicConfig,
-    /// Client and server configs per receive window, largest first.
+    /// Client and server configs per receive window, largest first. A connection
+    /// starts at the last (smallest) and grows through them as its traffic needs.
     tiers: Vec<WindowTier>,
+    /// The client config a dial starts with: the smallest connection window, the full
+    /// stream window (the connection window bounds it, and it cannot grow later).
+    start_client: quinn::ClientConfig,
     /// The server config of inbound handshakes: small windows (see
     /// [`config::FIRST_WINDOW`]) until the handshake is done and the real ones are
     /// reserved. Listening endpoints start with it too.
@@ -103,7 +107,6 @@ pub(crate) struct WindowTier {
     window: u64,
     /// The send window that goes with it.
     send_window: u64,
-    client: quinn::ClientConfig,
 }
 
 impl WindowTier {
@@ -114,32 +117,74 @@ impl WindowTier {
 }
 
 impl Shared {
-    /// Reserves the windows of the largest tier `memory` can hold (the full one only
-    /// while memory is plentiful, smaller ones as it runs short), receive and send
-    /// together, and returns its tier. Fails only when not even the smallest fits.
-    pub(crate) fn reserve_windows(
-        &self,
-        held: &mut Reservation,
-    ) -> Result<&WindowTier, ResourceError> {
+    /// Reserves the windows of the smallest tier, receive and send together, and
+    /// returns its index: every connection starts there (an idle connection books what
+    /// an idle connection can be made to hold, not what a bulk transfer needs) and
+    /// grows with its traffic ([`Shared::grow_windows`]).
+    pub(crate) fn reserve_windows(&self, held: &mut Reservation) -> Result<usize, ResourceError> {
         let last = self.tiers.len().saturating_sub(1);
-        let mut refused = None;
-        for (i, tier) in self.tiers.iter().enumerate() {
-            let prio = match i {
-                0 => priority::MEDIUM,
-                i if i == last => priority::ALWAYS,
-                _ => priority::HIGH,
-            };
-            match held.grow(tier.memory(), prio) {
-                Ok(()) => return Ok(tier),
-                Err(e) => refused = Some(e),
-            }
-        }
-        Err(refused.unwrap_or(ResourceError {
+        let tier = self.tiers.get(last).ok_or(ResourceError {
             scope: "conn".into(),
             resource: strata_core::rcmgr::Resource::Memory,
             limit: 0,
-        }))
+        })?;
+        held.grow(tier.memory(), priority::ALWAYS)?;
+        Ok(last)
     }
+
+    /// Moves a connection at tier `from` to the next larger tier if its scope can
+    /// reserve the difference (the largest only while memory is plentiful), and gives it
+    /// the larger windows; returns the tier it is at.
+    pub(crate) fn grow_windows(
+        &self,
+        conn: &quinn::Connection,
+        held: &mut Reservation,
+        from: usize,
+    ) -> usize {
+        let Some(to) = from.checked_sub(1) else {
+            return from;
+        };
+        let (Some(old), Some(new)) = (self.tiers.get(from), self.tiers.get(to)) else {
+            return from;
+        };
+        let prio = if to == 0 {
+            priority::MEDIUM
+        } else {
+            priority::HIGH
+        };
+        if held
+            .grow(new.memory().saturating_sub(old.memory()), prio)
+            .is_err()
+        {
+            return from;
+        }
+        if let Ok(window) = quinn::VarInt::from_u64(new.window) {
+            conn.set_receive_window(window);
+        }
+        conn.set_send_window(new.send_window);
+        to
+    }
+}
+
+/// How often a connection's traffic is looked at while it moves data; an idle one is
+/// looked at less and less often, down to [`TUNE_IDLE`].
+const TUNE_ACTIVE: std::time::Duration = std::time::Duration::from_millis(10);
+/// The longest wait between looks at an idle connection.
+const TUNE_IDLE: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Whether a connection that moved `bytes` (the larger of the two directions) in
+/// `elapsed`, at round-trip time `rtt`, may be held back by a window of `window`: its
+/// bandwidth-delay product reaches half the window, or it moved a window's worth in
+/// one look (a fast path whose RTT is tiny still gets room for bursts).
+fn needs_larger_window(
+    bytes: u64,
+    elapsed: std::time::Duration,
+    rtt: std::time::Duration,
+    window: u64,
+) -> bool {
+    let secs = elapsed.as_secs_f64().max(1e-6);
+    let bdp = bytes as f64 / secs * rtt.as_secs_f64();
+    bdp * 2.0 >= window as f64 || bytes >= window
 }
 
 impl std::fmt::Debug for QuicTransport {
@@ -170,20 +215,23 @@ impl QuicTransport {
             quinn::crypto::rustls::QuicServerConfig::try_from(server_tls)
                 .map_err(|e| QuicError::Crypto(e.to_string()))?,
         );
-        let mut tiers = Vec::new();
-        for (window, stream_window) in config.window_tiers() {
-            let transport = config.transport_config_with(window, stream_window)?;
-            let mut client = quinn::ClientConfig::new(client_crypto.clone());
-            client.transport_config(transport);
-            tiers.push(WindowTier {
+        let tiers: Vec<WindowTier> = config
+            .window_tiers()
+            .into_iter()
+            .map(|(window, _)| WindowTier {
                 window,
                 send_window: config.send_window.min(window.max(config::FIRST_WINDOW)),
-                client,
-            });
-        }
-        if tiers.is_empty() {
+            })
+            .collect();
+        let Some(smallest) = tiers.last() else {
             return Err(QuicConfigError::Zero("receive_window").into());
-        }
+        };
+        // Dials start at the smallest connection window with the full stream window
+        // (quinn cannot raise a stream window later; the connection window bounds it).
+        let mut start_client = quinn::ClientConfig::new(client_crypto.clone());
+        start_client.transport_config(
+            config.transport_config_with(smallest.window, config.stream_receive_window)?,
+        );
         // Inbound handshakes start small: the real windows come once it is done. The
         // stream window is the configured one (the connection window bounds it).
         let first = config::FIRST_WINDOW.min(config.receive_window);
@@ -202,6 +250,7 @@ impl QuicTransport {
                 local_peer: identity.public().to_peer_id(),
                 config,
                 tiers,
+                start_client,
                 handshake_server: Arc::new(server),
                 endpoints: Endpoints::new(runtime.clone()),
                 runtime,
@@ -299,6 +348,7 @@ impl QuicTransport {
             .shared
             .reserve_windows(&mut held)
             .map_err(resource_err)?;
+        let client = self.shared.start_client.clone();
         let endpoint = self
             .shared
             .endpoints
@@ -311,15 +361,16 @@ impl QuicTransport {
                 },
             })?;
         let started = std::time::Instant::now();
-        let connecting = endpoint
-            .connect_with(tier.client.clone(), remote, SERVER_NAME)
-            .map_err(|e| match e {
-                quinn::ConnectError::EndpointStopping => TransportError::TransportClosed,
-                e => TransportError::Dial {
-                    addr: addr.clone(),
-                    source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
-                },
-            })?;
+        let connecting =
+            endpoint
+                .connect_with(client, remote, SERVER_NAME)
+                .map_err(|e| match e {
+                    quinn::ConnectError::EndpointStopping => TransportError::TransportClosed,
+                    e => TransportError::Dial {
+                        addr: addr.clone(),
+                        source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
+                    },
+                })?;
         let upgrade_err = |source: UpgradeError| TransportError::Upgrade {
             addr: addr.clone(),
             source,
@@ -387,7 +438,7 @@ impl QuicTransport {
             return Err(upgrade_err(UpgradeError::Gated(GateStage::Upgraded)));
         }
         self.shared
-            .hold_until_closed(conn.quinn().clone(), scope, held);
+            .hold_until_closed(conn.quinn().clone(), scope, held, tier);
         Ok(conn)
     }
 
@@ -422,33 +473,69 @@ impl QuicTransport {
 impl Shared {
     /// Keeps `scope` (the connection's slot) and `held` (its windows and state) until
     /// the connection has ended, on a task the transport's close waits for.
+    /// The task also tunes the windows: starting at tier `tier` (the smallest), it
+    /// moves the connection to larger ones as its traffic needs them and its scope can
+    /// reserve them (window auto-tuning, as TCP's receive buffer auto-tuning).
     pub(crate) fn hold_until_closed(
-        &self,
+        self: &Arc<Self>,
         conn: quinn::Connection,
         scope: ConnScope,
-        held: Reservation,
+        mut held: Reservation,
+        mut tier: usize,
     ) {
         use quinn::Runtime as _;
+        let shared = Arc::downgrade(self);
         self.runtime.spawn(Box::pin(async move {
-            conn.closed().await;
+            let mut wait = TUNE_ACTIVE;
+            let mut last = conn.stats();
+            let mut at = tokio::time::Instant::now();
+            loop {
+                tokio::select! {
+                    _ = conn.closed() => break,
+                    _ = tokio::time::sleep(wait) => {}
+                }
+                let Some(shared) = shared.upgrade() else {
+                    break;
+                };
+                let stats = conn.stats();
+                let now = tokio::time::Instant::now();
+                let moved = (stats.udp_rx.bytes.saturating_sub(last.udp_rx.bytes))
+                    .max(stats.udp_tx.bytes.saturating_sub(last.udp_tx.bytes));
+                let window = shared.tiers.get(tier).map_or(u64::MAX, |t| t.window);
+                if tier > 0 && needs_larger_window(moved, now - at, stats.path.rtt, window) {
+                    tier = shared.grow_windows(&conn, &mut held, tier);
+                }
+                // Back off while idle (a packet or two, keep-alives); look often again
+                // once data moves.
+                wait = if moved > 4 * 1500 {
+                    TUNE_ACTIVE
+                } else {
+                    (wait * 2).min(TUNE_IDLE)
+                };
+                last = stats;
+                at = now;
+            }
             drop(held);
             drop(scope);
         }));
     }
 
     /// Reserves the windows of an inbound connection whose handshake is done (beside
-    /// what `held` holds for its state) and gives them to the connection.
+    /// what `held` holds for its state) and gives them to the connection; returns the
+    /// tier it starts at.
     pub(crate) fn open_windows(
         &self,
         conn: &quinn::Connection,
         held: &mut Reservation,
-    ) -> Result<(), ResourceError> {
-        let tier = self.reserve_windows(held)?;
-        if let Ok(window) = quinn::VarInt::from_u64(tier.window) {
-            conn.set_receive_window(window);
+    ) -> Result<usize, ResourceError> {
+        let index = self.reserve_windows(held)?;
+        if let Some(tier) = self.tiers.get(index) {
+            if let Ok(window) = quinn::VarInt::from_u64(tier.window) {
+                conn.set_receive_window(window);
+            }
+            conn.set_send_window(tier.send_window);
         }
-        conn.set_send_window(tier.send_window);
-        Ok(())
+        Ok(index)
     }
 }
 
@@ -571,5 +658,33 @@ impl Transport for QuicTransport {
 
     async fn listen(&self, addr: &Multiaddr) -> Result<BoxListener, TransportError> {
         Ok(Box::new(self.listen_quic(addr).await?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::needs_larger_window;
+    use std::time::Duration;
+
+    #[test]
+    fn windows_grow_for_a_full_pipe_or_a_window_per_look_not_for_keep_alives() {
+        let ms = Duration::from_millis;
+        // 10 MB/s at 50 ms RTT is a 500 KB product: more than half of 240 KiB.
+        assert!(needs_larger_window(100_000, ms(10), ms(50), 240 * 1024));
+        // The same rate on loopback (50 µs) is not, unless a window moved in one look.
+        assert!(!needs_larger_window(
+            100_000,
+            ms(10),
+            Duration::from_micros(50),
+            240 * 1024
+        ));
+        assert!(needs_larger_window(
+            300_000,
+            ms(10),
+            Duration::from_micros(50),
+            240 * 1024
+        ));
+        // A keep-alive every 15 s on a slow path: never.
+        assert!(!needs_larger_window(60, ms(250), ms(300), 240 * 1024));
     }
 }
