@@ -377,6 +377,31 @@ impl Host {
         self.push_identify();
     }
 
+    /// Serves `protocol` with `serve`, run on each inbound stream with the object behind
+    /// `target`, for as long as that object lives: the handler holds it weakly (so a
+    /// protocol's state is not kept alive by its own handler), and a stream that arrives
+    /// after it is gone is reset. How the protocols above the host (the DHT, pubsub)
+    /// serve theirs.
+    pub fn set_stream_handler_for<T, F, Fut>(&self, protocol: &str, target: &Arc<T>, serve: F)
+    where
+        T: Send + Sync + 'static,
+        F: Fn(Arc<T>, Stream) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let weak = Arc::downgrade(target);
+        let serve = Arc::new(serve);
+        self.set_stream_handler(protocol, move |mut stream: Stream| {
+            let target = weak.upgrade();
+            let serve = serve.clone();
+            async move {
+                match target {
+                    Some(target) => serve(target, stream).await,
+                    None => stream.reset(),
+                }
+            }
+        });
+    }
+
     /// Serves every protocol for which `matches` says yes (and announces `protocol`),
     /// as go-libp2p's `SetStreamHandlerMatch`.
     pub fn set_stream_handler_match<M, F, Fut>(&self, protocol: &str, matches: M, handler: F)

@@ -533,3 +533,32 @@ async fn quic_windows_start_small_and_grow_with_traffic() {
     client.close().await;
     server.close().await;
 }
+
+/// A handler for an object serves while the object lives and resets streams after.
+#[tokio::test]
+async fn a_handler_for_an_object_serves_while_it_lives() {
+    let a = memory_host().await;
+    let b = memory_host().await;
+    let served = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    b.set_stream_handler_for("/count/1.0.0", &served, |served, mut s| async move {
+        served.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let _ = s.write_all(b"ok").await;
+        let _ = s.shutdown().await;
+    });
+    a.connect(b.id(), &b.addrs()).await.unwrap();
+    let mut s = a.new_stream(b.id(), &["/count/1.0.0"]).await.unwrap();
+    let mut got = Vec::new();
+    s.read_to_end(&mut got).await.unwrap();
+    assert_eq!(got, b"ok");
+    assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), 1);
+    // The handler does not keep the object alive.
+    assert_eq!(Arc::strong_count(&served), 1);
+    drop(served);
+    let mut s = a.new_stream(b.id(), &["/count/1.0.0"]).await.unwrap();
+    let mut got = Vec::new();
+    let read = s.read_to_end(&mut got).await;
+    assert!(read.is_err() || got.is_empty(), "{read:?} {got:?}");
+    assert!(got.is_empty());
+    a.close().await;
+    b.close().await;
+}

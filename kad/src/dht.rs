@@ -4,7 +4,7 @@
 use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -406,19 +406,9 @@ pub(crate) enum HandleError {
 
 impl Inner {
     fn serve_protocol(self: &Arc<Self>) {
-        let weak: Weak<Inner> = Arc::downgrade(self);
         self.host
-            .set_stream_handler(&self.config.protocol, move |stream: Stream| {
-                let weak = weak.clone();
-                async move {
-                    match weak.upgrade() {
-                        Some(inner) => inner.serve(stream).await,
-                        None => {
-                            let mut stream = stream;
-                            stream.reset();
-                        }
-                    }
-                }
+            .set_stream_handler_for(&self.config.protocol, self, |inner, stream| async move {
+                inner.serve(stream).await
             });
     }
 

@@ -147,19 +147,7 @@ impl Gossipsub {
             config,
         });
         for protocol in &inner.config.protocols {
-            let weak: Weak<Inner> = Arc::downgrade(&inner);
-            host.set_stream_handler(protocol, move |stream: Stream| {
-                let weak = weak.clone();
-                async move {
-                    match weak.upgrade() {
-                        Some(inner) => inner.serve(stream).await,
-                        None => {
-                            let mut stream = stream;
-                            stream.reset();
-                        }
-                    }
-                }
-            });
+            host.set_stream_handler_for(protocol, &inner, |inner, stream| inner.serve(stream));
         }
         let service = inner.clone();
         let spawned = host.spawn_service(SERVICE_NAME, ServicePolicy::restart(), move |ctx| {
