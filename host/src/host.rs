@@ -70,6 +70,8 @@ pub(crate) struct HostInner {
     pub(crate) connmgr: Option<Arc<crate::connmgr::ConnManager>>,
     quic: Option<Arc<strata_transport::QuicTransport>>,
     metrics: Option<Arc<crate::metrics::HostMetrics>>,
+    /// Our addresses as peers see them (identify's observed address).
+    observed: crate::observed::ObservedAddrs,
 }
 
 /// A libp2p host: a swarm, a protocol mux, a peerstore, identify, ping (and perf).
@@ -148,6 +150,7 @@ impl Host {
             connmgr,
             quic,
             metrics,
+            observed: crate::observed::ObservedAddrs::default(),
         });
         let host = Host(inner);
         let mux = host.0.mux.clone();
@@ -336,8 +339,26 @@ impl Host {
         &self.0.key
     }
 
-    /// The addresses we listen on (unspecified addresses expanded to interfaces).
+    /// The addresses we listen on (unspecified addresses expanded to interfaces), and
+    /// those peers in at least four networks observe us at (see
+    /// [`crate::observed`]): what identify announces and the DHT advertises.
     pub fn addrs(&self) -> Vec<Multiaddr> {
+        let mut addrs = self.0.swarm.interface_listen_addresses();
+        let store = self.peerstore();
+        for a in self
+            .0
+            .observed
+            .believed(|p| store.is_connected(p), tokio::time::Instant::now())
+        {
+            if !addrs.contains(&a) {
+                addrs.push(a);
+            }
+        }
+        addrs
+    }
+
+    /// Only the addresses we listen on (unspecified ones expanded to interfaces).
+    pub fn listen_addrs(&self) -> Vec<Multiaddr> {
         self.0.swarm.interface_listen_addresses()
     }
 
@@ -678,6 +699,16 @@ impl Host {
         match result {
             Ok(info) => {
                 tracing::debug!(%peer, took = ?started.elapsed(), "identified");
+                if let Some(observed) = &info.observed_addr {
+                    self.0.observed.record(
+                        &self.listen_addrs(),
+                        conn.local_multiaddr(),
+                        conn.remote_multiaddr(),
+                        observed,
+                        peer,
+                        tokio::time::Instant::now(),
+                    );
+                }
                 self.record_identify(peer, info, !conn.is_closed());
             }
             Err(error) => {

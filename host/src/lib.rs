@@ -33,6 +33,7 @@ pub mod identify;
 pub mod messaging;
 mod metrics;
 mod mux;
+pub mod observed;
 pub mod perf;
 pub mod ping;
 pub mod services;
