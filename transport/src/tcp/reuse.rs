@@ -24,8 +24,8 @@ impl ListenRegistry {
     }
 
     /// The local address to bind a dial to `remote` to: a loopback listener of the same
-    /// family for a loopback target, else a listener on the unspecified address of the
-    /// same family.
+    /// family for a loopback target; else a listener on a specific (not loopback) address
+    /// of the same family, else one on the unspecified address.
     ///
     /// A listener whose port is the target's, on the target's IP or unspecified, is
     /// skipped: binding to it would connect the socket to itself (TCP simultaneous open).
@@ -44,6 +44,13 @@ impl ListenRegistry {
             if let Some(a) = same_family().find(|a| a.ip().is_loopback()) {
                 return Some(*a);
             }
+        } else if let Some(a) =
+            same_family().find(|a| !a.ip().is_loopback() && !a.ip().is_unspecified())
+        {
+            // A listener on a specific address is the address the user chose to be
+            // reached at: a dial leaves from it, so that a NAT maps it as it maps the
+            // listener (what peers observe is then the listen port).
+            return Some(*a);
         }
         same_family().find(|a| a.ip().is_unspecified()).copied()
     }
@@ -100,6 +107,11 @@ mod tests {
         );
         drop(lo4);
         assert_eq!(reg.local_for(sa("127.0.0.1:1")), None);
+        // A listener on a specific address reaches out from it (before the wildcard).
+        let _any = reg.register(sa("0.0.0.0:4100"));
+        let _lan = reg.register(sa("10.77.1.2:4200"));
+        assert_eq!(reg.local_for(sa("10.78.1.2:1")), Some(sa("10.77.1.2:4200")));
+        assert_eq!(reg.local_for(sa("127.0.0.1:1")), Some(sa("0.0.0.0:4100")));
     }
 
     #[test]
