@@ -154,6 +154,39 @@ async fn many_concurrent_streams_both_ways() {
     server.close().await;
 }
 
+/// A connection starts with few stream slots (16) and grows them as the peer uses
+/// them: 200 streams held open at once are all accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stream_limit_grows_with_open_streams() {
+    use tokio::io::AsyncWriteExt;
+    let client = transport();
+    let (c, s, server) = connect_on(&client, "/ip4/127.0.0.1/udp/0/quic-v1").await;
+    let accepting = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while held.len() < 200 {
+            let mut stream = s.accept_stream().await.unwrap();
+            let mut b = [0u8; 1];
+            tokio::io::AsyncReadExt::read_exact(&mut stream, &mut b)
+                .await
+                .unwrap();
+            held.push(stream);
+        }
+        (s, held)
+    });
+    let mut opened = Vec::new();
+    for _ in 0..200 {
+        let mut stream = timeout(T, c.open_stream()).await.unwrap().unwrap();
+        stream.write_all(b"x").await.unwrap();
+        stream.flush().await.unwrap();
+        opened.push(stream);
+    }
+    let (_s, held) = timeout(T, accepting).await.unwrap().unwrap();
+    assert_eq!(held.len(), 200);
+    drop(opened);
+    client.close().await;
+    server.close().await;
+}
+
 /// Finishing our side: the remote reads EOF and can still write back.
 #[tokio::test]
 async fn half_close() {

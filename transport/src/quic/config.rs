@@ -18,7 +18,7 @@ pub(crate) const FIRST_WINDOW: u64 = 64 * 1024;
 /// | `progress_timeout` | 5 s | an inbound handshake must complete within this (QUIC's handshake is one round trip; a client that sent its Initial and went silent is cut), as the upgrader's progress deadline |
 /// | `max_idle_timeout` | 30 s | a connection with no traffic for this long ends with [`strata_core::CloseReason::IdleTimeout`] |
 /// | `keep_alive_interval` | `Some(15 s)` | half the idle timeout, so an idle but live connection survives one lost ping |
-/// | `max_concurrent_bidi_streams` | 256 | streams the remote may have open at once (as rust-libp2p) |
+/// | `max_concurrent_bidi_streams` | 256 | the most streams the remote may have open at once (as rust-libp2p); a connection starts at 16 and the limit grows fourfold each time the remote has half of it open (quinn keeps state for every stream slot: 256 cost an idle connection about 18 KiB) |
 /// | `stream_receive_window` | 10 MiB | per-stream flow-control window: one stream can fill a fast path |
 /// | `receive_window` | 15 MiB | the largest per-connection window, larger than one stream's so one stream cannot starve the others; a connection starts at 1/64 of it and grows by fourfold steps with its traffic, booked as it grows |
 /// | `send_window` | 15 MiB | the largest of the bytes in flight we buffer per connection, matched to the receive window (it starts and grows with it) |
@@ -216,9 +216,16 @@ impl QuicConfig {
         let mut t = TransportConfig::default();
         t.max_idle_timeout(Some(idle));
         t.keep_alive_interval(self.keep_alive_interval);
-        t.max_concurrent_bidi_streams(varint(
+        // A connection starts with a few stream slots; the limit grows with use (see
+        // `stream::StreamBudget`).
+        varint(
             "max_concurrent_bidi_streams",
             self.max_concurrent_bidi_streams,
+        )?;
+        t.max_concurrent_bidi_streams(varint(
+            "max_concurrent_bidi_streams",
+            self.max_concurrent_bidi_streams
+                .min(super::stream::START_STREAMS),
         )?);
         // libp2p uses bidirectional streams only, and no datagrams.
         t.max_concurrent_uni_streams(VarInt::from_u32(0));

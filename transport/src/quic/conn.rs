@@ -25,6 +25,8 @@ pub struct QuicConn {
     remote_addr: Multiaddr,
     direction: Direction,
     state: ConnState,
+    /// The peer's concurrent-stream limit, grown with use.
+    streams: std::sync::Arc<super::stream::StreamBudget>,
 }
 
 /// What Strata reports for every QUIC connection. Security and muxing are QUIC's own, so
@@ -59,7 +61,14 @@ impl QuicConn {
             remote_addr,
             direction,
             state: quic_state(handshake),
+            streams: super::stream::StreamBudget::new(256),
         }
+    }
+
+    /// Sets the most streams the peer may have open at once (the limit grows to it).
+    pub(crate) fn with_max_streams(mut self, max: u64) -> Self {
+        self.streams = super::stream::StreamBudget::new(max);
+        self
     }
 
     /// The underlying quinn connection (statistics, RTT, path MTU).
@@ -173,8 +182,12 @@ impl CapableConn for QuicConn {
             .accept_bi()
             .await
             .map_err(|e| self.closed_error(e))?;
+        let (open, raise) = self.streams.opened();
+        if let Some(limit) = raise.and_then(|l| VarInt::from_u64(l).ok()) {
+            self.conn.set_max_concurrent_bi_streams(limit);
+        }
         Ok(Stream::new(
-            Box::new(QuicStream::new(send, recv)),
+            Box::new(QuicStream::inbound(send, recv, open)),
             Direction::Inbound,
         ))
     }

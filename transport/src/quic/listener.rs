@@ -244,7 +244,8 @@ async fn handshake(
         remote,
         Direction::Inbound,
         started.elapsed(),
-    );
+    )
+    .with_max_streams(ctx.shared.config.max_concurrent_bidi_streams);
     // QUIC has no separate muxer step: the connection is as upgraded as it will be.
     if !ctx.gater.intercept_upgraded(&conn) {
         conn.quinn().close(CLOSE_NORMAL, b"gated");

@@ -431,7 +431,8 @@ impl QuicTransport {
             remote_addr,
             Direction::Outbound,
             started.elapsed(),
-        );
+        )
+        .with_max_streams(self.shared.config.max_concurrent_bidi_streams);
         // QUIC has no separate muxer step: the connection is as upgraded as it will be.
         if !self.gater.intercept_upgraded(&conn) {
             conn.quinn().close(CLOSE_NORMAL, b"gated");
